@@ -1,0 +1,122 @@
+//! Decoding a frame whose template is not known in advance, and walking a buffer of
+//! back-to-back frames.
+
+use crate::header::{MessageHeader, MESSAGE_HEADER_SIZE};
+use crate::messages::*;
+use crate::{DecodeError, Message, View};
+
+/// Any ledgerbus message, decoded by its template id.
+#[derive(Debug, Clone, Copy)]
+pub enum Frame<'a> {
+    CreateAccount(View<'a, CreateAccount>),
+    Transfer(View<'a, Transfer>),
+    CreateAccountResult(View<'a, CreateAccountResult>),
+    TransferResult(View<'a, TransferResult>),
+    AccountEvent(View<'a, AccountEvent>),
+    TransferEvent(View<'a, TransferEvent>),
+    Heartbeat(View<'a, Heartbeat>),
+    Nak(View<'a, Nak>),
+    StatusMessage(View<'a, StatusMessage>),
+    NakUnavailable(View<'a, NakUnavailable>),
+    ReplayRequest(View<'a, ReplayRequest>),
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes the frame at the start of `bytes`; returns it with its size.
+    ///
+    /// An unknown template is `Err(UnknownTemplate { frame_size, .. })`, so a reader of
+    /// a stream can skip exactly that frame and count it.
+    pub fn decode(bytes: &'a [u8]) -> Result<(Frame<'a>, usize), DecodeError> {
+        let (header, frame_size) = MessageHeader::read(bytes)?;
+        if bytes.len() < frame_size {
+            return Err(DecodeError::Truncated { needed: frame_size, available: bytes.len() });
+        }
+        let block = &bytes[MESSAGE_HEADER_SIZE..frame_size];
+        let frame = match header.template_id.get() {
+            CreateAccount::TEMPLATE_ID => Frame::CreateAccount(View::from_frame(header, block)?),
+            Transfer::TEMPLATE_ID => Frame::Transfer(View::from_frame(header, block)?),
+            CreateAccountResult::TEMPLATE_ID => Frame::CreateAccountResult(View::from_frame(header, block)?),
+            TransferResult::TEMPLATE_ID => Frame::TransferResult(View::from_frame(header, block)?),
+            AccountEvent::TEMPLATE_ID => Frame::AccountEvent(View::from_frame(header, block)?),
+            TransferEvent::TEMPLATE_ID => Frame::TransferEvent(View::from_frame(header, block)?),
+            Heartbeat::TEMPLATE_ID => Frame::Heartbeat(View::from_frame(header, block)?),
+            Nak::TEMPLATE_ID => Frame::Nak(View::from_frame(header, block)?),
+            StatusMessage::TEMPLATE_ID => Frame::StatusMessage(View::from_frame(header, block)?),
+            NakUnavailable::TEMPLATE_ID => Frame::NakUnavailable(View::from_frame(header, block)?),
+            ReplayRequest::TEMPLATE_ID => Frame::ReplayRequest(View::from_frame(header, block)?),
+            id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
+        };
+        Ok((frame, frame_size))
+    }
+
+    /// The template id of the frame.
+    pub fn template_id(&self) -> u16 {
+        match self {
+            Frame::CreateAccount(_) => CreateAccount::TEMPLATE_ID,
+            Frame::Transfer(_) => Transfer::TEMPLATE_ID,
+            Frame::CreateAccountResult(_) => CreateAccountResult::TEMPLATE_ID,
+            Frame::TransferResult(_) => TransferResult::TEMPLATE_ID,
+            Frame::AccountEvent(_) => AccountEvent::TEMPLATE_ID,
+            Frame::TransferEvent(_) => TransferEvent::TEMPLATE_ID,
+            Frame::Heartbeat(_) => Heartbeat::TEMPLATE_ID,
+            Frame::Nak(_) => Nak::TEMPLATE_ID,
+            Frame::StatusMessage(_) => StatusMessage::TEMPLATE_ID,
+            Frame::NakUnavailable(_) => NakUnavailable::TEMPLATE_ID,
+            Frame::ReplayRequest(_) => ReplayRequest::TEMPLATE_ID,
+        }
+    }
+
+    /// The sequence of an event frame; `None` for every other message.
+    pub fn event_sequence(&self) -> Option<u64> {
+        match self {
+            Frame::AccountEvent(event) => Some(event.sequence.get()),
+            Frame::TransferEvent(event) => Some(event.sequence.get()),
+            _ => None,
+        }
+    }
+}
+
+/// Iterates over back-to-back frames in a buffer, yielding each frame's bytes.
+///
+/// It checks only framing (header present, ours, block fits), not templates, so it
+/// steps over messages a newer writer added. After the first error it yields nothing
+/// more: a corrupt length means nothing after it can be trusted.
+#[derive(Debug, Clone)]
+pub struct Frames<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Frames<'a> {
+    /// Frames of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Frames { rest: bytes, failed: false }
+    }
+
+    /// The bytes not yet consumed.
+    pub fn remainder(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<&'a [u8], DecodeError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        match MessageHeader::frame_size(self.rest) {
+            Ok(frame_size) => {
+                let (frame, rest) = self.rest.split_at(frame_size);
+                self.rest = rest;
+                Some(Ok(frame))
+            }
+            Err(error) => {
+                self.failed = true;
+                Some(Err(error))
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Every ledgerbus message as a zero-copy block. Layouts mirror `schema/ledgerbus.xml`
+//! field for field; `tests/schema_drift.rs` keeps the two identical.
+
+use zerocopy::little_endian::{U16, U32, U64};
+
+use crate::types::{Id128, ResultCode};
+use crate::{DecodeError, Message};
+
+/// Implements [`Message`] for a block declared with `sbe_block!`.
+macro_rules! message {
+    ($name:ident, template $id:literal) => {
+        impl Message for $name {
+            const TEMPLATE_ID: u16 = $id;
+            const BLOCK_LENGTH: u16 = <$name as $crate::Block>::SIZE as u16;
+        }
+        const _: () = assert!(<$name as $crate::Block>::SIZE <= $crate::BLOCK_LENGTH_MAX as usize);
+    };
+}
+
+/// Adds a checked `result()` reader to blocks with a `result: U16` field.
+macro_rules! result_reader {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// The decided result; an unknown value is an error, not a panic.
+            #[inline]
+            pub fn result(&self) -> Result<ResultCode, DecodeError> {
+                ResultCode::from_wire(self.result.get())
+            }
+        }
+    )*};
+}
+
+crate::sbe_block! {
+    /// Command: open an account.
+    pub struct CreateAccount: size 32 {
+        /// Chosen by the sender, echoed in the result.
+        [0] correlation_id: U64,
+        /// Client-chosen, non-zero account id.
+        [8] id: Id128,
+        /// Ledger (currency) code.
+        [24] ledger: U32,
+        /// Account kind.
+        [28] code: U16,
+        /// `account_flags` bits.
+        [30] flags: U16,
+    }
+}
+message!(CreateAccount, template 1);
+
+crate::sbe_block! {
+    /// Command: move `amount` from the debit to the credit account.
+    pub struct Transfer: size 72 {
+        /// Chosen by the sender, echoed in the result.
+        [0] correlation_id: U64,
+        /// Idempotency key.
+        [8] id: Id128,
+        /// Account whose debits grow.
+        [24] debit_account_id: Id128,
+        /// Account whose credits grow.
+        [40] credit_account_id: Id128,
+        /// Integer minor units.
+        [56] amount: U64,
+        /// Ledger (currency) code; must match both accounts.
+        [64] ledger: U32,
+        /// Transfer kind.
+        [68] code: U16,
+        /// `transfer_flags` bits.
+        [70] flags: U16,
+    }
+}
+message!(Transfer, template 2);
+
+crate::sbe_block! {
+    /// Reply to a CreateAccount.
+    pub struct CreateAccountResult: size 48 {
+        /// Echo of the command's correlation id.
+        [0] correlation_id: U64,
+        /// The account id.
+        [8] id: Id128,
+        /// Sequence of the event; 0 when rejected before sequencing (busy).
+        [24] sequence: U64,
+        /// Sequencer timestamp.
+        [32] timestamp_ns: U64,
+        /// [`ResultCode`].
+        [40] result: U16,
+        /// Zero.
+        [42] reserved: [u8; 6],
+    }
+}
+message!(CreateAccountResult, template 3);
+
+crate::sbe_block! {
+    /// Reply to a Transfer.
+    pub struct TransferResult: size 48 {
+        /// Echo of the command's correlation id.
+        [0] correlation_id: U64,
+        /// The transfer id.
+        [8] id: Id128,
+        /// Sequence of the event; 0 when rejected before sequencing (busy).
+        [24] sequence: U64,
+        /// Sequencer timestamp.
+        [32] timestamp_ns: U64,
+        /// [`ResultCode`].
+        [40] result: U16,
+        /// Zero.
+        [42] reserved: [u8; 6],
+    }
+}
+message!(TransferResult, template 4);
+
+crate::sbe_block! {
+    /// Sequenced event: a decided CreateAccount.
+    pub struct AccountEvent: size 48 {
+        /// Gap-free position in the log, from 1.
+        [0] sequence: U64,
+        /// Stamped by the sequencer.
+        [8] timestamp_ns: U64,
+        /// The account id.
+        [16] id: Id128,
+        /// Ledger (currency) code.
+        [32] ledger: U32,
+        /// Account kind.
+        [36] code: U16,
+        /// `account_flags` bits.
+        [38] flags: U16,
+        /// [`ResultCode`].
+        [40] result: U16,
+        /// Zero.
+        [42] reserved: [u8; 6],
+    }
+}
+message!(AccountEvent, template 5);
+
+crate::sbe_block! {
+    /// Sequenced event: a decided Transfer.
+    pub struct TransferEvent: size 88 {
+        /// Gap-free position in the log, from 1.
+        [0] sequence: U64,
+        /// Stamped by the sequencer.
+        [8] timestamp_ns: U64,
+        /// The transfer id.
+        [16] id: Id128,
+        /// Account whose debits grow.
+        [32] debit_account_id: Id128,
+        /// Account whose credits grow.
+        [48] credit_account_id: Id128,
+        /// Integer minor units.
+        [64] amount: U64,
+        /// Ledger (currency) code.
+        [72] ledger: U32,
+        /// Transfer kind.
+        [76] code: U16,
+        /// `transfer_flags` bits.
+        [78] flags: U16,
+        /// [`ResultCode`].
+        [80] result: U16,
+        /// Zero.
+        [82] reserved: [u8; 6],
+    }
+}
+message!(TransferEvent, template 6);
+
+crate::sbe_block! {
+    /// Control: the sender is alive; lets receivers detect loss at the tail.
+    pub struct Heartbeat: size 16 {
+        /// The sequence the sender will use next.
+        [0] next_sequence: U64,
+        /// Oldest sequence the sender can still retransmit.
+        [8] oldest_retained_sequence: U64,
+    }
+}
+message!(Heartbeat, template 10);
+
+crate::sbe_block! {
+    /// Control: a receiver asks for `count` events from `from_sequence`.
+    /// Stream and session are in the packet header.
+    pub struct Nak: size 16 {
+        /// First missing sequence.
+        [0] from_sequence: U64,
+        /// Number of missing sequences.
+        [8] count: U32,
+        /// Who asks.
+        [12] receiver_id: U32,
+    }
+}
+message!(Nak, template 11);
+
+crate::sbe_block! {
+    /// Control: a receiver's position, so the sender knows each consumer's lag.
+    pub struct StatusMessage: size 16 {
+        /// Who reports.
+        [0] receiver_id: U32,
+        /// How many events past its position the receiver can buffer.
+        [4] window_events: U32,
+        /// Every event up to this sequence has been delivered.
+        [8] highest_contiguous_sequence: U64,
+    }
+}
+message!(StatusMessage, template 12);
+
+crate::sbe_block! {
+    /// Control: the NAKed range has left the sender's ring; use bulk replay.
+    pub struct NakUnavailable: size 24 {
+        /// First sequence of the NAK.
+        [0] from_sequence: U64,
+        /// Count of the NAK.
+        [8] count: U32,
+        /// Zero.
+        [12] reserved: [u8; 4],
+        /// Oldest sequence the sender still holds.
+        [16] oldest_retained_sequence: U64,
+    }
+}
+message!(NakUnavailable, template 13);
+
+crate::sbe_block! {
+    /// Bulk replay request over TCP.
+    pub struct ReplayRequest: size 24 {
+        /// Session to replay; 0 means whichever session the sequencer has.
+        [0] session_id: U64,
+        /// First sequence wanted.
+        [8] from_sequence: U64,
+        /// Last sequence wanted, inclusive; 0 means up to the live head.
+        [16] to_sequence: U64,
+    }
+}
+message!(ReplayRequest, template 14);
+
+result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
+
+/// Name, template id, block length and fields of one message, for tools and for the
+/// schema drift test.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageMeta {
+    /// Schema name.
+    pub name: &'static str,
+    /// Template id.
+    pub template_id: u16,
+    /// Block length this version writes.
+    pub block_length: u16,
+    /// Fields in declaration order.
+    pub fields: &'static [crate::FieldMeta],
+}
+
+macro_rules! message_table {
+    ($($name:ident),* $(,)?) => {
+        /// Every message this version knows.
+        pub const MESSAGES: &[MessageMeta] = &[$(MessageMeta {
+            name: stringify!($name),
+            template_id: <$name as Message>::TEMPLATE_ID,
+            block_length: <$name as Message>::BLOCK_LENGTH,
+            fields: <$name as crate::Block>::FIELDS,
+        }),*];
+    };
+}
+
+message_table!(
+    CreateAccount,
+    Transfer,
+    CreateAccountResult,
+    TransferResult,
+    AccountEvent,
+    TransferEvent,
+    Heartbeat,
+    Nak,
+    StatusMessage,
+    NakUnavailable,
+    ReplayRequest,
+);

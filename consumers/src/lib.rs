@@ -1,0 +1,1 @@
+//! ledgerbus consumers (see DESIGN.md).

@@ -1,0 +1,1 @@
+//! ledgerbus gateway (see DESIGN.md).

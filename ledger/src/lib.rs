@@ -1,0 +1,1 @@
+//! ledgerbus ledger (see DESIGN.md).

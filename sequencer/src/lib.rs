@@ -1,0 +1,1 @@
+//! ledgerbus sequencer (see DESIGN.md).

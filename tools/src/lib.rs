@@ -1,0 +1,1 @@
+//! ledgerbus tools (see DESIGN.md).

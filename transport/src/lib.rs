@@ -1,0 +1,1 @@
+//! ledgerbus transport (see DESIGN.md).
