@@ -1,1 +1,143 @@
-fn main(){}
+//! `ledgerbus`: one binary, one subcommand per component (DESIGN.md).
+
+mod cli;
+mod config_file;
+mod validate;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+
+use cli::{BenchCommand, Cli, Command, LogFormat, LogLevel};
+use config_file::FileSettings;
+
+/// Exit status for configuration errors (as clap uses for usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    let mut from_file = FileSettings::new();
+    if let Some(path) = config_file::find_config_path(&args) {
+        match config_file::apply(command, &path) {
+            Ok((with_file, applied)) => {
+                command = with_file;
+                from_file = applied;
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    let matches = command.clone().get_matches_from(args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    init_tracing(cli.log_level, cli.log_format);
+    if let Err(error) = cli.command.validate() {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if cli.check_config {
+        let mut out = String::new();
+        print_settings(&command, &matches, "", &from_file, &mut out);
+        let _ = std::io::stdout().write_all(out.as_bytes());
+        return ExitCode::SUCCESS;
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Schema => {
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = std::io::stdout().write_all(ledgerbus_codec::SCHEMA_XML.as_bytes());
+            Ok(())
+        }
+        Command::Demo(_) => not_yet("demo", 5),
+        Command::Sequencer(_) => not_yet("sequencer", 4),
+        Command::Gateway(_) => not_yet("gateway", 5),
+        Command::Consumer(_) => not_yet("consumer", 5),
+        Command::Bench(BenchCommand::Codec(_)) => {
+            not_yet("bench codec (use `cargo bench -p ledgerbus-codec`)", 2)
+        }
+        Command::Bench(BenchCommand::Transport(_)) => not_yet("bench transport", 3),
+        Command::Bench(BenchCommand::Sequencer(_)) => not_yet("bench sequencer", 4),
+        Command::Bench(BenchCommand::E2e(_)) => not_yet("bench e2e", 6),
+        Command::Replay(_) => not_yet("replay", 6),
+    }
+}
+
+/// Says plainly that a subcommand is not built yet, rather than pretending.
+fn not_yet(what: &str, issue: u32) -> anyhow::Result<()> {
+    anyhow::bail!("`ledgerbus {what}` is not available yet in this build (tracked in issue #{issue})")
+}
+
+fn init_tracing(level: LogLevel, format: LogFormat) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Settings whose values must never be printed.
+const SECRET_SETTINGS: &[&str] = &["secret", "api_keys"];
+
+/// Prints `name = value  # source` for every setting of the chosen subcommand path.
+fn print_settings(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    section: &str,
+    from_file: &FileSettings,
+    out: &mut String,
+) {
+    let header = if section.is_empty() { "# global".to_string() } else { format!("[{section}]") };
+    out.push_str(&header);
+    out.push('\n');
+    for arg in command.get_arguments() {
+        // Global flags are printed once, at the top.
+        if !section.is_empty() && arg.is_global_set() {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version" | "check_config" | "config") {
+            continue;
+        }
+        let Some(source) = matches.value_source(id) else { continue };
+        let Ok(Some(raw)) = matches.try_get_raw(id) else { continue };
+        let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+        let origin = match source {
+            ValueSource::CommandLine => "flag",
+            ValueSource::EnvVariable => "env",
+            _ if from_file.contains(&(section.to_string(), id.to_string())) => "file",
+            _ => "default",
+        };
+        let shown = if SECRET_SETTINGS.contains(&id) { "<hidden>".to_string() } else { values.join(",") };
+        out.push_str(&format!("{} = {shown:?}  # {origin}\n", id.replace('_', "-")));
+    }
+    if let Some((name, sub_matches)) = matches.subcommand() {
+        let nested = if section.is_empty() { name.to_string() } else { format!("{section}.{name}") };
+        if let Some(sub_command) = command.find_subcommand(name) {
+            print_settings(sub_command, sub_matches, &nested, from_file, out);
+        }
+    }
+}

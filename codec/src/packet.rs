@@ -196,7 +196,13 @@ impl<'a> PacketWriter<'a> {
         Self::start(buf, PacketKind::Control, stream_id, session_id, 0)
     }
 
-    fn start(buf: &'a mut [u8], kind: PacketKind, stream_id: u32, session_id: u64, first_sequence: u64) -> Self {
+    fn start(
+        buf: &'a mut [u8],
+        kind: PacketKind,
+        stream_id: u32,
+        session_id: u64,
+        first_sequence: u64,
+    ) -> Self {
         assert!(buf.len() >= PACKET_HEADER_SIZE, "datagram buffer smaller than the packet header");
         let header = PacketHeader {
             magic: PACKET_MAGIC.into(),
@@ -257,7 +263,8 @@ impl<'a> PacketWriter<'a> {
 
     /// Writes count, send time and CRC; returns the datagram size.
     pub fn finish(self, send_time_ns: u64) -> usize {
-        let (header, _) = PacketHeader::mut_from_prefix(&mut self.buf[..]).expect("header size checked in start");
+        let (header, _) =
+            PacketHeader::mut_from_prefix(&mut self.buf[..]).expect("header size checked in start");
         let count = if header.kind == PacketKind::Data.to_wire() { self.message_count } else { 0 };
         header.message_count = count.into();
         header.send_time_ns = send_time_ns.into();

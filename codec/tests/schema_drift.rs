@@ -220,7 +220,11 @@ fn every_message_matches_the_schema() {
         assert_fields_match(name, &xml_fields, rust.fields);
         // No two fields overlap and the fields tile the block without gaps.
         let covered: usize = rust.fields.iter().map(|f| f.size).sum();
-        assert_eq!(covered, usize::from(block_length), "{name}: fields must tile the block (declare padding)");
+        assert_eq!(
+            covered,
+            usize::from(block_length),
+            "{name}: fields must tile the block (declare padding)"
+        );
     }
 }
 

@@ -1,0 +1,459 @@
+//! Command-line interface: every setting is a flag, an environment variable
+//! (`LEDGERBUS_…`) and a key in the `--config` TOML file, in that order of precedence.
+//! `config_file.rs` turns the file into clap defaults, which is what makes
+//! flag > env > file > built-in default hold for every setting at once.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A financial ledger on a sequenced, reliable UDP multicast bus.
+///
+/// Clients send account creations and transfers to a gateway (HTTP/JSON or TCP/SBE);
+/// one sequencer orders, decides, journals and publishes them as SBE events over
+/// reliable UDP to consumers (an in-memory read model and a disk journal).
+///
+/// Every flag can also be set with the environment variable shown in its help and
+/// with a key in the --config file (top-level keys for global flags, a [sequencer],
+/// [gateway], [consumer], [demo], [replay] or [bench.transport]… table for the
+/// others). Flags override the environment, which overrides the file.
+#[derive(Debug, Parser)]
+#[command(name = "ledgerbus", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// TOML configuration file. Keys are the long flag names (e.g. `mtu = 1408`).
+    #[arg(long, global = true, env = "LEDGERBUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "LEDGERBUS_LOG_LEVEL", default_value = "info", value_name = "LEVEL")]
+    pub log_level: LogLevel,
+
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "LEDGERBUS_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Validate the configuration, print every effective setting with where it came
+    /// from (flag, env, file, default), and exit without running anything.
+    #[arg(long, global = true)]
+    pub check_config: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How much to log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole system on this host: sequencer, gateway, memory and disk consumers
+    /// over UDP unicast on 127.0.0.1, data under --data-dir. Nothing else to install.
+    Demo(DemoArgs),
+    /// Run the sequencer: the single writer that decides, journals and publishes.
+    Sequencer(SequencerArgs),
+    /// Run a gateway: the HTTP/JSON and TCP/SBE front door for clients.
+    Gateway(GatewayArgs),
+    /// Run a consumer that applies the event stream: `memory` (read model and query
+    /// API) or `disk` (persistent journal).
+    Consumer(ConsumerArgs),
+    /// Benchmarks: codec, transport, sequencer, end to end.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Fetch, print, verify or re-publish a range of events.
+    Replay(ReplayArgs),
+    /// Print the SBE message schema (XML), the source of truth for the wire format.
+    Schema,
+}
+
+/// Durability of an acknowledged event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// Group commit: nothing is published or acknowledged before its fdatasync returns.
+    Fsync,
+    /// Written to the page cache: survives a process crash, not a power loss.
+    Os,
+}
+
+/// Settings of the reliable UDP transport, shared by senders and receivers.
+/// Defaults follow DESIGN.md ("Wire format guidance", Aeron's reference values,
+/// with the multicast NAK back-off made smaller for a LAN ledger).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Transport")]
+pub struct TransportArgs {
+    /// Stream id written in every packet; sender and receivers must agree.
+    #[arg(long, env = "LEDGERBUS_STREAM_ID", default_value_t = 1, value_name = "ID")]
+    pub stream_id: u32,
+
+    /// Largest datagram, in bytes (Aeron's default 1408 is safe on cloud networks).
+    #[arg(long, env = "LEDGERBUS_MTU", default_value_t = 1408, value_name = "BYTES",
+          value_parser = clap::value_parser!(u16).range(576..=65507))]
+    pub mtu: u16,
+
+    /// IPv4 multicast group to use instead of unicast fan-out (e.g. 239.255.0.1).
+    #[arg(long, env = "LEDGERBUS_MULTICAST_GROUP", value_name = "ADDR")]
+    pub multicast_group: Option<Ipv4Addr>,
+
+    /// Local interface address for multicast (IP_MULTICAST_IF and the group join).
+    #[arg(long, env = "LEDGERBUS_MULTICAST_INTERFACE", default_value = "0.0.0.0", value_name = "ADDR")]
+    pub multicast_interface: Ipv4Addr,
+
+    /// Multicast TTL (hops).
+    #[arg(long, env = "LEDGERBUS_MULTICAST_TTL", default_value_t = 1, value_name = "HOPS")]
+    pub multicast_ttl: u8,
+
+    /// Deliver our own multicast to sockets on this host too (IP_MULTICAST_LOOP).
+    #[arg(long, env = "LEDGERBUS_MULTICAST_LOOP", default_value_t = false, action = clap::ArgAction::Set,
+          value_name = "BOOL")]
+    pub multicast_loop: bool,
+
+    /// Heartbeat interval when idle, in microseconds: bounds how late tail loss is seen.
+    #[arg(long, env = "LEDGERBUS_HEARTBEAT_INTERVAL_US", default_value_t = 1_000, value_name = "US")]
+    pub heartbeat_interval_us: u64,
+
+    /// Delay before the first NAK of a gap, unicast mode (Aeron: 100 µs).
+    #[arg(long, env = "LEDGERBUS_NAK_DELAY_US", default_value_t = 100, value_name = "US")]
+    pub nak_delay_us: u64,
+
+    /// Upper bound of the randomised NAK back-off in multicast mode (Aeron: 10 ms;
+    /// smaller here because a LAN ledger cannot wait that long).
+    #[arg(long, env = "LEDGERBUS_NAK_BACKOFF_MAX_US", default_value_t = 1_000, value_name = "US")]
+    pub nak_backoff_max_us: u64,
+
+    /// Time before an unanswered NAK is repeated (Aeron: 10 ms).
+    #[arg(long, env = "LEDGERBUS_NAK_RETRY_US", default_value_t = 2_000, value_name = "US")]
+    pub nak_retry_us: u64,
+
+    /// Repeated NAKs for a range already retransmitted within this time are ignored
+    /// (Aeron's retransmit linger: 10 ms).
+    #[arg(long, env = "LEDGERBUS_RETRANSMIT_LINGER_US", default_value_t = 10_000, value_name = "US")]
+    pub retransmit_linger_us: u64,
+
+    /// Requested SO_RCVBUF in bytes; the kernel caps it at net.core.rmem_max and we warn.
+    #[arg(long, env = "LEDGERBUS_SOCKET_RCVBUF", default_value_t = 8 << 20, value_name = "BYTES")]
+    pub socket_rcvbuf: usize,
+
+    /// Requested SO_SNDBUF in bytes; capped at net.core.wmem_max.
+    #[arg(long, env = "LEDGERBUS_SOCKET_SNDBUF", default_value_t = 8 << 20, value_name = "BYTES")]
+    pub socket_sndbuf: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Folder for journals and snapshots (created if missing).
+    #[arg(long, env = "LEDGERBUS_DATA_DIR", default_value = "./data/demo", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// HTTP address of the gateway.
+    #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub http_listen: SocketAddr,
+
+    /// TCP/SBE address of the gateway.
+    #[arg(long, env = "LEDGERBUS_TCP_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub tcp_listen: SocketAddr,
+
+    /// Durability of acknowledged transfers.
+    #[arg(long, env = "LEDGERBUS_DURABILITY", default_value = "fsync", value_name = "MODE")]
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SequencerArgs {
+    /// Folder for the journal segments and snapshots (created if missing).
+    #[arg(long, env = "LEDGERBUS_DATA_DIR", default_value = "./data/sequencer", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// TCP address where gateways connect.
+    #[arg(long, env = "LEDGERBUS_GATEWAY_LISTEN", default_value = "127.0.0.1:7000", value_name = "ADDR")]
+    pub gateway_listen: SocketAddr,
+
+    /// UDP address for NAKs and status messages from consumers.
+    #[arg(long, env = "LEDGERBUS_CONTROL_LISTEN", default_value = "127.0.0.1:7001", value_name = "ADDR")]
+    pub control_listen: SocketAddr,
+
+    /// TCP address of the bulk replay service.
+    #[arg(long, env = "LEDGERBUS_REPLAY_LISTEN", default_value = "127.0.0.1:7002", value_name = "ADDR")]
+    pub replay_listen: SocketAddr,
+
+    /// HTTP address of the Prometheus /metrics endpoint.
+    #[arg(long, env = "LEDGERBUS_METRICS_LISTEN", default_value = "127.0.0.1:9100", value_name = "ADDR")]
+    pub metrics_listen: SocketAddr,
+
+    /// Unicast subscribers (consumer UDP addresses), comma-separated. Ignored when
+    /// --multicast-group is set.
+    #[arg(
+        long,
+        env = "LEDGERBUS_SUBSCRIBERS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7100",
+        value_name = "ADDR,..."
+    )]
+    pub subscribers: Vec<SocketAddr>,
+
+    /// Durability of acknowledged events.
+    #[arg(long, env = "LEDGERBUS_DURABILITY", default_value = "fsync", value_name = "MODE")]
+    pub durability: Durability,
+
+    /// Events kept in memory for retransmission; older NAKs are served from the journal.
+    #[arg(long, env = "LEDGERBUS_RING_EVENTS", default_value_t = 1 << 20, value_name = "COUNT")]
+    pub ring_events: u32,
+
+    /// Shared secret gateways must present when they connect.
+    #[arg(long, env = "LEDGERBUS_SEQUENCER_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub secret: Option<String>,
+
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// HTTP/JSON API address.
+    #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub http_listen: SocketAddr,
+
+    /// TCP/SBE API address.
+    #[arg(long, env = "LEDGERBUS_TCP_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub tcp_listen: SocketAddr,
+
+    /// The sequencer's gateway address.
+    #[arg(long, env = "LEDGERBUS_SEQUENCER", default_value = "127.0.0.1:7000", value_name = "ADDR")]
+    pub sequencer: SocketAddr,
+
+    /// The memory consumer's query API, to which GET requests are proxied.
+    #[arg(long, env = "LEDGERBUS_QUERY_UPSTREAM", default_value = "127.0.0.1:8081", value_name = "ADDR")]
+    pub query_upstream: SocketAddr,
+
+    /// Shared secret for the sequencer handshake.
+    #[arg(long, env = "LEDGERBUS_SEQUENCER_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub secret: Option<String>,
+
+    /// Client API keys, comma-separated (`Authorization: Bearer <key>`).
+    #[arg(
+        long,
+        env = "LEDGERBUS_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "KEY,..."
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Commands waiting for the sequencer; beyond this clients get 503 / busy.
+    #[arg(long, env = "LEDGERBUS_QUEUE_MAX", default_value_t = 65_536, value_name = "COUNT")]
+    pub queue_max: u32,
+}
+
+/// Which consumer to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsumerKind {
+    /// In-memory read model with the HTTP query API.
+    Memory,
+    /// Persistent segmented journal with snapshots.
+    Disk,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
+    /// Which consumer.
+    #[arg(value_name = "KIND")]
+    pub kind: ConsumerKind,
+
+    /// UDP address where this consumer receives the stream.
+    #[arg(long, env = "LEDGERBUS_LISTEN", default_value = "127.0.0.1:7100", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// The sequencer's control address (NAKs, status messages).
+    #[arg(long, env = "LEDGERBUS_SEQUENCER_CONTROL", default_value = "127.0.0.1:7001", value_name = "ADDR")]
+    pub sequencer_control: SocketAddr,
+
+    /// The sequencer's bulk replay address, used to catch up.
+    #[arg(long, env = "LEDGERBUS_SEQUENCER_REPLAY", default_value = "127.0.0.1:7002", value_name = "ADDR")]
+    pub sequencer_replay: SocketAddr,
+
+    /// This consumer's id in status messages and NAKs.
+    #[arg(long, env = "LEDGERBUS_CONSUMER_ID", default_value_t = 1, value_name = "ID")]
+    pub consumer_id: u32,
+
+    /// Folder for the disk consumer's journal and snapshots.
+    #[arg(long, env = "LEDGERBUS_DATA_DIR", default_value = "./data/consumer", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// HTTP address of the query API (memory) or status endpoint (disk).
+    #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8081", value_name = "ADDR")]
+    pub http_listen: SocketAddr,
+
+    /// Out-of-order events buffered while a gap is repaired.
+    #[arg(long, env = "LEDGERBUS_REORDER_EVENTS_MAX", default_value_t = 65_536, value_name = "COUNT")]
+    pub reorder_events_max: u32,
+
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Encode/decode cost of the hot messages (use criterion for precise figures:
+    /// `cargo bench -p ledgerbus-codec`).
+    Codec(BenchCodecArgs),
+    /// Sender and receivers over 127.0.0.1 with injected loss.
+    Transport(BenchTransportArgs),
+    /// The sequencer in-process: decide, stamp, journal, encode, publish.
+    Sequencer(BenchSequencerArgs),
+    /// End-to-end latency histogram against a gateway.
+    E2e(BenchE2eArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchCodecArgs {
+    /// How long to measure each operation, in seconds.
+    #[arg(long, env = "LEDGERBUS_BENCH_DURATION", default_value_t = 1.0, value_name = "SECS")]
+    pub duration: f64,
+
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchTransportArgs {
+    /// How long to run, in seconds.
+    #[arg(long, env = "LEDGERBUS_BENCH_DURATION", default_value_t = 5.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Number of receivers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub receivers: u32,
+    /// Percentage of data packets each receiver drops on purpose.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    pub loss: f64,
+    /// Size of each event in bytes.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub size: u32,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchSequencerArgs {
+    /// How long to run, in seconds.
+    #[arg(long, env = "LEDGERBUS_BENCH_DURATION", default_value_t = 5.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Durability mode to measure.
+    #[arg(long, default_value = "fsync", value_name = "MODE")]
+    pub durability: Durability,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchE2eArgs {
+    /// Gateway TCP or HTTP address.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub gateway: SocketAddr,
+    /// Start the whole system on 127.0.0.1 first.
+    #[arg(long)]
+    pub spawn: bool,
+    /// tcp or http.
+    #[arg(long, default_value = "tcp", value_name = "PROTO")]
+    pub protocol: String,
+    /// Transfers per second, or `max`.
+    #[arg(long, default_value = "max", value_name = "N|max")]
+    pub rate: String,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Parallel client connections.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub connections: u32,
+    /// Transfers per request.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub batch: u32,
+    /// Number of accounts to spread transfers over.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub accounts: u32,
+    /// Write the histogram in .hgrm percentile-distribution format.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Write a latency-by-percentile plot (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output format of `replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    /// One human-readable line per event.
+    Text,
+    /// JSON lines.
+    Json,
+    /// The exact SBE frames.
+    Raw,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReplayArgs {
+    #[command(subcommand)]
+    pub action: Option<ReplayAction>,
+    /// Read from a running sequencer's replay service.
+    #[arg(long, value_name = "ADDR", conflicts_with = "journal")]
+    pub from_sequencer: Option<SocketAddr>,
+    /// Read from a journal directory (a sequencer's or a disk consumer's).
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// First sequence.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub from: u64,
+    /// Last sequence, inclusive (default: the end).
+    #[arg(long, value_name = "M")]
+    pub to: Option<u64>,
+    /// Output format.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    pub format: ReplayFormat,
+    /// Check CRCs, continuity and session ids; exit non-zero if anything is wrong.
+    #[arg(long)]
+    pub verify: bool,
+    /// Re-publish the range through the transport to this consumer address.
+    #[arg(long, value_name = "ADDR")]
+    pub to_subscriber: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReplayAction {
+    /// Send one NAK to a sequencer and print what comes back (retransmitted events or
+    /// "not retransmittable"): the operator's check of retransmission.
+    Nak(ReplayNakArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayNakArgs {
+    /// The sequencer's control (NAK) address.
+    #[arg(long, default_value = "127.0.0.1:7001", value_name = "ADDR")]
+    pub sequencer: SocketAddr,
+    /// First sequence to request.
+    #[arg(long, value_name = "N")]
+    pub from: u64,
+    /// Number of events to request.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub count: u32,
+}

@@ -1,0 +1,154 @@
+//! Checks that span several settings, run once at start-up. Each error names the
+//! setting (as its flag) so the operator knows what to change. Single-value checks
+//! (ranges, enums, addresses) are done by clap's value parsers, which also name it.
+
+use crate::cli::*;
+
+/// An invalid configuration: which setting, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: --{setting}: {message}")]
+pub struct ConfigError {
+    /// The long flag name of the setting.
+    pub setting: &'static str,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}
+
+fn check(ok: bool, setting: &'static str, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { setting, message: message() })
+    }
+}
+
+fn positive_seconds(value: f64, setting: &'static str) -> Result<(), ConfigError> {
+    check(value.is_finite() && value > 0.0 && value <= 86_400.0, setting, || {
+        format!("{value} is not a duration between 0 and 86400 seconds")
+    })
+}
+
+impl TransportArgs {
+    /// Cross-setting checks of the transport configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(group) = self.multicast_group {
+            check(group.is_multicast(), "multicast-group", || {
+                format!("{group} is not an IPv4 multicast address")
+            })?;
+        }
+        check(self.heartbeat_interval_us > 0, "heartbeat-interval-us", || "must be at least 1".into())?;
+        check(self.nak_retry_us > 0, "nak-retry-us", || "must be at least 1".into())?;
+        check(self.nak_delay_us <= self.nak_retry_us, "nak-delay-us", || {
+            format!("{} exceeds --nak-retry-us {}", self.nak_delay_us, self.nak_retry_us)
+        })?;
+        check(self.nak_backoff_max_us <= 1_000_000, "nak-backoff-max-us", || "must be at most 1 s".into())?;
+        check(self.socket_rcvbuf >= usize::from(self.mtu), "socket-rcvbuf", || {
+            format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_rcvbuf, self.mtu)
+        })?;
+        check(self.socket_sndbuf >= usize::from(self.mtu), "socket-sndbuf", || {
+            format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_sndbuf, self.mtu)
+        })
+    }
+}
+
+impl SequencerArgs {
+    /// Cross-setting checks of the sequencer configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.transport.validate()?;
+        check(
+            self.transport.multicast_group.is_some() || !self.subscribers.is_empty(),
+            "subscribers",
+            || "needs at least one address when --multicast-group is not set".into(),
+        )?;
+        check(self.ring_events.is_power_of_two() && self.ring_events >= 1024, "ring-events", || {
+            format!("{} must be a power of two of at least 1024", self.ring_events)
+        })?;
+        if let Some(secret) = &self.secret {
+            check(secret.len() >= 16, "secret", || "must be at least 16 characters".into())?;
+        }
+        Ok(())
+    }
+}
+
+impl GatewayArgs {
+    /// Cross-setting checks of the gateway configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.http_listen != self.tcp_listen, "tcp-listen", || "must differ from --http-listen".into())?;
+        check(self.queue_max > 0, "queue-max", || "must be at least 1".into())?;
+        check(self.api_keys.iter().all(|k| k.len() >= 16), "api-keys", || {
+            "every key must be at least 16 characters".into()
+        })
+    }
+}
+
+impl ConsumerArgs {
+    /// Cross-setting checks of the consumer configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.transport.validate()?;
+        check(self.reorder_events_max > 0, "reorder-events-max", || "must be at least 1".into())
+    }
+}
+
+impl BenchTransportArgs {
+    /// Checks of the transport benchmark settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive_seconds(self.duration, "duration")?;
+        check((1..=64).contains(&self.receivers), "receivers", || {
+            format!("{} is not in 1..=64", self.receivers)
+        })?;
+        check(self.loss.is_finite() && (0.0..100.0).contains(&self.loss), "loss", || {
+            format!("{} is not a percentage in [0, 100)", self.loss)
+        })?;
+        check((16..=1024).contains(&self.size), "size", || format!("{} bytes is not in 16..=1024", self.size))
+    }
+}
+
+impl BenchE2eArgs {
+    /// Checks of the end-to-end benchmark settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive_seconds(self.duration, "duration")?;
+        check(matches!(self.protocol.as_str(), "tcp" | "http"), "protocol", || {
+            format!("`{}` is neither tcp nor http", self.protocol)
+        })?;
+        check(self.rate == "max" || self.rate.parse::<u64>().is_ok_and(|r| r > 0), "rate", || {
+            format!("`{}` is neither a positive number nor `max`", self.rate)
+        })?;
+        check(self.connections > 0, "connections", || "must be at least 1".into())?;
+        check(self.batch > 0, "batch", || "must be at least 1".into())?;
+        check(self.accounts >= 2, "accounts", || "needs at least 2 accounts to move money between".into())
+    }
+}
+
+impl ReplayArgs {
+    /// Checks of the replay settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.action.is_some() {
+            return Ok(());
+        }
+        check(self.from_sequencer.is_some() || self.journal.is_some(), "journal", || {
+            "give --journal DIR or --from-sequencer ADDR".into()
+        })?;
+        check(self.from >= 1, "from", || "sequences start at 1".into())?;
+        if let Some(to) = self.to {
+            check(to >= self.from, "to", || format!("{to} is before --from {}", self.from))?;
+        }
+        Ok(())
+    }
+}
+
+impl Command {
+    /// Validates whichever subcommand was chosen.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            Command::Demo(_) | Command::Schema => Ok(()),
+            Command::Sequencer(args) => args.validate(),
+            Command::Gateway(args) => args.validate(),
+            Command::Consumer(args) => args.validate(),
+            Command::Bench(BenchCommand::Codec(args)) => positive_seconds(args.duration, "duration"),
+            Command::Bench(BenchCommand::Transport(args)) => args.validate(),
+            Command::Bench(BenchCommand::Sequencer(args)) => positive_seconds(args.duration, "duration"),
+            Command::Bench(BenchCommand::E2e(args)) => args.validate(),
+            Command::Replay(args) => args.validate(),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The `ledgerbus` binary as an operator meets it: help, configuration layering
+//! (flag > env > file > default) and clear errors naming the bad setting.
+
+use std::process::{Command, Output};
+
+fn ledgerbus(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledgerbus"));
+    command.args(args);
+    // Start from a clean slate: the developer's own LEDGERBUS_* must not leak in.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LEDGERBUS_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run ledgerbus")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The line `name = "value"  # origin` of `--check-config` output.
+fn setting<'a>(text: &'a str, name: &str) -> &'a str {
+    let prefix = format!("{name} = ");
+    text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no `{name}` in:\n{text}"))
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let output = ledgerbus(&["--help"], &[]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    for sub in ["demo", "sequencer", "gateway", "consumer", "bench", "replay"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(sub)), "--help lacks {sub}:\n{text}");
+    }
+}
+
+#[test]
+fn every_subcommand_explains_its_flags() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["demo"], &["--data-dir", "--http-listen", "--durability"]),
+        (&["sequencer"], &["--durability", "--subscribers", "--mtu", "--nak-delay-us", "LEDGERBUS_MTU"]),
+        (&["gateway"], &["--sequencer", "--api-keys", "--queue-max"]),
+        (&["consumer"], &["memory", "disk", "--listen", "--reorder-events-max"]),
+        (&["bench", "transport"], &["--duration", "--receivers", "--loss", "--size", "--json"]),
+        (&["bench", "sequencer"], &["--durability", "--json"]),
+        (&["bench", "e2e"], &["--rate", "--spawn", "--hgrm", "--plot"]),
+        (&["replay"], &["--from-sequencer", "--journal", "--verify", "--to-subscriber", "nak"]),
+        (&["replay", "nak"], &["--sequencer", "--from", "--count"]),
+    ];
+    for (path, flags) in cases {
+        let mut args = path.to_vec();
+        args.push("--help");
+        let output = ledgerbus(&args, &[]);
+        assert!(output.status.success(), "{path:?} --help failed");
+        let text = stdout(&output);
+        for flag in *flags {
+            assert!(text.contains(flag), "`ledgerbus {} --help` lacks {flag}", path.join(" "));
+        }
+    }
+}
+
+#[test]
+fn flags_override_env_which_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledgerbus.toml");
+    std::fs::write(
+        &file,
+        "log-level = \"warn\"\n[sequencer]\nmtu = 1200\nnak_delay_us = 50\nheartbeat-interval-us = 300\n\
+         durability = \"os\"\nsubscribers = [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]\n",
+    )
+    .unwrap();
+    let output = ledgerbus(
+        &["--config", file.to_str().unwrap(), "sequencer", "--mtu", "1300", "--check-config"],
+        &[("LEDGERBUS_NAK_DELAY_US", "70"), ("LEDGERBUS_HEARTBEAT_INTERVAL_US", "400")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert_eq!(setting(&text, "mtu"), "mtu = \"1300\"  # flag");
+    assert_eq!(setting(&text, "nak-delay-us"), "nak-delay-us = \"70\"  # env");
+    assert_eq!(setting(&text, "heartbeat-interval-us"), "heartbeat-interval-us = \"400\"  # env");
+    assert_eq!(setting(&text, "durability"), "durability = \"os\"  # file");
+    assert_eq!(setting(&text, "subscribers"), "subscribers = \"127.0.0.1:9000,127.0.0.1:9001\"  # file");
+    assert_eq!(setting(&text, "log-level"), "log-level = \"warn\"  # file");
+    assert_eq!(setting(&text, "nak-retry-us"), "nak-retry-us = \"2000\"  # default");
+}
+
+#[test]
+fn config_file_from_the_environment_and_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledgerbus.toml");
+    std::fs::write(&file, "[sequencer]\nsecret = \"do-not-print-this-secret\"\n").unwrap();
+    let output = ledgerbus(&["sequencer", "--check-config"], &[("LEDGERBUS_CONFIG", file.to_str().unwrap())]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert_eq!(setting(&text, "secret"), "secret = \"<hidden>\"  # file");
+    assert!(!text.contains("do-not-print-this-secret"));
+}
+
+/// Arguments, environment, and the flag the error must name.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn invalid_configuration_fails_at_start_naming_the_setting() {
+    let cases: &[Case] = &[
+        (&["sequencer", "--mtu", "100"], &[], "--mtu"),
+        (&["sequencer"], &[("LEDGERBUS_MTU", "lots")], "--mtu"),
+        (&["sequencer", "--multicast-group", "10.1.2.3"], &[], "--multicast-group"),
+        (&["sequencer", "--ring-events", "1000"], &[], "--ring-events"),
+        (&["sequencer", "--nak-delay-us", "5000", "--nak-retry-us", "100"], &[], "--nak-delay-us"),
+        (&["consumer", "disk", "--reorder-events-max", "0"], &[], "--reorder-events-max"),
+        (&["bench", "transport", "--loss", "150"], &[], "--loss"),
+        (&["bench", "e2e", "--rate", "fast"], &[], "--rate"),
+        (&["replay", "--journal", "x", "--from", "5", "--to", "2"], &[], "--to"),
+        (&["sequencer", "--durability", "maybe"], &[], "--durability"),
+    ];
+    for (args, env, setting) in cases {
+        let output = ledgerbus(args, env);
+        assert_eq!(output.status.code(), Some(2), "{args:?} should fail with status 2");
+        let text = stderr(&output);
+        assert!(text.contains(setting), "{args:?}: error does not name {setting}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_config_files_are_rejected_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[sequencer]\nmtuu = 1400\n", "mtuu"),
+        ("[sequencr]\nmtu = 1400\n", "sequencr"),
+        ("[sequencer]\nmtu = \"big\"\n", "--mtu"),
+        ("this is not toml", "parsing config file"),
+    ];
+    for (index, (content, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{index}.toml"));
+        std::fs::write(&file, content).unwrap();
+        let output = ledgerbus(&["--config", file.to_str().unwrap(), "sequencer", "--check-config"], &[]);
+        assert_eq!(output.status.code(), Some(2), "{content:?} should be rejected");
+        assert!(stderr(&output).contains(expected), "{content:?}: {}", stderr(&output));
+    }
+    let output = ledgerbus(&["--config", "/nonexistent/ledgerbus.toml", "schema"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("/nonexistent/ledgerbus.toml"));
+}
+
+#[test]
+fn schema_prints_the_xml_source_of_truth() {
+    let output = ledgerbus(&["schema"], &[]);
+    assert!(output.status.success());
+    assert_eq!(stdout(&output), ledgerbus_codec::SCHEMA_XML);
+}
