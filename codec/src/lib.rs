@@ -32,7 +32,7 @@ pub use error::{DecodeError, EncodeError};
 pub use frame::{Frame, Frames};
 pub use header::{MessageHeader, BLOCK_LENGTH_MAX, MESSAGE_HEADER_SIZE, SCHEMA_ID, SCHEMA_VERSION};
 pub use packet::{
-    packet_crc, restamp, CrcCheck, Packet, PacketHeader, PacketWriter, DATAGRAM_SIZE_DEFAULT,
+    packet_crc, restamp, seal, CrcCheck, Packet, PacketHeader, PacketWriter, DATAGRAM_SIZE_DEFAULT,
     DATAGRAM_SIZE_MAX, PACKET_HEADER_SIZE, PACKET_MAGIC,
 };
 pub use types::{account_flags, transfer_flags, Id128, PacketKind, ResultCode};

@@ -263,17 +263,26 @@ impl<'a> PacketWriter<'a> {
 
     /// Writes count, send time and CRC; returns the datagram size.
     pub fn finish(self, send_time_ns: u64) -> usize {
-        let (header, _) =
-            PacketHeader::mut_from_prefix(&mut self.buf[..]).expect("header size checked in start");
-        let count = if header.kind == PacketKind::Data.to_wire() { self.message_count } else { 0 };
-        header.message_count = count.into();
-        header.send_time_ns = send_time_ns.into();
-        header.crc32 = 0.into();
-        let datagram = &mut self.buf[..self.size];
-        let crc = packet_crc(datagram);
-        datagram[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        let is_data = self.buf[5] == PacketKind::Data.to_wire();
+        let count = if is_data { self.message_count } else { 0 };
+        seal(&mut self.buf[..self.size], count, send_time_ns);
         self.size
     }
+}
+
+/// Completes a datagram whose header was written by [`PacketWriter`] and whose frames
+/// were appended in place: writes the message count, the send time and the CRC.
+/// This lets a sender build a datagram across many calls without holding a writer.
+///
+/// # Panics
+/// If `datagram` is shorter than the packet header (a bug in the caller).
+pub fn seal(datagram: &mut [u8], message_count: u16, send_time_ns: u64) {
+    let (header, _) = PacketHeader::mut_from_prefix(datagram).expect("datagram shorter than its header");
+    header.message_count = message_count.into();
+    header.send_time_ns = send_time_ns.into();
+    header.crc32 = 0.into();
+    let crc = packet_crc(datagram);
+    datagram[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Rewrites the send time of a finished datagram (a retransmission) and its CRC.

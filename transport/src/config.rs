@@ -1,0 +1,163 @@
+//! Every timing and size of the protocol, with defaults and validation.
+//!
+//! Defaults follow DESIGN.md ("Wire format guidance"): Aeron's 1408-byte MTU, 100 µs
+//! unicast NAK delay, 10 ms retransmit linger; the multicast NAK back-off is much
+//! smaller than Aeron's 10 ms because a LAN ledger cannot wait that long, and the
+//! NAK retry is short because repair p99 must stay under 1 ms on a LAN.
+
+use ledgerbus_codec::{DATAGRAM_SIZE_MAX, PACKET_HEADER_SIZE};
+
+/// How datagrams reach receivers; changes NAK timing and who gets retransmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// One copy per subscriber. Losses are independent, so NAK after a short fixed
+    /// delay and retransmit to the requester only.
+    Unicast,
+    /// One copy to a group. A loss before fan-out hits every receiver, so receivers
+    /// wait a random back-off (the first NAK's repair, re-multicast, cancels the
+    /// others) and retransmissions go to the group.
+    Multicast,
+}
+
+/// An invalid transport configuration: the setting and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid transport configuration: {setting}: {message}")]
+pub struct ConfigError {
+    /// Name of the setting (as in the CLI, without dashes).
+    pub setting: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn check(ok: bool, setting: &'static str, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { setting, message: message() })
+    }
+}
+
+/// Settings of a [`Sender`](crate::Sender).
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Stream id written in every packet.
+    pub stream_id: u32,
+    /// Session id: a new one each time the sequencer starts a new log.
+    pub session_id: u64,
+    /// Largest datagram in bytes.
+    pub datagram_size_max: usize,
+    /// Datagrams kept for retransmission. Memory: this × `datagram_size_max`.
+    pub ring_datagrams: usize,
+    /// Heartbeat period when no data is sent.
+    pub heartbeat_interval_us: u64,
+    /// A datagram retransmitted within this time is not retransmitted again (to the
+    /// same requester, in unicast mode). Aeron uses 10 ms; it must stay below the
+    /// receivers' `nak_retry_us`, or a lost repair would wait out the linger.
+    pub retransmit_linger_us: u64,
+    /// Unicast or multicast.
+    pub mode: DeliveryMode,
+    /// Receivers remembered from their status messages (for lag and flow control).
+    pub receivers_max: usize,
+    /// A receiver silent for this long no longer holds back flow control.
+    pub receiver_timeout_us: u64,
+    /// Control datagrams (heartbeats, NAK replies) waiting to be sent.
+    pub control_queue_max: usize,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            stream_id: 1,
+            session_id: 1,
+            datagram_size_max: ledgerbus_codec::DATAGRAM_SIZE_DEFAULT,
+            ring_datagrams: 16_384,
+            heartbeat_interval_us: 1_000,
+            retransmit_linger_us: 300,
+            mode: DeliveryMode::Unicast,
+            receivers_max: 64,
+            receiver_timeout_us: 2_000_000,
+            control_queue_max: 1_024,
+        }
+    }
+}
+
+impl SenderConfig {
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_datagram_size(self.datagram_size_max)?;
+        check(self.ring_datagrams >= 16, "ring_datagrams", || "must be at least 16".into())?;
+        check(self.heartbeat_interval_us > 0, "heartbeat_interval_us", || "must be positive".into())?;
+        check(self.receivers_max > 0, "receivers_max", || "must be positive".into())?;
+        check(self.control_queue_max >= 16, "control_queue_max", || "must be at least 16".into())
+    }
+}
+
+fn check_datagram_size(size: usize) -> Result<(), ConfigError> {
+    check((PACKET_HEADER_SIZE + 64..=DATAGRAM_SIZE_MAX).contains(&size), "datagram_size_max", || {
+        format!("{size} is not in {}..={DATAGRAM_SIZE_MAX}", PACKET_HEADER_SIZE + 64)
+    })
+}
+
+/// Settings of a [`Receiver`](crate::Receiver).
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Stream to accept; packets of other streams are dropped.
+    pub stream_id: u32,
+    /// This receiver's id in NAKs and status messages.
+    pub receiver_id: u32,
+    /// Largest datagram in bytes (must be at least the sender's).
+    pub datagram_size_max: usize,
+    /// Unicast or multicast: selects the NAK delay policy.
+    pub mode: DeliveryMode,
+    /// First NAK after a gap is seen, unicast mode.
+    pub nak_delay_us: u64,
+    /// Upper bound of the random first-NAK delay, multicast mode.
+    pub nak_backoff_max_us: u64,
+    /// Wait before repeating an unanswered NAK; doubles per attempt up to 8×.
+    pub nak_retry_us: u64,
+    /// Most events asked for in one NAK.
+    pub nak_events_max: u32,
+    /// Out-of-order datagrams buffered while a gap is repaired.
+    /// Memory: this × `datagram_size_max`.
+    pub reorder_datagrams_max: usize,
+    /// Events past its position this receiver lets the sender run ahead (flow control).
+    pub window_events: u32,
+    /// Period of status messages.
+    pub status_interval_us: u64,
+    /// Seed of the NAK back-off jitter, so every run can be replayed.
+    pub rng_seed: u64,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            stream_id: 1,
+            receiver_id: 1,
+            datagram_size_max: ledgerbus_codec::DATAGRAM_SIZE_DEFAULT,
+            mode: DeliveryMode::Unicast,
+            nak_delay_us: 100,
+            nak_backoff_max_us: 1_000,
+            nak_retry_us: 400,
+            nak_events_max: 65_536,
+            reorder_datagrams_max: 4_096,
+            window_events: 65_536,
+            status_interval_us: 1_000,
+            rng_seed: 0x5EED,
+        }
+    }
+}
+
+impl ReceiverConfig {
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_datagram_size(self.datagram_size_max)?;
+        check(self.nak_retry_us > 0, "nak_retry_us", || "must be positive".into())?;
+        check(self.nak_events_max > 0, "nak_events_max", || "must be positive".into())?;
+        check(self.reorder_datagrams_max >= 4, "reorder_datagrams_max", || "must be at least 4".into())?;
+        check(self.reorder_datagrams_max <= usize::from(u16::MAX), "reorder_datagrams_max", || {
+            format!("must be at most {}", u16::MAX)
+        })?;
+        check(self.window_events > 0, "window_events", || "must be positive".into())?;
+        check(self.status_interval_us > 0, "status_interval_us", || "must be positive".into())
+    }
+}

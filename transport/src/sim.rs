@@ -1,0 +1,487 @@
+//! A deterministic network simulator for the protocol core (STYLE.md, rule 9).
+//!
+//! One [`Sender`] and several [`Receiver`]s exchange real datagrams through a
+//! simulated network with latency, jitter (which reorders), random loss, loss bursts
+//! and duplication, on a virtual clock that jumps to the next deadline. Every random
+//! choice comes from one `u64` seed, so a failure replays exactly from the seed
+//! printed in its message. A checker asserts that every receiver gets every event
+//! exactly once, in order, with the right bytes.
+//!
+//! A run has a safety phase (faults on, events published) and a liveness phase
+//! (faults healed) that must end with every receiver complete within a time bound.
+//! Receivers that fall behind the sender's ring are caught up by a simulated bulk
+//! replay, as a consumer does against the sequencer's journal.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ledgerbus_codec::messages::TransferEvent;
+use ledgerbus_codec::{decode, encode, Id128, Message, ResultCode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{Destination, MonoTime, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig};
+
+/// Faults of one direction of the network.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkFaults {
+    /// Base one-way latency.
+    pub latency_us: u64,
+    /// Extra random latency in `0..=jitter_us`; more jitter, more reordering.
+    pub jitter_us: u64,
+    /// Probability that a datagram is lost on its own.
+    pub loss: f64,
+    /// Probability that a datagram starts a burst of consecutive losses.
+    pub burst_probability: f64,
+    /// Length range of a loss burst, in datagrams.
+    pub burst_len: (u32, u32),
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+}
+
+impl LinkFaults {
+    /// A perfect link with `latency_us` latency.
+    pub fn clean(latency_us: u64) -> LinkFaults {
+        LinkFaults {
+            latency_us,
+            jitter_us: 0,
+            loss: 0.0,
+            burst_probability: 0.0,
+            burst_len: (0, 0),
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// One simulation scenario.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of every random choice in the run.
+    pub seed: u64,
+    /// Number of receivers.
+    pub receivers: usize,
+    /// Events to publish.
+    pub events: u64,
+    /// Events published per publish tick (fewer if flow control says so).
+    pub publish_batch: u32,
+    /// Time between publish ticks.
+    pub publish_interval_us: u64,
+    /// Sender to each receiver, drawn independently per receiver.
+    pub data_link: LinkFaults,
+    /// Loss before fan-out, shared by all receivers (a multicast switch dropping).
+    pub shared_loss: f64,
+    /// Receivers to the sender (NAKs, status messages).
+    pub control_link: LinkFaults,
+    /// Sender settings.
+    pub sender: SenderConfig,
+    /// Receiver settings (the receiver id and seed are varied per receiver).
+    pub receiver: ReceiverConfig,
+    /// Length of the faulty phase, after which all links are healed.
+    pub heal_after_us: u64,
+    /// The run fails if not complete by this virtual time.
+    pub time_limit_us: u64,
+}
+
+impl SimConfig {
+    /// A scenario with sensible small settings and the given seed.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            receivers: 3,
+            events: 10_000,
+            publish_batch: 64,
+            publish_interval_us: 20,
+            data_link: LinkFaults::clean(20),
+            shared_loss: 0.0,
+            control_link: LinkFaults::clean(20),
+            sender: SenderConfig::default(),
+            receiver: ReceiverConfig::default(),
+            heal_after_us: 60_000_000,
+            time_limit_us: 120_000_000,
+        }
+    }
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// Events each receiver got (all equal to `events` on success).
+    pub delivered: Vec<u64>,
+    /// NAK datagrams sent by all receivers.
+    pub naks_sent: u64,
+    /// Datagrams retransmitted by the sender.
+    pub retransmits: u64,
+    /// Datagrams dropped by the network (data and control).
+    pub datagrams_lost: u64,
+    /// Data datagrams the sender lost before fan-out (multicast shared loss).
+    pub shared_losses: u64,
+    /// Bulk replays the receivers needed.
+    pub replays: u64,
+    /// Virtual time at completion.
+    pub finished_at_us: u64,
+    /// Worst repair latency p99 over receivers, in microseconds.
+    pub repair_p99_us: u64,
+}
+
+/// A datagram in flight.
+struct InFlight {
+    to: Node,
+    from: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Sender,
+    Receiver(usize),
+}
+
+/// Loss state of one directed link.
+#[derive(Default, Clone, Copy)]
+struct LinkState {
+    burst_remaining: u32,
+}
+
+/// The frame the simulator publishes as event `sequence`: its bytes depend only on
+/// the sequence, so the checker (and the simulated replay) can rebuild it.
+pub fn event_frame(sequence: u64) -> [u8; TransferEvent::FRAME_SIZE] {
+    let event = TransferEvent {
+        sequence: sequence.into(),
+        timestamp_ns: sequence.wrapping_mul(1_000).into(),
+        id: Id128::from(u128::from(sequence) | (7u128 << 100)),
+        debit_account_id: Id128::from(1u128),
+        credit_account_id: Id128::from(2u128),
+        amount: (sequence % 1_000 + 1).into(),
+        ledger: 1.into(),
+        code: 1.into(),
+        flags: 0.into(),
+        result: ResultCode::Ok.to_wire().into(),
+        reserved: [0; 6],
+    };
+    let mut frame = [0u8; TransferEvent::FRAME_SIZE];
+    encode(&event, &mut frame).expect("buffer sized for the frame");
+    frame
+}
+
+/// Per-receiver delivery checker: exactly once, in order, right bytes.
+struct Checker {
+    next: u64,
+    error: Option<String>,
+}
+
+impl Checker {
+    fn deliver(&mut self, sequence: u64, frame: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if sequence != self.next {
+            self.error = Some(format!("delivered {sequence}, expected {}", self.next));
+            return;
+        }
+        match decode::<TransferEvent>(frame) {
+            Ok((event, _)) if event.sequence.get() == sequence && frame == event_frame(sequence) => {}
+            _ => {
+                self.error = Some(format!("event {sequence} has the wrong bytes"));
+                return;
+            }
+        }
+        self.next += 1;
+    }
+}
+
+struct Sim {
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    now: MonoTime,
+    sender: Sender,
+    sender_address: SocketAddr,
+    receivers: Vec<Receiver>,
+    receiver_addresses: Vec<SocketAddr>,
+    checkers: Vec<Checker>,
+    /// (arrival time, tiebreak) → datagram.
+    network: BinaryHeap<Reverse<(MonoTime, u64, usize)>>,
+    in_flight: Vec<Option<InFlight>>,
+    free_flight: Vec<usize>,
+    flight_counter: u64,
+    data_links: Vec<LinkState>,
+    control_links: Vec<LinkState>,
+    published: u64,
+    next_publish: MonoTime,
+    report: SimReport,
+    buf: Vec<u8>,
+}
+
+/// Runs a scenario to completion. On failure the error names the seed.
+pub fn run(config: SimConfig) -> Result<SimReport, String> {
+    let seed = config.seed;
+    Sim::new(config).and_then(|mut sim| sim.run()).map_err(|error| format!("seed {seed:#x}: {error}"))
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Result<Sim, String> {
+        let now = MonoTime::ZERO;
+        let sender = Sender::new(config.sender.clone(), 1, now).map_err(|e| e.to_string())?;
+        let mut receivers = Vec::new();
+        let mut receiver_addresses = Vec::new();
+        for index in 0..config.receivers {
+            let mut receiver_config = config.receiver.clone();
+            receiver_config.receiver_id = index as u32 + 1;
+            receiver_config.rng_seed = config.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            receiver_config.datagram_size_max = config.sender.datagram_size_max;
+            receivers.push(Receiver::new(receiver_config, 1, None, now).map_err(|e| e.to_string())?);
+            receiver_addresses.push(address(index as u8 + 2));
+        }
+        Ok(Sim {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            now,
+            sender,
+            sender_address: address(1),
+            checkers: (0..config.receivers).map(|_| Checker { next: 1, error: None }).collect(),
+            data_links: vec![LinkState::default(); config.receivers],
+            control_links: vec![LinkState::default(); config.receivers],
+            receivers,
+            receiver_addresses,
+            network: BinaryHeap::new(),
+            in_flight: Vec::new(),
+            free_flight: Vec::new(),
+            flight_counter: 0,
+            published: 0,
+            next_publish: now,
+            report: SimReport::default(),
+            buf: vec![0; config.sender.datagram_size_max],
+            config,
+        })
+    }
+
+    fn healed(&self) -> bool {
+        self.now.as_nanos() >= self.config.heal_after_us * 1_000
+    }
+
+    fn run(&mut self) -> Result<SimReport, String> {
+        loop {
+            self.deliver_due()?;
+            self.run_timers();
+            self.publish_due();
+            self.drain_transmits();
+            self.handle_events()?;
+            if let Some(error) = self.checkers.iter().find_map(|c| c.error.clone()) {
+                return Err(error);
+            }
+            if self.complete() {
+                return Ok(self.finish());
+            }
+            let next = self.next_wakeup();
+            if next.as_nanos() > self.config.time_limit_us * 1_000 {
+                let positions: Vec<u64> = self.receivers.iter().map(|r| r.next_expected() - 1).collect();
+                return Err(format!(
+                    "not complete by {} µs: published {} of {}, receiver positions {positions:?}",
+                    self.config.time_limit_us, self.published, self.config.events
+                ));
+            }
+            assert!(next >= self.now, "virtual time must not go backwards");
+            self.now = next;
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.published == self.config.events && self.checkers.iter().all(|c| c.next == self.config.events + 1)
+    }
+
+    fn finish(&mut self) -> SimReport {
+        let mut report = self.report.clone();
+        report.delivered = self.checkers.iter().map(|c| c.next - 1).collect();
+        report.naks_sent = self.receivers.iter().map(|r| r.stats().naks_sent).sum();
+        report.retransmits = self.sender.stats().retransmits;
+        report.finished_at_us = self.now.as_nanos() / 1_000;
+        report.repair_p99_us = self
+            .receivers
+            .iter()
+            .map(|r| r.stats().repair_latency_ns.value_at_quantile(0.99) / 1_000)
+            .max()
+            .unwrap_or(0);
+        report
+    }
+
+    fn next_wakeup(&self) -> MonoTime {
+        let mut next = self.sender.poll_timeout();
+        for receiver in &self.receivers {
+            next = next.min(receiver.poll_timeout());
+        }
+        if let Some(Reverse((at, _, _))) = self.network.peek() {
+            next = next.min(*at);
+        }
+        if self.published < self.config.events {
+            next = next.min(self.next_publish);
+        }
+        next.max(self.now)
+    }
+
+    fn deliver_due(&mut self) -> Result<(), String> {
+        while let Some(Reverse((at, _, slot))) = self.network.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.network.pop();
+            let flight = self.in_flight[slot].take().expect("in-flight slot filled");
+            self.free_flight.push(slot);
+            match flight.to {
+                Node::Sender => self.sender.handle_datagram(self.now, flight.from, &flight.bytes),
+                Node::Receiver(index) => {
+                    let checker = &mut self.checkers[index];
+                    self.receivers[index].handle_datagram(
+                        self.now,
+                        flight.from,
+                        &flight.bytes,
+                        &mut |s, f| checker.deliver(s, f),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_timers(&mut self) {
+        if self.now >= self.sender.poll_timeout() {
+            self.sender.handle_timeout(self.now);
+        }
+        for receiver in &mut self.receivers {
+            if self.now >= receiver.poll_timeout() {
+                receiver.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn publish_due(&mut self) {
+        if self.published == self.config.events || self.now < self.next_publish {
+            return;
+        }
+        let window = self.sender.window_remaining(self.now);
+        let batch = u64::from(self.config.publish_batch).min(window).min(self.config.events - self.published);
+        for _ in 0..batch {
+            let sequence = self.published + 1;
+            match self.sender.publish(self.now, &event_frame(sequence)) {
+                Ok(assigned) => {
+                    assert_eq!(assigned, sequence);
+                    self.published += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.next_publish = self.now.plus_us(self.config.publish_interval_us);
+    }
+
+    fn drain_transmits(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some(transmit) = self.sender.poll_transmit(self.now, &mut buf) {
+            let bytes = &buf[..transmit.size];
+            match transmit.destination {
+                Destination::All => {
+                    if !self.healed() && self.rng.random_bool(self.config.shared_loss) {
+                        self.report.shared_losses += 1;
+                        self.report.datagrams_lost += 1;
+                        continue;
+                    }
+                    for index in 0..self.receivers.len() {
+                        self.send_data(index, bytes);
+                    }
+                }
+                Destination::To(address) => {
+                    if let Some(index) = self.receiver_addresses.iter().position(|a| *a == address) {
+                        self.send_data(index, bytes);
+                    }
+                }
+            }
+        }
+        for index in 0..self.receivers.len() {
+            while let Some(size) = self.receivers[index].poll_transmit(self.now, &mut buf) {
+                let from = self.receiver_addresses[index];
+                let faults = self.config.control_link;
+                let mut link = self.control_links[index];
+                self.send(&mut link, faults, Node::Sender, from, &buf[..size]);
+                self.control_links[index] = link;
+            }
+        }
+        self.buf = buf;
+    }
+
+    fn send_data(&mut self, index: usize, bytes: &[u8]) {
+        let faults = self.config.data_link;
+        let mut link = self.data_links[index];
+        self.send(&mut link, faults, Node::Receiver(index), self.sender_address, bytes);
+        self.data_links[index] = link;
+    }
+
+    fn send(&mut self, link: &mut LinkState, faults: LinkFaults, to: Node, from: SocketAddr, bytes: &[u8]) {
+        let copies = if self.healed() {
+            1
+        } else if link.burst_remaining > 0 {
+            link.burst_remaining -= 1;
+            0
+        } else if self.rng.random_bool(faults.burst_probability) {
+            let (low, high) = faults.burst_len;
+            link.burst_remaining = self.rng.random_range(low..=high.max(low)).saturating_sub(1);
+            0
+        } else if self.rng.random_bool(faults.loss) {
+            0
+        } else if self.rng.random_bool(faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        if copies == 0 {
+            self.report.datagrams_lost += 1;
+        }
+        for _ in 0..copies {
+            let jitter = if faults.jitter_us == 0 { 0 } else { self.rng.random_range(0..=faults.jitter_us) };
+            let at = self.now.plus_us(faults.latency_us + jitter);
+            let flight = InFlight { to, from, bytes: bytes.to_vec() };
+            let slot = match self.free_flight.pop() {
+                Some(slot) => {
+                    self.in_flight[slot] = Some(flight);
+                    slot
+                }
+                None => {
+                    self.in_flight.push(Some(flight));
+                    self.in_flight.len() - 1
+                }
+            };
+            self.flight_counter += 1;
+            self.network.push(Reverse((at, self.flight_counter, slot)));
+        }
+    }
+
+    /// Acts on receiver signals: a needed replay is served from the "journal" (the
+    /// deterministic event bytes) up to what has been published.
+    fn handle_events(&mut self) -> Result<(), String> {
+        for index in 0..self.receivers.len() {
+            while let Some(event) = self.receivers[index].poll_event() {
+                match event {
+                    ReceiverEvent::NeedsReplay { from_sequence, .. } => {
+                        self.report.replays += 1;
+                        let checker = &mut self.checkers[index];
+                        if checker.next != from_sequence {
+                            return Err(format!(
+                                "receiver {index} needs replay from {from_sequence} but delivered up to {}",
+                                checker.next - 1
+                            ));
+                        }
+                        let end = self.published + 1;
+                        for sequence in from_sequence..end {
+                            checker.deliver(sequence, &event_frame(sequence));
+                        }
+                        self.receivers[index].resume(self.now, end, &mut |s, f| checker.deliver(s, f));
+                    }
+                    ReceiverEvent::SessionChanged { .. } => {
+                        return Err(format!("receiver {index} saw a session change in a one-session run"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn address(host: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, host)), 4000)
+}
