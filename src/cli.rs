@@ -341,9 +341,12 @@ pub struct BenchTransportArgs {
     /// Percentage of data packets each receiver drops on purpose.
     #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
     pub loss: f64,
-    /// Size of each event in bytes.
+    /// Size of each event in bytes (SBE header included).
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub size: u32,
+    /// Largest datagram, in bytes.
+    #[arg(long, default_value_t = 1408, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(576..=65507))]
+    pub mtu: u16,
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
