@@ -154,3 +154,15 @@ fn schema_prints_the_xml_source_of_truth() {
     assert!(output.status.success());
     assert_eq!(stdout(&output), ledgerbus_codec::SCHEMA_XML);
 }
+
+#[test]
+fn bench_transport_reports_json_with_nothing_unrecovered() {
+    let output = ledgerbus(&["bench", "transport", "--duration", "0.5", "--loss", "5", "--receivers", "2", "--json"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let last = text.lines().last().expect("a JSON line");
+    for key in ["\"events_per_sec\":", "\"naks\":", "\"retransmits\":", "\"unrecovered\":0,"] {
+        assert!(last.contains(key), "{key} missing from {last}");
+    }
+    assert!(!last.contains("\"events\":0,"), "events were sent: {last}");
+}
