@@ -136,13 +136,14 @@ pub struct TransportArgs {
     #[arg(long, env = "LEDGERBUS_NAK_BACKOFF_MAX_US", default_value_t = 1_000, value_name = "US")]
     pub nak_backoff_max_us: u64,
 
-    /// Time before an unanswered NAK is repeated (Aeron: 10 ms).
-    #[arg(long, env = "LEDGERBUS_NAK_RETRY_US", default_value_t = 2_000, value_name = "US")]
+    /// Time before an unanswered NAK is repeated; doubles per retry up to 8× (Aeron:
+    /// 10 ms; short here so that a lost repair is retried well within 1 ms).
+    #[arg(long, env = "LEDGERBUS_NAK_RETRY_US", default_value_t = 300, value_name = "US")]
     pub nak_retry_us: u64,
 
     /// Repeated NAKs for a range already retransmitted within this time are ignored
-    /// (Aeron's retransmit linger: 10 ms).
-    #[arg(long, env = "LEDGERBUS_RETRANSMIT_LINGER_US", default_value_t = 10_000, value_name = "US")]
+    /// (Aeron's retransmit linger: 10 ms). Must stay below --nak-retry-us.
+    #[arg(long, env = "LEDGERBUS_RETRANSMIT_LINGER_US", default_value_t = 200, value_name = "US")]
     pub retransmit_linger_us: u64,
 
     /// Requested SO_RCVBUF in bytes; the kernel caps it at net.core.rmem_max and we warn.

@@ -41,6 +41,12 @@ impl TransportArgs {
         check(self.nak_delay_us <= self.nak_retry_us, "nak-delay-us", || {
             format!("{} exceeds --nak-retry-us {}", self.nak_delay_us, self.nak_retry_us)
         })?;
+        check(self.retransmit_linger_us < self.nak_retry_us, "retransmit-linger-us", || {
+            format!(
+                "{} must be below --nak-retry-us {}, or a lost repair waits out the linger",
+                self.retransmit_linger_us, self.nak_retry_us
+            )
+        })?;
         check(self.nak_backoff_max_us <= 1_000_000, "nak-backoff-max-us", || "must be at most 1 s".into())?;
         check(self.socket_rcvbuf >= usize::from(self.mtu), "socket-rcvbuf", || {
             format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_rcvbuf, self.mtu)

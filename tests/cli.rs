@@ -87,7 +87,7 @@ fn flags_override_env_which_overrides_the_file() {
     assert_eq!(setting(&text, "durability"), "durability = \"os\"  # file");
     assert_eq!(setting(&text, "subscribers"), "subscribers = \"127.0.0.1:9000,127.0.0.1:9001\"  # file");
     assert_eq!(setting(&text, "log-level"), "log-level = \"warn\"  # file");
-    assert_eq!(setting(&text, "nak-retry-us"), "nak-retry-us = \"2000\"  # default");
+    assert_eq!(setting(&text, "nak-retry-us"), "nak-retry-us = \"300\"  # default");
 }
 
 #[test]
@@ -113,6 +113,7 @@ fn invalid_configuration_fails_at_start_naming_the_setting() {
         (&["sequencer", "--multicast-group", "10.1.2.3"], &[], "--multicast-group"),
         (&["sequencer", "--ring-events", "1000"], &[], "--ring-events"),
         (&["sequencer", "--nak-delay-us", "5000", "--nak-retry-us", "100"], &[], "--nak-delay-us"),
+        (&["sequencer", "--retransmit-linger-us", "5000"], &[], "--retransmit-linger-us"),
         (&["consumer", "disk", "--reorder-events-max", "0"], &[], "--reorder-events-max"),
         (&["bench", "transport", "--loss", "150"], &[], "--loss"),
         (&["bench", "e2e", "--rate", "fast"], &[], "--rate"),
@@ -157,7 +158,10 @@ fn schema_prints_the_xml_source_of_truth() {
 
 #[test]
 fn bench_transport_reports_json_with_nothing_unrecovered() {
-    let output = ledgerbus(&["bench", "transport", "--duration", "0.5", "--loss", "5", "--receivers", "2", "--json"], &[]);
+    let output = ledgerbus(
+        &["bench", "transport", "--duration", "0.5", "--loss", "5", "--receivers", "2", "--json"],
+        &[],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     let last = text.lines().last().expect("a JSON line");
