@@ -1,0 +1,291 @@
+//! The decider: applies commands to accounts and transfers, one result code each.
+//!
+//! Pure and deterministic (DESIGN.md, "Ledger semantics"): no clock (the timestamp
+//! is an argument), no randomness, no I/O, and no output ever depends on hash-map
+//! iteration order. Given the same commands in the same order, two ledgers reach the
+//! same state, which [`Ledger::state_digest`] and the rolling log hash confirm.
+//!
+//! Rejections change nothing. Only successful transfers are remembered by id (as
+//! TigerBeetle does): a retry of a rejected transfer is decided afresh, a retry of
+//! an applied one answers `Exists` (same fields) or `ExistsWithDifferentFields`.
+
+use hashbrown::HashMap;
+use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
+
+use crate::account::Account;
+
+/// The ledger state: accounts by id and the ids (with a field fingerprint) of every
+/// applied transfer.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    accounts: HashMap<u128, Account>,
+    /// Transfer id → fingerprint of its fields, for idempotent retries. 24 bytes of
+    /// payload per id; the full transfer lives in the journal and the read model.
+    transfers: HashMap<u128, u64>,
+    /// Undo records of the chain being decided; reused so chains do not allocate.
+    undo: Vec<Applied>,
+}
+
+/// Longest linked chain the sequencer accepts; longer ones are `LinkedChainOpen`.
+pub const CHAIN_MAX: usize = 1024;
+
+/// Undo record of one applied transfer inside a linked chain.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    id: u128,
+    debit: u128,
+    credit: u128,
+    amount: u64,
+}
+
+/// The fields that make two transfers "the same" for idempotency, hashed.
+fn fingerprint(transfer: &Transfer) -> u64 {
+    let mut bytes = [0u8; 64];
+    bytes[0..16].copy_from_slice(&transfer.debit_account_id.get().to_le_bytes());
+    bytes[16..32].copy_from_slice(&transfer.credit_account_id.get().to_le_bytes());
+    bytes[32..40].copy_from_slice(&transfer.amount.get().to_le_bytes());
+    bytes[40..44].copy_from_slice(&transfer.ledger.get().to_le_bytes());
+    bytes[44..46].copy_from_slice(&transfer.code.get().to_le_bytes());
+    bytes[46..48].copy_from_slice(&transfer.flags.get().to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes[..48])
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// An empty ledger with room for `accounts` and `transfers` without rehashing
+    /// (allocate at start-up, STYLE.md rule 5).
+    pub fn with_capacity(accounts: usize, transfers: usize) -> Ledger {
+        Ledger {
+            accounts: HashMap::with_capacity(accounts),
+            transfers: HashMap::with_capacity(transfers),
+            undo: Vec::with_capacity(CHAIN_MAX),
+        }
+    }
+
+    /// The account with `id`.
+    pub fn account(&self, id: u128) -> Option<&Account> {
+        self.accounts.get(&id)
+    }
+
+    /// Number of accounts.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Number of applied transfers remembered.
+    pub fn transfer_count(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Whether a transfer with `id` was applied.
+    pub fn has_transfer(&self, id: u128) -> bool {
+        self.transfers.contains_key(&id)
+    }
+
+    /// Bytes the two tables have allocated.
+    pub fn memory_bytes(&self) -> usize {
+        self.accounts.allocation_size() + self.transfers.allocation_size()
+    }
+
+    /// Decides a CreateAccount. Rejections change nothing.
+    pub fn create_account(&mut self, command: &CreateAccount, timestamp_ns: u64) -> ResultCode {
+        let flags = command.flags.get();
+        if flags & !account_flags::ALL != 0 {
+            return ResultCode::ReservedFlag;
+        }
+        let id = command.id.get();
+        if id == 0 {
+            return ResultCode::IdMustNotBeZero;
+        }
+        if command.ledger.get() == 0 {
+            return ResultCode::LedgerMustNotBeZero;
+        }
+        if command.code.get() == 0 {
+            return ResultCode::CodeMustNotBeZero;
+        }
+        if let Some(existing) = self.accounts.get(&id) {
+            let same = existing.ledger == command.ledger.get()
+                && existing.code == command.code.get()
+                && existing.flags == flags;
+            return if same { ResultCode::Exists } else { ResultCode::ExistsWithDifferentFields };
+        }
+        let account = Account {
+            debits_posted: 0,
+            credits_posted: 0,
+            timestamp_ns,
+            ledger: command.ledger.get(),
+            code: command.code.get(),
+            flags,
+        };
+        self.accounts.insert(id, account);
+        ResultCode::Ok
+    }
+
+    /// Decides one transfer on its own (not part of a linked chain).
+    pub fn transfer(&mut self, command: &Transfer) -> ResultCode {
+        match self.try_transfer(command) {
+            Ok(Some(_)) => ResultCode::Ok,
+            Ok(None) => ResultCode::Exists,
+            Err(code) => code,
+        }
+    }
+
+    /// Decides a linked chain all-or-nothing: either every transfer applies (`Ok`,
+    /// or `Exists` for ones applied before), or none does, the first failure gets its
+    /// own code and every other member `LinkedEventFailed`. `results` receives one
+    /// code per transfer. The chain's last transfer must not carry the linked flag;
+    /// if it does, the chain never closed and every member gets `LinkedChainOpen`.
+    pub fn transfer_chain(&mut self, chain: &[Transfer], results: &mut [ResultCode]) {
+        assert_eq!(chain.len(), results.len());
+        assert!(!chain.is_empty());
+        let open = chain.last().is_some_and(|t| t.flags.get() & transfer_flags::LINKED != 0);
+        let inner_unlinked =
+            chain[..chain.len() - 1].iter().any(|t| t.flags.get() & transfer_flags::LINKED == 0);
+        if open || inner_unlinked || chain.len() > CHAIN_MAX {
+            results.fill(ResultCode::LinkedChainOpen);
+            return;
+        }
+        let mut undo = std::mem::take(&mut self.undo);
+        undo.clear();
+        for (index, transfer) in chain.iter().enumerate() {
+            match self.try_transfer(transfer) {
+                Ok(Some(applied)) => {
+                    undo.push(applied);
+                    results[index] = ResultCode::Ok;
+                }
+                Ok(None) => results[index] = ResultCode::Exists,
+                Err(code) => {
+                    for applied in undo.iter().rev() {
+                        self.undo(applied);
+                    }
+                    results.fill(ResultCode::LinkedEventFailed);
+                    results[index] = code;
+                    self.undo = undo;
+                    return;
+                }
+            }
+        }
+        self.undo = undo;
+    }
+
+    /// Applies a transfer or says why not. `Ok(None)` means it already exists with
+    /// the same fields (idempotent success, nothing changed).
+    fn try_transfer(&mut self, command: &Transfer) -> Result<Option<Applied>, ResultCode> {
+        let flags = command.flags.get();
+        if flags & !transfer_flags::ALL != 0 {
+            return Err(ResultCode::ReservedFlag);
+        }
+        let id = command.id.get();
+        if id == 0 {
+            return Err(ResultCode::IdMustNotBeZero);
+        }
+        let debit_id = command.debit_account_id.get();
+        let credit_id = command.credit_account_id.get();
+        if debit_id == credit_id {
+            return Err(ResultCode::AccountsMustBeDifferent);
+        }
+        let amount = command.amount.get();
+        if amount == 0 {
+            return Err(ResultCode::AmountMustBePositive);
+        }
+        let ledger = command.ledger.get();
+        if ledger == 0 {
+            return Err(ResultCode::LedgerMustNotBeZero);
+        }
+        if command.code.get() == 0 {
+            return Err(ResultCode::CodeMustNotBeZero);
+        }
+        let print = fingerprint(command);
+        if let Some(&existing) = self.transfers.get(&id) {
+            return if existing == print { Ok(None) } else { Err(ResultCode::ExistsWithDifferentFields) };
+        }
+        let Some(debit) = self.accounts.get(&debit_id) else { return Err(ResultCode::DebitAccountNotFound) };
+        let Some(credit) = self.accounts.get(&credit_id) else {
+            return Err(ResultCode::CreditAccountNotFound);
+        };
+        if debit.ledger != ledger || credit.ledger != ledger {
+            return Err(ResultCode::LedgerMismatch);
+        }
+        let Some(debits) = debit.debits_posted.checked_add(amount) else { return Err(ResultCode::Overflow) };
+        let Some(credits) = credit.credits_posted.checked_add(amount) else {
+            return Err(ResultCode::Overflow);
+        };
+        if !debit.allows_negative() && debits > debit.credits_posted {
+            return Err(ResultCode::InsufficientFunds);
+        }
+        self.accounts.get_mut(&debit_id).expect("looked up above").debits_posted = debits;
+        self.accounts.get_mut(&credit_id).expect("looked up above").credits_posted = credits;
+        self.transfers.insert(id, print);
+        Ok(Some(Applied { id, debit: debit_id, credit: credit_id, amount }))
+    }
+
+    /// Reverses a transfer applied earlier in the same chain.
+    fn undo(&mut self, applied: &Applied) {
+        let debit = self.accounts.get_mut(&applied.debit).expect("undo of an applied transfer");
+        debit.debits_posted -= applied.amount;
+        let credit = self.accounts.get_mut(&applied.credit).expect("undo of an applied transfer");
+        credit.credits_posted -= applied.amount;
+        let removed = self.transfers.remove(&applied.id);
+        assert!(removed.is_some());
+    }
+
+    /// Replays an applied transfer from the log (recovery, consumers): the same
+    /// checks as deciding, because a log that does not apply is a bug or corruption.
+    pub fn replay_transfer(&mut self, command: &Transfer) -> Result<(), ResultCode> {
+        match self.try_transfer(command) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ResultCode::Exists),
+            Err(code) => Err(code),
+        }
+    }
+
+    /// A digest of the whole state, independent of insertion history and of hash-map
+    /// order: accounts and transfer ids sorted by id. O(n log n); for comparisons and
+    /// tests, not the hot path.
+    pub fn state_digest(&self) -> u64 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut ids: Vec<&u128> = self.accounts.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let account = &self.accounts[id];
+            hasher.update(&id.to_le_bytes());
+            hasher.update(&account.debits_posted.to_le_bytes());
+            hasher.update(&account.credits_posted.to_le_bytes());
+            hasher.update(&account.timestamp_ns.to_le_bytes());
+            hasher.update(&account.ledger.to_le_bytes());
+            hasher.update(&account.code.to_le_bytes());
+            hasher.update(&account.flags.to_le_bytes());
+        }
+        let mut transfers: Vec<(&u128, &u64)> = self.transfers.iter().collect();
+        transfers.sort_unstable();
+        for (id, print) in transfers {
+            hasher.update(&id.to_le_bytes());
+            hasher.update(&print.to_le_bytes());
+        }
+        hasher.digest()
+    }
+
+    /// Per ledger code: (total debits, total credits) over all accounts, sorted by
+    /// ledger. Double entry means the two are equal for every ledger.
+    pub fn totals_by_ledger(&self) -> Vec<(u32, u128, u128)> {
+        let mut totals: std::collections::BTreeMap<u32, (u128, u128)> = Default::default();
+        for account in self.accounts.values() {
+            let entry = totals.entry(account.ledger).or_default();
+            entry.0 += u128::from(account.debits_posted);
+            entry.1 += u128::from(account.credits_posted);
+        }
+        totals.into_iter().map(|(ledger, (debits, credits))| (ledger, debits, credits)).collect()
+    }
+
+    /// Every account, sorted by id (for tools and tests).
+    pub fn accounts_sorted(&self) -> Vec<(u128, Account)> {
+        let mut accounts: Vec<(u128, Account)> = self.accounts.iter().map(|(id, a)| (*id, *a)).collect();
+        accounts.sort_unstable_by_key(|(id, _)| *id);
+        accounts
+    }
+}
