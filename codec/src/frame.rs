@@ -19,6 +19,10 @@ pub enum Frame<'a> {
     StatusMessage(View<'a, StatusMessage>),
     NakUnavailable(View<'a, NakUnavailable>),
     ReplayRequest(View<'a, ReplayRequest>),
+    ReplayEnd(View<'a, ReplayEnd>),
+    Challenge(View<'a, Challenge>),
+    Authenticate(View<'a, Authenticate>),
+    Welcome(View<'a, Welcome>),
 }
 
 impl<'a> Frame<'a> {
@@ -44,6 +48,10 @@ impl<'a> Frame<'a> {
             StatusMessage::TEMPLATE_ID => Frame::StatusMessage(View::from_frame(header, block)?),
             NakUnavailable::TEMPLATE_ID => Frame::NakUnavailable(View::from_frame(header, block)?),
             ReplayRequest::TEMPLATE_ID => Frame::ReplayRequest(View::from_frame(header, block)?),
+            ReplayEnd::TEMPLATE_ID => Frame::ReplayEnd(View::from_frame(header, block)?),
+            Challenge::TEMPLATE_ID => Frame::Challenge(View::from_frame(header, block)?),
+            Authenticate::TEMPLATE_ID => Frame::Authenticate(View::from_frame(header, block)?),
+            Welcome::TEMPLATE_ID => Frame::Welcome(View::from_frame(header, block)?),
             id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
         };
         Ok((frame, frame_size))
@@ -63,6 +71,10 @@ impl<'a> Frame<'a> {
             Frame::StatusMessage(_) => StatusMessage::TEMPLATE_ID,
             Frame::NakUnavailable(_) => NakUnavailable::TEMPLATE_ID,
             Frame::ReplayRequest(_) => ReplayRequest::TEMPLATE_ID,
+            Frame::ReplayEnd(_) => ReplayEnd::TEMPLATE_ID,
+            Frame::Challenge(_) => Challenge::TEMPLATE_ID,
+            Frame::Authenticate(_) => Authenticate::TEMPLATE_ID,
+            Frame::Welcome(_) => Welcome::TEMPLATE_ID,
         }
     }
 

@@ -226,6 +226,50 @@ crate::sbe_block! {
 }
 message!(ReplayRequest, template 14);
 
+crate::sbe_block! {
+    /// Ends a bulk replay stream.
+    pub struct ReplayEnd: size 16 {
+        /// Session replayed.
+        [0] session_id: U64,
+        /// One past the last event sent.
+        [8] next_sequence: U64,
+    }
+}
+message!(ReplayEnd, template 15);
+
+crate::sbe_block! {
+    /// Handshake, sequencer to gateway: prove you know the secret.
+    pub struct Challenge: size 32 {
+        /// Fresh random bytes.
+        [0] nonce: [u8; 32],
+    }
+}
+message!(Challenge, template 20);
+
+crate::sbe_block! {
+    /// Handshake, gateway to sequencer.
+    pub struct Authenticate: size 40 {
+        /// The gateway's id (for logs and metrics).
+        [0] gateway_id: U32,
+        /// Zero.
+        [4] reserved: [u8; 4],
+        /// HMAC-SHA256(secret, nonce).
+        [8] mac: [u8; 32],
+    }
+}
+message!(Authenticate, template 21);
+
+crate::sbe_block! {
+    /// Handshake accepted.
+    pub struct Welcome: size 16 {
+        /// The sequencer's session.
+        [0] session_id: U64,
+        /// The sequence the next event will get.
+        [8] next_sequence: U64,
+    }
+}
+message!(Welcome, template 22);
+
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
 /// Name, template id, block length and fields of one message, for tools and for the
@@ -266,4 +310,8 @@ message_table!(
     StatusMessage,
     NakUnavailable,
     ReplayRequest,
+    ReplayEnd,
+    Challenge,
+    Authenticate,
+    Welcome,
 );

@@ -28,6 +28,10 @@ fn decode_everything(bytes: &[u8]) {
     typed::<StatusMessage>(bytes);
     typed::<NakUnavailable>(bytes);
     typed::<ReplayRequest>(bytes);
+    typed::<ReplayEnd>(bytes);
+    typed::<Challenge>(bytes);
+    typed::<Authenticate>(bytes);
+    typed::<Welcome>(bytes);
     if let Ok((frame, size)) = Frame::decode(bytes) {
         assert!(size <= bytes.len());
         if let Frame::TransferEvent(event) = frame {

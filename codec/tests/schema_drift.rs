@@ -39,7 +39,7 @@ fn rust_type_for(primitive: &str, length: usize) -> String {
     if length == 1 {
         scalar.to_string()
     } else {
-        assert_eq!(scalar, "u8", "arrays are byte padding only");
+        assert_eq!(scalar, "u8", "arrays are byte arrays only");
         format!("[u8; {length}]")
     }
 }

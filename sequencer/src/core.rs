@@ -1,0 +1,328 @@
+//! The sequencer's decision core, sans-IO: commands and a timestamp in, a batch of
+//! event frames and replies out. The driver journals the batch, and only with the
+//! journal's [`Durable`] proof can it turn the batch into a [`DurableBatch`] whose
+//! events may be published and whose replies may be sent (STYLE.md, rule 3):
+//! "journal before publish or acknowledge" is a type, not a convention.
+
+use ledgerbus_codec::messages::{
+    AccountEvent, CreateAccount, CreateAccountResult, Transfer, TransferEvent, TransferResult,
+};
+use ledgerbus_codec::{decode, encode, Frame, Message, ResultCode};
+use ledgerbus_ledger::{Ledger, RollingHash};
+
+use crate::journal::{Durable, JournalWriter};
+
+/// Size of a reply frame (both result messages share it).
+pub const REPLY_FRAME_SIZE: usize = TransferResult::FRAME_SIZE;
+const _: () = assert!(CreateAccountResult::FRAME_SIZE == TransferResult::FRAME_SIZE);
+
+/// A reply for one command, addressed to the connection it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    /// The driver's id of the gateway connection.
+    pub connection: u32,
+    /// An encoded CreateAccountResult or TransferResult frame.
+    pub frame: [u8; REPLY_FRAME_SIZE],
+}
+
+/// Events and replies decided together, not yet durable.
+#[derive(Debug, Default)]
+pub struct PendingBatch {
+    /// Event frames back to back.
+    events: Vec<u8>,
+    /// End offset of each event frame in `events`.
+    event_ends: Vec<u32>,
+    replies: Vec<Reply>,
+    /// One past the last event's sequence.
+    next_sequence: u64,
+}
+
+impl PendingBatch {
+    /// An empty batch with room reserved for `events` events.
+    pub fn with_capacity(events: usize) -> PendingBatch {
+        PendingBatch {
+            events: Vec::with_capacity(events * TransferEvent::FRAME_SIZE),
+            event_ends: Vec::with_capacity(events),
+            replies: Vec::with_capacity(events),
+            next_sequence: 0,
+        }
+    }
+
+    /// Events decided.
+    pub fn len(&self) -> usize {
+        self.event_ends.len()
+    }
+
+    /// Whether nothing was decided.
+    pub fn is_empty(&self) -> bool {
+        self.event_ends.is_empty()
+    }
+
+    /// Appends every event to the journal (not yet committed).
+    pub fn append_to(&self, journal: &mut JournalWriter) {
+        for frame in frames(&self.events, &self.event_ends) {
+            journal.append(frame);
+        }
+    }
+
+    /// The batch once the journal has made it durable.
+    ///
+    /// # Panics
+    /// If `proof` does not cover the batch: that would publish an event that could
+    /// be lost, the one thing this type exists to prevent.
+    pub fn into_durable(self, proof: &Durable) -> DurableBatch {
+        assert!(
+            self.is_empty() || proof.next_sequence() >= self.next_sequence,
+            "batch published before it was durable"
+        );
+        DurableBatch { inner: self }
+    }
+}
+
+/// A batch whose events are durable: they may be published and acknowledged.
+#[derive(Debug)]
+pub struct DurableBatch {
+    inner: PendingBatch,
+}
+
+impl DurableBatch {
+    /// The event frames, in sequence order.
+    pub fn events(&self) -> impl Iterator<Item = &[u8]> {
+        frames(&self.inner.events, &self.inner.event_ends)
+    }
+
+    /// The replies, in decision order.
+    pub fn replies(&self) -> &[Reply] {
+        &self.inner.replies
+    }
+
+    /// Events in the batch.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// An empty pending batch reusing this one's memory.
+    pub fn recycle(mut self) -> PendingBatch {
+        self.inner.events.clear();
+        self.inner.event_ends.clear();
+        self.inner.replies.clear();
+        self.inner
+    }
+}
+
+fn frames<'a>(events: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [u8]> {
+    let starts = std::iter::once(0).chain(ends.iter().map(|&e| e as usize));
+    starts.zip(ends.iter()).map(move |(start, &end)| &events[start..end as usize])
+}
+
+/// Decides commands in arrival order: stamps sequence and timestamp, applies them to
+/// the ledger, and records the event and the reply.
+#[derive(Debug)]
+pub struct SequencerCore {
+    ledger: Ledger,
+    next_sequence: u64,
+    last_timestamp_ns: u64,
+    hash: RollingHash,
+    chain_results: Vec<ResultCode>,
+}
+
+impl SequencerCore {
+    /// A core continuing a log at `next_sequence` with `ledger` (rebuilt by replay).
+    pub fn new(ledger: Ledger) -> SequencerCore {
+        SequencerCore {
+            ledger,
+            next_sequence: 1,
+            last_timestamp_ns: 0,
+            hash: RollingHash::EMPTY,
+            chain_results: Vec::with_capacity(ledgerbus_ledger::ledger::CHAIN_MAX),
+        }
+    }
+
+    /// The sequence of the next event.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The rolling hash over every event so far.
+    pub fn log_hash(&self) -> u64 {
+        self.hash.value()
+    }
+
+    /// The ledger state.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Strictly increasing timestamps, even if the wall clock steps back.
+    fn stamp(&mut self, now_ns: u64) -> u64 {
+        self.last_timestamp_ns = now_ns.max(self.last_timestamp_ns + 1);
+        self.last_timestamp_ns
+    }
+
+    /// Decides a CreateAccount from `connection`.
+    pub fn decide_account(
+        &mut self,
+        connection: u32,
+        command: &CreateAccount,
+        now_ns: u64,
+        batch: &mut PendingBatch,
+    ) {
+        let timestamp_ns = self.stamp(now_ns);
+        let result = self.ledger.create_account(command, timestamp_ns);
+        let sequence = self.next_sequence;
+        let event = AccountEvent {
+            sequence: sequence.into(),
+            timestamp_ns: timestamp_ns.into(),
+            id: command.id,
+            ledger: command.ledger,
+            code: command.code,
+            flags: command.flags,
+            result: result.to_wire().into(),
+            reserved: [0; 6],
+        };
+        let reply = CreateAccountResult {
+            correlation_id: command.correlation_id,
+            id: command.id,
+            sequence: sequence.into(),
+            timestamp_ns: timestamp_ns.into(),
+            result: result.to_wire().into(),
+            reserved: [0; 6],
+        };
+        self.record(&event, connection, &reply, batch);
+    }
+
+    /// Decides a chain of transfers from `connection`: one transfer, or linked ones
+    /// ending with an unlinked transfer (all-or-nothing).
+    pub fn decide_transfers(
+        &mut self,
+        connection: u32,
+        chain: &[Transfer],
+        now_ns: u64,
+        batch: &mut PendingBatch,
+    ) {
+        let mut results = std::mem::take(&mut self.chain_results);
+        results.clear();
+        results.resize(chain.len(), ResultCode::Ok);
+        if chain.len() == 1 {
+            results[0] = self.ledger.transfer(&chain[0]);
+        } else {
+            self.ledger.transfer_chain(chain, &mut results);
+        }
+        for (command, result) in chain.iter().zip(&results) {
+            let timestamp_ns = self.stamp(now_ns);
+            let sequence = self.next_sequence;
+            let event = TransferEvent {
+                sequence: sequence.into(),
+                timestamp_ns: timestamp_ns.into(),
+                id: command.id,
+                debit_account_id: command.debit_account_id,
+                credit_account_id: command.credit_account_id,
+                amount: command.amount,
+                ledger: command.ledger,
+                code: command.code,
+                flags: command.flags,
+                result: result.to_wire().into(),
+                reserved: [0; 6],
+            };
+            let reply = TransferResult {
+                correlation_id: command.correlation_id,
+                id: command.id,
+                sequence: sequence.into(),
+                timestamp_ns: timestamp_ns.into(),
+                result: result.to_wire().into(),
+                reserved: [0; 6],
+            };
+            self.record(&event, connection, &reply, batch);
+        }
+        self.chain_results = results;
+    }
+
+    fn record<E: Message, R: Message>(
+        &mut self,
+        event: &E,
+        connection: u32,
+        reply: &R,
+        batch: &mut PendingBatch,
+    ) {
+        let start = batch.events.len();
+        batch.events.resize(start + E::FRAME_SIZE, 0);
+        encode(event, &mut batch.events[start..]).expect("sized above");
+        self.hash.update(&batch.events[start..]);
+        batch.event_ends.push(batch.events.len() as u32);
+        let mut frame = [0u8; REPLY_FRAME_SIZE];
+        encode(reply, &mut frame).expect("reply frames share one size");
+        batch.replies.push(Reply { connection, frame });
+        self.next_sequence += 1;
+        batch.next_sequence = self.next_sequence;
+    }
+
+    /// Re-applies one journaled event at start-up. Events must come in order and apply
+    /// exactly as they were decided; anything else is reported as corruption.
+    pub fn replay(&mut self, frame: &[u8]) -> Result<(), String> {
+        let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
+        let (sequence, timestamp_ns, result) = match decoded {
+            Frame::AccountEvent(event) => {
+                let result = event.result().map_err(|e| e.to_string())?;
+                if result == ResultCode::Ok {
+                    let command = CreateAccount {
+                        correlation_id: 0.into(),
+                        id: event.id,
+                        ledger: event.ledger,
+                        code: event.code,
+                        flags: event.flags,
+                    };
+                    let again = self.ledger.create_account(&command, event.timestamp_ns.get());
+                    if again != ResultCode::Ok {
+                        return Err(format!(
+                            "account event {} no longer applies: {again:?}",
+                            event.sequence.get()
+                        ));
+                    }
+                }
+                (event.sequence.get(), event.timestamp_ns.get(), result)
+            }
+            Frame::TransferEvent(event) => {
+                let result = event.result().map_err(|e| e.to_string())?;
+                if result == ResultCode::Ok {
+                    let command = Transfer {
+                        correlation_id: 0.into(),
+                        id: event.id,
+                        debit_account_id: event.debit_account_id,
+                        credit_account_id: event.credit_account_id,
+                        amount: event.amount,
+                        ledger: event.ledger,
+                        code: event.code,
+                        flags: event.flags,
+                    };
+                    self.ledger.replay_transfer(&command).map_err(|code| {
+                        format!("transfer event {} no longer applies: {code:?}", event.sequence.get())
+                    })?;
+                }
+                (event.sequence.get(), event.timestamp_ns.get(), result)
+            }
+            other => return Err(format!("template {} is not an event", other.template_id())),
+        };
+        let _ = result;
+        if sequence != self.next_sequence {
+            return Err(format!("event {sequence} where {} belongs", self.next_sequence));
+        }
+        self.hash.update(frame);
+        self.next_sequence += 1;
+        self.last_timestamp_ns = self.last_timestamp_ns.max(timestamp_ns);
+        Ok(())
+    }
+}
+
+/// Reads the result code and sequence of a reply frame (for tests and clients).
+pub fn read_reply(frame: &[u8]) -> Option<(u64, u64, ResultCode)> {
+    if let Ok((view, _)) = decode::<TransferResult>(frame) {
+        return Some((view.correlation_id.get(), view.sequence.get(), view.result().ok()?));
+    }
+    let (view, _) = decode::<CreateAccountResult>(frame).ok()?;
+    Some((view.correlation_id.get(), view.sequence.get(), view.result().ok()?))
+}

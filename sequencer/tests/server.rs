@@ -1,0 +1,139 @@
+//! The sequencer in-process: gateways authenticate, commands are decided and
+//! answered, events reach a subscriber on the bus, the replay service serves them,
+//! and a restart recovers the same state and session.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
+use ledgerbus_sequencer::client::{replay, SequencerClient};
+use ledgerbus_sequencer::core::read_reply;
+use ledgerbus_sequencer::{start, SequencerConfig};
+use ledgerbus_transport::driver::{socket, SocketOptions, Subscriber};
+use ledgerbus_transport::ReceiverConfig;
+
+const SECRET: &[u8] = b"a-test-secret-of-some-length";
+
+fn account(correlation: u64, id: u128, negative: bool) -> CreateAccount {
+    CreateAccount {
+        correlation_id: correlation.into(),
+        id: id.into(),
+        ledger: 840.into(),
+        code: 1.into(),
+        flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+    }
+}
+
+fn transfer(correlation: u64, id: u128, debit: u128, credit: u128, amount: u64, linked: bool) -> Transfer {
+    Transfer {
+        correlation_id: correlation.into(),
+        id: id.into(),
+        debit_account_id: debit.into(),
+        credit_account_id: credit.into(),
+        amount: amount.into(),
+        ledger: 840.into(),
+        code: 1.into(),
+        flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
+    }
+}
+
+fn results(client: &mut SequencerClient, count: usize) -> Vec<(u64, u64, ResultCode)> {
+    client.flush().unwrap();
+    (0..count).map(|_| read_reply(client.read_reply().unwrap()).unwrap()).collect()
+}
+
+#[test]
+fn decide_publish_replay_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut subscriber = Subscriber::new(
+        ReceiverConfig::default(),
+        1,
+        None,
+        loopback,
+        None,
+        loopback,
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let target = socket::ipv4(subscriber.local_addr().unwrap()).unwrap();
+    let sequencer = start(SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET)).unwrap();
+    subscriber.set_sender_control(sequencer.control_addr).unwrap();
+
+    let mut client = SequencerClient::connect(sequencer.gateway_addr, SECRET, 1).unwrap();
+    assert_eq!(client.next_sequence, 1);
+    client.send(&account(1, 1, true)).unwrap();
+    client.send(&account(2, 2, false)).unwrap();
+    client.send(&account(3, 3, false)).unwrap();
+    client.send(&transfer(4, 10, 1, 2, 100, false)).unwrap();
+    client.send(&transfer(5, 11, 2, 3, 500, false)).unwrap(); // overdraft
+    client.send(&transfer(6, 12, 2, 3, 60, true)).unwrap(); // chain of two: 60 + 50 > 100
+    client.send(&transfer(7, 13, 2, 1, 50, false)).unwrap();
+    client.send(&transfer(8, 10, 1, 2, 100, false)).unwrap(); // retry of 10
+    let got = results(&mut client, 8);
+    let codes: Vec<ResultCode> = got.iter().map(|r| r.2).collect();
+    assert_eq!(
+        codes,
+        [
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::Ok,
+            ResultCode::InsufficientFunds,
+            ResultCode::LinkedEventFailed,
+            ResultCode::InsufficientFunds,
+            ResultCode::Exists
+        ]
+    );
+    assert_eq!(
+        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>(),
+        "correlation ids echo"
+    );
+    assert_eq!(
+        got.iter().map(|r| r.1).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>(),
+        "gap-free sequences"
+    );
+
+    // The events reach the bus in order.
+    let mut delivered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.len() < 8 && Instant::now() < deadline {
+        subscriber.poll(Duration::from_millis(10), &mut |sequence, _| delivered.push(sequence)).unwrap();
+    }
+    assert_eq!(delivered, (1..=8).collect::<Vec<_>>());
+
+    // The replay service serves the same events.
+    let mut replayed = Vec::new();
+    let (next, session) = replay(sequencer.replay_addr, 0, 3, 0, |sequence, _| {
+        replayed.push(sequence);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(replayed, (3..=8).collect::<Vec<_>>());
+    assert_eq!(next, 9);
+    assert_eq!(session, sequencer.session_id);
+
+    // Wrong secret: refused.
+    let refused = SequencerClient::connect(sequencer.gateway_addr, b"not-the-secret-at-all", 2);
+    assert!(refused.is_err());
+
+    let session_before = sequencer.session_id;
+    drop(client);
+    sequencer.stop().unwrap();
+
+    // Restart: same session, same state, sequence continues.
+    let sequencer = start(SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET)).unwrap();
+    assert_eq!(sequencer.session_id, session_before);
+    assert_eq!(sequencer.recovered_events, 8);
+    let mut client = SequencerClient::connect(sequencer.gateway_addr, SECRET, 1).unwrap();
+    assert_eq!(client.next_sequence, 9);
+    client.send(&transfer(9, 10, 1, 2, 100, false)).unwrap();
+    client.send(&transfer(10, 14, 2, 3, 100, false)).unwrap();
+    let got = results(&mut client, 2);
+    assert_eq!(got[0].2, ResultCode::Exists, "applied before the restart");
+    assert_eq!(got[1].2, ResultCode::Ok, "balance of 100 recovered");
+    assert_eq!(got[1].1, 10);
+}
