@@ -114,6 +114,10 @@ pub struct TransportArgs {
     #[arg(long, env = "LEDGERBUS_MULTICAST_INTERFACE", default_value = "0.0.0.0", value_name = "ADDR")]
     pub multicast_interface: Ipv4Addr,
 
+    /// UDP port of the multicast group.
+    #[arg(long, env = "LEDGERBUS_MULTICAST_PORT", default_value_t = 7100, value_name = "PORT")]
+    pub multicast_port: u16,
+
     /// Multicast TTL (hops).
     #[arg(long, env = "LEDGERBUS_MULTICAST_TTL", default_value_t = 1, value_name = "HOPS")]
     pub multicast_ttl: u8,
@@ -211,9 +215,15 @@ pub struct SequencerArgs {
     #[arg(long, env = "LEDGERBUS_DURABILITY", default_value = "fsync", value_name = "MODE")]
     pub durability: Durability,
 
-    /// Events kept in memory for retransmission; older NAKs are served from the journal.
-    #[arg(long, env = "LEDGERBUS_RING_EVENTS", default_value_t = 1 << 20, value_name = "COUNT")]
-    pub ring_events: u32,
+    /// Datagrams kept in memory for retransmission (memory: this × --mtu bytes).
+    /// Receivers whose gap is older catch up through the bulk replay service.
+    #[arg(long, env = "LEDGERBUS_RING_DATAGRAMS", default_value_t = 16_384, value_name = "COUNT")]
+    pub ring_datagrams: u32,
+
+    /// Journal segment size in MiB before a new segment file is started.
+    #[arg(long, env = "LEDGERBUS_SEGMENT_MIB", default_value_t = 256, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub segment_mib: u64,
 
     /// Shared secret gateways must present when they connect.
     #[arg(long, env = "LEDGERBUS_SEQUENCER_SECRET", hide_env_values = true, value_name = "SECRET")]

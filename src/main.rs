@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_file;
+mod run;
 mod validate;
 
 use std::ffi::OsString;
@@ -66,55 +67,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(_) => not_yet("demo", 5),
-        Command::Sequencer(_) => not_yet("sequencer", 4),
+        Command::Sequencer(args) => run::sequencer::run(&args),
         Command::Gateway(_) => not_yet("gateway", 5),
         Command::Consumer(_) => not_yet("consumer", 5),
         Command::Bench(BenchCommand::Codec(_)) => {
             not_yet("bench codec (use `cargo bench -p ledgerbus-codec`)", 2)
         }
-        Command::Bench(BenchCommand::Transport(args)) => bench_transport(&args),
-        Command::Bench(BenchCommand::Sequencer(_)) => not_yet("bench sequencer", 4),
+        Command::Bench(BenchCommand::Transport(args)) => run::bench::transport(&args),
+        Command::Bench(BenchCommand::Sequencer(args)) => run::bench::sequencer(&args),
         Command::Bench(BenchCommand::E2e(_)) => not_yet("bench e2e", 6),
         Command::Replay(_) => not_yet("replay", 6),
     }
-}
-
-/// `ledgerbus bench transport`: see `ledgerbus_transport::bench`.
-fn bench_transport(args: &cli::BenchTransportArgs) -> anyhow::Result<()> {
-    use ledgerbus_transport::bench;
-    let options = bench::BenchOptions {
-        duration: std::time::Duration::from_secs_f64(args.duration),
-        receivers: args.receivers,
-        loss_percent: args.loss,
-        event_size: args.size as usize,
-        datagram_size_max: usize::from(args.mtu),
-        drain_timeout: std::time::Duration::from_secs(10),
-    };
-    eprintln!(
-        "bench transport: {} receiver(s), {}% loss, {}-byte events, {} s on 127.0.0.1 (unicast fan-out)",
-        args.receivers, args.loss, args.size, args.duration
-    );
-    let report = bench::run(&options, |published| eprintln!("  {published} events published"))?;
-    println!("events/s          {:>14.0}", report.events_per_sec);
-    println!("MB/s per receiver {:>14.1}", report.mb_per_sec);
-    println!("events            {:>14}", report.events);
-    println!("naks              {:>14}", report.naks);
-    println!("retransmits       {:>14}", report.retransmits);
-    println!("injected drops    {:>14}", report.injected_drops);
-    println!("repair p50 / p99  {:>8} / {} µs", report.repair_p50_us, report.repair_p99_us);
-    println!("unrecovered       {:>14}", report.unrecovered);
-    println!("order violations  {:>14}", report.order_violations);
-    if args.json {
-        println!("{}", report.to_json());
-    }
-    if report.unrecovered > 0 || report.order_violations > 0 {
-        anyhow::bail!(
-            "{} events unrecovered, {} order violations",
-            report.unrecovered,
-            report.order_violations
-        );
-    }
-    Ok(())
 }
 
 /// Says plainly that a subcommand is not built yet, rather than pretending.

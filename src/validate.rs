@@ -66,13 +66,16 @@ impl SequencerArgs {
             "subscribers",
             || "needs at least one address when --multicast-group is not set".into(),
         )?;
-        check(self.ring_events.is_power_of_two() && self.ring_events >= 1024, "ring-events", || {
-            format!("{} must be a power of two of at least 1024", self.ring_events)
+        check((16..=16_777_216).contains(&self.ring_datagrams), "ring-datagrams", || {
+            format!("{} is not in 16..=16777216", self.ring_datagrams)
         })?;
-        if let Some(secret) = &self.secret {
-            check(secret.len() >= 16, "secret", || "must be at least 16 characters".into())?;
+        match &self.secret {
+            Some(secret) => check(secret.len() >= 16, "secret", || "must be at least 16 characters".into()),
+            None => Err(ConfigError {
+                setting: "secret",
+                message: "is required (or LEDGERBUS_SEQUENCER_SECRET): gateways must authenticate".into(),
+            }),
         }
-        Ok(())
     }
 }
 

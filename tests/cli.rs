@@ -77,7 +77,11 @@ fn flags_override_env_which_overrides_the_file() {
     .unwrap();
     let output = ledgerbus(
         &["--config", file.to_str().unwrap(), "sequencer", "--mtu", "1300", "--check-config"],
-        &[("LEDGERBUS_NAK_DELAY_US", "70"), ("LEDGERBUS_HEARTBEAT_INTERVAL_US", "400")],
+        &[
+            ("LEDGERBUS_NAK_DELAY_US", "70"),
+            ("LEDGERBUS_HEARTBEAT_INTERVAL_US", "400"),
+            ("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0"),
+        ],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
@@ -111,7 +115,8 @@ fn invalid_configuration_fails_at_start_naming_the_setting() {
         (&["sequencer", "--mtu", "100"], &[], "--mtu"),
         (&["sequencer"], &[("LEDGERBUS_MTU", "lots")], "--mtu"),
         (&["sequencer", "--multicast-group", "10.1.2.3"], &[], "--multicast-group"),
-        (&["sequencer", "--ring-events", "1000"], &[], "--ring-events"),
+        (&["sequencer", "--ring-datagrams", "3"], &[], "--ring-datagrams"),
+        (&["sequencer", "--secret", "short"], &[], "--secret"),
         (&["sequencer", "--nak-delay-us", "5000", "--nak-retry-us", "100"], &[], "--nak-delay-us"),
         (&["sequencer", "--retransmit-linger-us", "5000"], &[], "--retransmit-linger-us"),
         (&["consumer", "disk", "--reorder-events-max", "0"], &[], "--reorder-events-max"),

@@ -9,7 +9,14 @@
 //! TigerBeetle does): a retry of a rejected transfer is decided afresh, a retry of
 //! an applied one answers `Exists` (same fields) or `ExistsWithDifferentFields`.
 
-use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
+use hashbrown::DefaultHashBuilder;
+
+use crate::huge::HugePages;
+
+/// The ledger's hash maps: default (seeded) hasher, huge-page backed when large.
+/// Iteration order is never allowed to reach an output, so the seeded hasher is safe.
+type HashMap<K, V> = hashbrown::HashMap<K, V, DefaultHashBuilder, HugePages>;
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
 
@@ -17,7 +24,7 @@ use crate::account::Account;
 
 /// The ledger state: accounts by id and the ids (with a field fingerprint) of every
 /// applied transfer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Ledger {
     accounts: HashMap<u128, Account>,
     /// Transfer id → fingerprint of its fields, for idempotent retries. 24 bytes of
@@ -51,18 +58,32 @@ fn fingerprint(transfer: &Transfer) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes[..48])
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
+    }
+}
+
 impl Ledger {
     /// An empty ledger.
     pub fn new() -> Ledger {
-        Ledger::default()
+        Ledger::with_capacity(0, 0)
     }
 
     /// An empty ledger with room for `accounts` and `transfers` without rehashing
     /// (allocate at start-up, STYLE.md rule 5).
     pub fn with_capacity(accounts: usize, transfers: usize) -> Ledger {
         Ledger {
-            accounts: HashMap::with_capacity(accounts),
-            transfers: HashMap::with_capacity(transfers),
+            accounts: HashMap::with_capacity_and_hasher_in(
+                accounts,
+                DefaultHashBuilder::default(),
+                HugePages,
+            ),
+            transfers: HashMap::with_capacity_and_hasher_in(
+                transfers,
+                DefaultHashBuilder::default(),
+                HugePages,
+            ),
             undo: Vec::with_capacity(CHAIN_MAX),
         }
     }
@@ -201,13 +222,22 @@ impl Ledger {
             return Err(ResultCode::CodeMustNotBeZero);
         }
         let print = fingerprint(command);
-        if let Some(&existing) = self.transfers.get(&id) {
-            return if existing == print { Ok(None) } else { Err(ResultCode::ExistsWithDifferentFields) };
-        }
-        let Some(debit) = self.accounts.get(&debit_id) else { return Err(ResultCode::DebitAccountNotFound) };
-        let Some(credit) = self.accounts.get(&credit_id) else {
-            return Err(ResultCode::CreditAccountNotFound);
+        // One probe of the (large, cache-cold) transfer table serves both the
+        // idempotency check and the insert.
+        let vacant = match self.transfers.entry(id) {
+            Entry::Occupied(existing) => {
+                return if *existing.get() == print {
+                    Ok(None)
+                } else {
+                    Err(ResultCode::ExistsWithDifferentFields)
+                };
+            }
+            Entry::Vacant(vacant) => vacant,
         };
+        // Distinct ids (checked above), so both can be borrowed mutably at once.
+        let [debit, credit] = self.accounts.get_disjoint_mut([&debit_id, &credit_id]);
+        let Some(debit) = debit else { return Err(ResultCode::DebitAccountNotFound) };
+        let Some(credit) = credit else { return Err(ResultCode::CreditAccountNotFound) };
         if debit.ledger != ledger || credit.ledger != ledger {
             return Err(ResultCode::LedgerMismatch);
         }
@@ -218,9 +248,9 @@ impl Ledger {
         if !debit.allows_negative() && debits > debit.credits_posted {
             return Err(ResultCode::InsufficientFunds);
         }
-        self.accounts.get_mut(&debit_id).expect("looked up above").debits_posted = debits;
-        self.accounts.get_mut(&credit_id).expect("looked up above").credits_posted = credits;
-        self.transfers.insert(id, print);
+        debit.debits_posted = debits;
+        credit.credits_posted = credits;
+        vacant.insert(print);
         Ok(Some(Applied { id, debit: debit_id, credit: credit_id, amount }))
     }
 

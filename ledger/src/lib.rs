@@ -10,6 +10,7 @@
 
 pub mod account;
 pub mod hash;
+pub mod huge;
 pub mod ledger;
 
 pub use account::Account;

@@ -101,6 +101,11 @@ impl DurableBatch {
         self.inner.len()
     }
 
+    /// Sequence of the batch's last event.
+    pub fn last_sequence(&self) -> Option<u64> {
+        (!self.is_empty()).then(|| self.inner.next_sequence - 1)
+    }
+
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()

@@ -12,10 +12,12 @@
 //! - [`client`]: a minimal blocking gateway-side client (tests, benchmarks, tools).
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod core;
 pub mod journal;
 pub mod metrics;
+pub mod pipeline;
 pub mod replay;
 pub mod server;
 

@@ -27,6 +27,7 @@ use crate::auth;
 use crate::core::{PendingBatch, SequencerCore};
 use crate::journal::{Durability, JournalError, JournalWriter};
 use crate::metrics::{self, ConsumerPosition, SequencerMetrics};
+use crate::pipeline::{CommitPipeline, Committed};
 use crate::replay;
 
 /// Everything the sequencer needs to run.
@@ -134,6 +135,11 @@ impl RunningSequencer {
         Arc::clone(&self.shutdown)
     }
 
+    /// Whether the hot thread is still running (it stops on shutdown or on a fatal error).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
+    }
+
     /// Stops intake, flushes and publishes what was decided, and waits for the end.
     pub fn stop(mut self) -> Result<(), SequencerError> {
         self.shutdown.store(true, Ordering::Release);
@@ -234,9 +240,11 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         Arc::clone(&running.shutdown),
     )
     .map_err(io_err("replay thread"))?;
+    let pipeline = CommitPipeline::start(journal).map_err(io_err("journal thread"))?;
     let hot = HotLoop {
         core,
-        journal,
+        pipeline,
+        spare: Some(PendingBatch::with_capacity(config.batch_events_max)),
         publisher,
         listener,
         connections: Vec::new(),
@@ -330,7 +338,10 @@ impl Connection {
 
 struct HotLoop {
     core: SequencerCore,
-    journal: JournalWriter,
+    /// The journal, on its own thread: decides overlap with group commits.
+    pipeline: CommitPipeline,
+    /// The batch buffer not currently in use, recycled.
+    spare: Option<PendingBatch>,
     publisher: Publisher,
     listener: TcpListener,
     connections: Vec<Option<Connection>>,
@@ -356,23 +367,46 @@ impl HotLoop {
             }
             self.accept();
             let decided = self.read_and_decide();
-            if decided > 0 {
-                self.commit_and_release()?;
+            if let Some(committed) = self.pipeline.try_complete() {
+                self.release(committed?)?;
             }
+            self.submit_if_idle();
             self.publisher.service().map_err(io_err("bus socket"))?;
             self.flush_connections();
             self.refresh_metrics();
             if decided == 0 {
-                self.idle_wait()?;
+                if self.pipeline.in_flight() {
+                    // Nothing new to decide: wait for the sync, then answer at once.
+                    if let Some(committed) = self.pipeline.wait_complete(Duration::from_millis(1)) {
+                        self.release(committed?)?;
+                        self.submit_if_idle();
+                        self.flush_connections();
+                    }
+                } else {
+                    self.idle_wait()?;
+                }
             }
         }
+    }
+
+    /// Starts the group commit of what has been decided, unless one is running.
+    fn submit_if_idle(&mut self) {
+        if self.pipeline.in_flight() || self.batch.as_ref().is_none_or(|b| b.is_empty()) {
+            return;
+        }
+        let next = self.spare.take().unwrap_or_else(|| PendingBatch::with_capacity(self.batch_events_max));
+        let batch = self.batch.replace(next).expect("batch present");
+        self.pipeline.submit(batch);
     }
 
     /// Shutdown in order: intake has stopped; flush the group commit, publish,
     /// answer, send a final heartbeat.
     fn drain(mut self) -> Result<(), SequencerError> {
-        if self.batch.as_ref().is_some_and(|b| !b.is_empty()) {
-            self.commit_and_release()?;
+        while self.pipeline.in_flight() || self.batch.as_ref().is_some_and(|b| !b.is_empty()) {
+            if let Some(committed) = self.pipeline.wait_complete(Duration::from_millis(100)) {
+                self.release(committed?)?;
+            }
+            self.submit_if_idle();
         }
         self.flush_connections();
         self.publisher.service().map_err(io_err("bus socket"))?;
@@ -565,14 +599,10 @@ impl HotLoop {
         }
     }
 
-    /// Journals the batch, waits for durability, then publishes and answers.
-    fn commit_and_release(&mut self) -> Result<(), SequencerError> {
-        let batch = self.batch.take().expect("batch present");
-        batch.append_to(&mut self.journal);
-        let started = Instant::now();
-        let proof = self.journal.commit()?;
-        self.metrics.record_fsync(started.elapsed().as_micros() as u64);
-        let durable = batch.into_durable(&proof);
+    /// Publishes and answers a batch the journal has made durable.
+    fn release(&mut self, committed: Committed) -> Result<(), SequencerError> {
+        self.metrics.record_fsync(committed.sync_us);
+        let durable = committed.batch;
         let mut rejected = 0;
         for frame in durable.events() {
             let published = self.publisher.publish(frame).map_err(io_err("bus socket"))?;
@@ -595,8 +625,10 @@ impl HotLoop {
         }
         self.metrics.events_total.fetch_add(durable.len() as u64, Ordering::Relaxed);
         self.metrics.rejected_total.fetch_add(rejected, Ordering::Relaxed);
-        self.metrics.last_sequence.store(proof.next_sequence() - 1, Ordering::Relaxed);
-        self.batch = Some(durable.recycle());
+        if let Some(last) = durable.last_sequence() {
+            self.metrics.last_sequence.store(last, Ordering::Relaxed);
+        }
+        self.spare = Some(durable.recycle());
         Ok(())
     }
 

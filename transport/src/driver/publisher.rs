@@ -46,6 +46,9 @@ pub struct Publisher {
     transmit_buf: Vec<u8>,
     granted: GrantedBuffers,
     stats: PublisherStats,
+    /// The clock as of the last flush or service: publishing many events in a row
+    /// reads it once, not once per event.
+    now: MonoTime,
 }
 
 impl Publisher {
@@ -80,6 +83,7 @@ impl Publisher {
             transmit_buf: vec![0; datagram_size_max],
             granted,
             stats: PublisherStats::default(),
+            now: monotonic_now(),
         })
     }
 
@@ -109,13 +113,14 @@ impl Publisher {
     }
 
     /// How many events may be published now (flow control).
-    pub fn window_remaining(&self) -> u64 {
-        self.core.window_remaining(monotonic_now())
+    pub fn window_remaining(&mut self) -> u64 {
+        self.now = monotonic_now();
+        self.core.window_remaining(self.now)
     }
 
     /// Publishes one frame; if the ring is full of unsent datagrams, sends them first.
     pub fn publish(&mut self, frame: &[u8]) -> io::Result<Result<u64, PublishError>> {
-        let now = monotonic_now();
+        let now = self.now;
         match self.core.publish(now, frame) {
             Err(PublishError::RingFull) => {
                 self.flush()?;
@@ -128,6 +133,7 @@ impl Publisher {
     /// Sends everything the protocol has queued.
     pub fn flush(&mut self) -> io::Result<()> {
         let now = monotonic_now();
+        self.now = now;
         let fan_out = match &self.targets {
             Targets::Unicast(list) => list.len(),
             Targets::Multicast { .. } => 1,

@@ -1,0 +1,221 @@
+//! `ledgerbus bench sequencer`: the sequencer's own work, in process, without the
+//! gateway: decide + stamp + journal (group commit) + encode + publish to a socket
+//! on 127.0.0.1. A generator thread offers transfers as fast as it can through a
+//! bounded queue; each hot-loop iteration takes whatever has arrived, so group sizes
+//! come from the real fsync latency, as they do in production.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::{account_flags, Id128};
+use ledgerbus_ledger::Ledger;
+use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
+use ledgerbus_transport::SenderConfig;
+
+use crate::core::{PendingBatch, SequencerCore};
+use crate::journal::{Durability, JournalWriter};
+use crate::pipeline::CommitPipeline;
+
+/// Transfers per message from the generator.
+const CHUNK: usize = 1_024;
+/// Accounts transfers are spread over.
+const ACCOUNTS: u128 = 10_000;
+
+/// What the benchmark measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SequencerBenchReport {
+    /// Durability mode.
+    pub durability: String,
+    /// Transfers decided, journaled and published.
+    pub transfers: u64,
+    /// Transfers per second.
+    pub transfers_per_sec: f64,
+    /// Group commits.
+    pub commits: u64,
+    /// Mean transfers per group commit.
+    pub group_size_mean: f64,
+    /// Largest group commit.
+    pub group_size_max: u64,
+    /// Journal sync latency p50, µs.
+    pub fsync_p50_us: u64,
+    /// Journal sync latency p99, µs.
+    pub fsync_p99_us: u64,
+    /// Rejected transfers (overdraft attempts are part of the mix).
+    pub rejected: u64,
+    /// Seconds measured.
+    pub elapsed_sec: f64,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Runs the benchmark in `dir` (a fresh directory) for `duration`.
+pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::Result<SequencerBenchReport> {
+    let (mut journal, recovered) =
+        JournalWriter::open(dir, durability, 1 << 30, 1, |_| Ok(())).map_err(std::io::Error::other)?;
+    // A subscriber socket nobody reads: the kernel drops what overflows, as a slow
+    // consumer would; the sequencer pays its full publishing cost.
+    let sink = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let target = socket::ipv4(sink.local_addr()?)?;
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut publisher = Publisher::new(
+        SenderConfig { session_id: recovered.session_id, ..SenderConfig::default() },
+        recovered.next_sequence,
+        loopback,
+        Targets::Unicast(vec![target]),
+        SocketOptions::default(),
+    )?;
+    let mut core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
+    let mut batch = PendingBatch::with_capacity(65_536);
+
+    // Accounts: one settlement account that may go negative funds the others.
+    for id in 0..=ACCOUNTS {
+        let flags = if id == 0 { account_flags::ALLOW_NEGATIVE } else { 0 };
+        let command = CreateAccount {
+            correlation_id: 0.into(),
+            id: Id128::from(id + 1),
+            ledger: 1.into(),
+            code: 1.into(),
+            flags: flags.into(),
+        };
+        core.decide_account(0, &command, now_ns(), &mut batch);
+    }
+    let funding: Vec<Transfer> =
+        (1..=ACCOUNTS).map(|id| transfer(u128::MAX - id, 1, id + 1, 1_000_000)).collect();
+    for chunk in funding.chunks(1) {
+        core.decide_transfers(0, chunk, now_ns(), &mut batch);
+    }
+    let batch = commit(&mut journal, &mut publisher, batch)?;
+    let mut batch = batch;
+
+    let (sender, receiver) = sync_channel::<Vec<Transfer>>(64);
+    let generator = std::thread::spawn(move || {
+        let mut next_id: u128 = 1;
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            for _ in 0..CHUNK {
+                // xorshift: cheap, deterministic account picks.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let debit = u128::from(state % ACCOUNTS as u64) + 2;
+                let credit = u128::from((state >> 20) % ACCOUNTS as u64) + 2;
+                let credit = if credit == debit { (credit - 1) % ACCOUNTS + 2 } else { credit };
+                let amount = 1 + (state >> 40) % 100;
+                chunk.push(transfer(next_id, debit, credit, amount));
+                next_id += 1;
+            }
+            if sender.send(chunk).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut fsync = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid bounds");
+    let mut transfers = 0u64;
+    let mut commits = 0u64;
+    let mut group_max = 0u64;
+    let mut rejected = 0u64;
+    let mut pipeline = CommitPipeline::start(journal)?;
+    let mut spare = Some(PendingBatch::with_capacity(65_536));
+    let start = Instant::now();
+    while start.elapsed() < duration || pipeline.in_flight() {
+        // Decide while the previous batch is being synced.
+        if start.elapsed() < duration && batch.len() < 65_536 {
+            let chunk = if batch.is_empty() && !pipeline.in_flight() {
+                receiver.recv().ok()
+            } else {
+                receiver.try_recv().ok()
+            };
+            if let Some(chunk) = chunk {
+                let now = now_ns();
+                for transfer in &chunk {
+                    core.decide_transfers(0, std::slice::from_ref(transfer), now, &mut batch);
+                }
+                continue;
+            }
+        }
+        let done = if batch.is_empty() || start.elapsed() >= duration {
+            pipeline.wait_complete(Duration::from_millis(100))
+        } else {
+            pipeline.try_complete()
+        };
+        if let Some(result) = done {
+            let committed = result.map_err(std::io::Error::other)?;
+            let _ = fsync.record(committed.sync_us.max(1));
+            let durable = committed.batch;
+            for frame in durable.events() {
+                if publisher.publish(frame)?.is_err() {
+                    return Err(std::io::Error::other("publisher refused an event"));
+                }
+            }
+            publisher.flush()?;
+            rejected += durable
+                .replies()
+                .iter()
+                .filter(|r| crate::core::read_reply(&r.frame).is_some_and(|(_, _, code)| !code.is_success()))
+                .count() as u64;
+            let decided = durable.len() as u64;
+            transfers += decided;
+            commits += 1;
+            group_max = group_max.max(decided);
+            spare = Some(durable.recycle());
+            publisher.service()?;
+        }
+        if !pipeline.in_flight() && !batch.is_empty() {
+            let next = spare.take().unwrap_or_else(|| PendingBatch::with_capacity(65_536));
+            pipeline.submit(std::mem::replace(&mut batch, next));
+        }
+    }
+    let elapsed_sec = start.elapsed().as_secs_f64();
+    drop(receiver);
+    let _ = generator.join();
+    Ok(SequencerBenchReport {
+        durability: format!("{durability:?}").to_lowercase(),
+        transfers,
+        transfers_per_sec: transfers as f64 / elapsed_sec,
+        commits,
+        group_size_mean: transfers as f64 / commits.max(1) as f64,
+        group_size_max: group_max,
+        fsync_p50_us: fsync.value_at_quantile(0.5),
+        fsync_p99_us: fsync.value_at_quantile(0.99),
+        rejected,
+        elapsed_sec,
+    })
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
+    Transfer {
+        correlation_id: 0.into(),
+        id: id.into(),
+        debit_account_id: debit.into(),
+        credit_account_id: credit.into(),
+        amount: amount.into(),
+        ledger: 1.into(),
+        code: 1.into(),
+        flags: 0.into(),
+    }
+}
+
+fn commit(
+    journal: &mut JournalWriter,
+    publisher: &mut Publisher,
+    batch: PendingBatch,
+) -> std::io::Result<PendingBatch> {
+    batch.append_to(journal);
+    let proof = journal.commit().map_err(std::io::Error::other)?;
+    let durable = batch.into_durable(&proof);
+    for frame in durable.events() {
+        if publisher.publish(frame)?.is_err() {
+            return Err(std::io::Error::other("publisher refused an event"));
+        }
+    }
+    publisher.flush()?;
+    Ok(durable.recycle())
+}

@@ -1,0 +1,109 @@
+//! Group commit off the hot thread. The hot thread decides batch N+1 while a journal
+//! thread writes and syncs batch N, so throughput is the larger of the two costs
+//! rather than their sum. The journal thread alone turns a [`PendingBatch`] into a
+//! [`DurableBatch`], with the journal's proof, so nothing can be published or
+//! answered before it is durable. At most one batch is in flight: its decisions are
+//! already in the ledger, and a journal error is fatal (the process stops rather
+//! than answer for an event it could not make durable).
+
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::core::{DurableBatch, PendingBatch};
+use crate::journal::{JournalError, JournalWriter};
+
+/// A batch back from the journal thread.
+pub struct Committed {
+    /// The batch, now durable.
+    pub batch: DurableBatch,
+    /// Time spent writing and syncing it, µs.
+    pub sync_us: u64,
+}
+
+/// The journal thread and its two channels.
+pub struct CommitPipeline {
+    submit: Option<SyncSender<PendingBatch>>,
+    done: Receiver<Result<Committed, JournalError>>,
+    in_flight: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CommitPipeline {
+    /// Moves `journal` to its own thread.
+    pub fn start(mut journal: JournalWriter) -> std::io::Result<CommitPipeline> {
+        let (submit, batches) = sync_channel::<PendingBatch>(1);
+        let (finished, done) = sync_channel(1);
+        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || {
+            while let Ok(batch) = batches.recv() {
+                let started = Instant::now();
+                batch.append_to(&mut journal);
+                let result = journal.commit().map(|proof| Committed {
+                    batch: batch.into_durable(&proof),
+                    sync_us: started.elapsed().as_micros() as u64,
+                });
+                let failed = result.is_err();
+                if finished.send(result).is_err() || failed {
+                    return;
+                }
+            }
+        })?;
+        Ok(CommitPipeline { submit: Some(submit), done, in_flight: false, thread: Some(thread) })
+    }
+
+    /// Whether a batch is being written.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Hands a batch to the journal thread. Only one may be in flight.
+    pub fn submit(&mut self, batch: PendingBatch) {
+        assert!(!self.in_flight, "one batch in flight at a time");
+        assert!(!batch.is_empty());
+        self.submit
+            .as_ref()
+            .expect("pipeline running")
+            .send(batch)
+            .expect("journal thread alive while in flight");
+        self.in_flight = true;
+    }
+
+    /// The in-flight batch, if it is done; never blocks.
+    pub fn try_complete(&mut self) -> Option<Result<Committed, JournalError>> {
+        if !self.in_flight {
+            return None;
+        }
+        match self.done.try_recv() {
+            Ok(result) => {
+                self.in_flight = false;
+                Some(result)
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => panic!("journal thread died"),
+        }
+    }
+
+    /// Waits up to `timeout` for the in-flight batch.
+    pub fn wait_complete(&mut self, timeout: Duration) -> Option<Result<Committed, JournalError>> {
+        if !self.in_flight {
+            return None;
+        }
+        match self.done.recv_timeout(timeout) {
+            Ok(result) => {
+                self.in_flight = false;
+                Some(result)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => panic!("journal thread died"),
+        }
+    }
+}
+
+impl Drop for CommitPipeline {
+    fn drop(&mut self) {
+        self.submit.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! What each subcommand does, built from its parsed arguments. `main.rs` only
+//! parses, validates and dispatches here.
+
+pub mod bench;
+pub mod sequencer;
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Targets};
+use ledgerbus_transport::{DeliveryMode, ReceiverConfig, SenderConfig};
+
+use crate::cli::TransportArgs;
+
+impl TransportArgs {
+    /// Unicast or multicast, as configured.
+    pub fn mode(&self) -> DeliveryMode {
+        if self.multicast_group.is_some() {
+            DeliveryMode::Multicast
+        } else {
+            DeliveryMode::Unicast
+        }
+    }
+
+    /// Multicast socket options, when a group is configured.
+    pub fn multicast(&self) -> Option<MulticastOptions> {
+        self.multicast_group.map(|group| MulticastOptions {
+            group,
+            interface: self.multicast_interface,
+            ttl: u32::from(self.multicast_ttl),
+            loopback: self.multicast_loop,
+        })
+    }
+
+    /// Where data goes: the group, or the unicast subscribers.
+    pub fn targets(&self, subscribers: &[std::net::SocketAddr]) -> anyhow::Result<Targets> {
+        if let Some(options) = self.multicast() {
+            return Ok(Targets::Multicast {
+                group: SocketAddrV4::new(options.group, self.multicast_port),
+                options,
+            });
+        }
+        let list = subscribers
+            .iter()
+            .map(|address| ledgerbus_transport::driver::socket::ipv4(*address))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Targets::Unicast(list))
+    }
+
+    /// Socket buffer requests.
+    pub fn socket_options(&self) -> SocketOptions {
+        SocketOptions { recv_buffer_size: self.socket_rcvbuf, send_buffer_size: self.socket_sndbuf }
+    }
+
+    /// Sender settings (the session id is filled in from the journal).
+    pub fn sender_config(&self, ring_datagrams: usize) -> SenderConfig {
+        SenderConfig {
+            stream_id: self.stream_id,
+            datagram_size_max: usize::from(self.mtu),
+            ring_datagrams,
+            heartbeat_interval_us: self.heartbeat_interval_us,
+            retransmit_linger_us: self.retransmit_linger_us,
+            mode: self.mode(),
+            ..SenderConfig::default()
+        }
+    }
+
+    /// Receiver settings.
+    #[allow(dead_code)] // used by the consumers (issue 5)
+    pub fn receiver_config(&self, receiver_id: u32, reorder_datagrams_max: usize) -> ReceiverConfig {
+        ReceiverConfig {
+            stream_id: self.stream_id,
+            receiver_id,
+            datagram_size_max: usize::from(self.mtu),
+            mode: self.mode(),
+            nak_delay_us: self.nak_delay_us,
+            nak_backoff_max_us: self.nak_backoff_max_us,
+            nak_retry_us: self.nak_retry_us,
+            reorder_datagrams_max,
+            rng_seed: u64::from(receiver_id),
+            ..ReceiverConfig::default()
+        }
+    }
+}
+
+/// A flag set by SIGINT or SIGTERM, for an orderly shutdown.
+pub fn shutdown_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}

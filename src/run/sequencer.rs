@@ -1,0 +1,57 @@
+//! `ledgerbus sequencer`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use ledgerbus_sequencer::{Durability, SequencerConfig};
+
+use crate::cli::{self, SequencerArgs};
+
+/// Maps the CLI's durability onto the journal's.
+pub fn durability(mode: cli::Durability) -> Durability {
+    match mode {
+        cli::Durability::Fsync => Durability::Fsync,
+        cli::Durability::Os => Durability::Os,
+    }
+}
+
+/// The sequencer configuration the flags describe.
+pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
+    let secret = args.secret.clone().context("--secret is required")?;
+    Ok(SequencerConfig {
+        data_dir: args.data_dir.clone(),
+        gateway_listen: args.gateway_listen,
+        control_listen: args.control_listen,
+        replay_listen: args.replay_listen,
+        metrics_listen: Some(args.metrics_listen),
+        targets: args.transport.targets(&args.subscribers)?,
+        durability: durability(args.durability),
+        sender: args.transport.sender_config(args.ring_datagrams as usize),
+        socket: args.transport.socket_options(),
+        secret: secret.into_bytes(),
+        segment_size_max: args.segment_mib << 20,
+        batch_events_max: 65_536,
+    })
+}
+
+/// Runs until SIGINT/SIGTERM, then drains in order and exits.
+pub fn run(args: &SequencerArgs) -> anyhow::Result<()> {
+    let shutdown = super::shutdown_on_signal()?;
+    let running = ledgerbus_sequencer::start(config(args)?)?;
+    tracing::info!(
+        gateway = %running.gateway_addr,
+        control = %running.control_addr,
+        replay = %running.replay_addr,
+        metrics = ?running.metrics_addr,
+        session = format_args!("{:#018x}", running.session_id),
+        durability = ?args.durability,
+        "sequencer running"
+    );
+    while !shutdown.load(Ordering::Relaxed) && running.is_running() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down: stopping intake, flushing the last group commit");
+    running.stop()?;
+    Ok(())
+}
