@@ -14,6 +14,20 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::huge::HugePages;
 
+/// A 128-bit id as the table key: two u64 words, so a (key, value) slot is aligned
+/// to 8 bytes, not 16 as a `u128` would force (24-byte transfer slots, not 32).
+type Key = [u64; 2];
+
+#[inline]
+fn key(id: u128) -> Key {
+    [id as u64, (id >> 64) as u64]
+}
+
+#[inline]
+fn id_of(key: &Key) -> u128 {
+    u128::from(key[0]) | (u128::from(key[1]) << 64)
+}
+
 /// The ledger's hash maps: default (seeded) hasher, huge-page backed when large.
 /// Iteration order is never allowed to reach an output, so the seeded hasher is safe.
 type HashMap<K, V> = hashbrown::HashMap<K, V, DefaultHashBuilder, HugePages>;
@@ -26,10 +40,10 @@ use crate::account::Account;
 /// applied transfer.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    accounts: HashMap<u128, Account>,
+    accounts: HashMap<Key, Account>,
     /// Transfer id → fingerprint of its fields, for idempotent retries. 24 bytes of
     /// payload per id; the full transfer lives in the journal and the read model.
-    transfers: HashMap<u128, u64>,
+    transfers: HashMap<Key, u64>,
     /// Undo records of the chain being decided; reused so chains do not allocate.
     undo: Vec<Applied>,
 }
@@ -90,7 +104,7 @@ impl Ledger {
 
     /// The account with `id`.
     pub fn account(&self, id: u128) -> Option<&Account> {
-        self.accounts.get(&id)
+        self.accounts.get(&key(id))
     }
 
     /// Number of accounts.
@@ -105,7 +119,7 @@ impl Ledger {
 
     /// Whether a transfer with `id` was applied.
     pub fn has_transfer(&self, id: u128) -> bool {
-        self.transfers.contains_key(&id)
+        self.transfers.contains_key(&key(id))
     }
 
     /// Bytes the two tables have allocated.
@@ -129,7 +143,7 @@ impl Ledger {
         if command.code.get() == 0 {
             return ResultCode::CodeMustNotBeZero;
         }
-        if let Some(existing) = self.accounts.get(&id) {
+        if let Some(existing) = self.accounts.get(&key(id)) {
             let same = existing.ledger == command.ledger.get()
                 && existing.code == command.code.get()
                 && existing.flags == flags;
@@ -143,7 +157,7 @@ impl Ledger {
             code: command.code.get(),
             flags,
         };
-        self.accounts.insert(id, account);
+        self.accounts.insert(key(id), account);
         ResultCode::Ok
     }
 
@@ -224,7 +238,7 @@ impl Ledger {
         let print = fingerprint(command);
         // One probe of the (large, cache-cold) transfer table serves both the
         // idempotency check and the insert.
-        let vacant = match self.transfers.entry(id) {
+        let vacant = match self.transfers.entry(key(id)) {
             Entry::Occupied(existing) => {
                 return if *existing.get() == print {
                     Ok(None)
@@ -235,7 +249,7 @@ impl Ledger {
             Entry::Vacant(vacant) => vacant,
         };
         // Distinct ids (checked above), so both can be borrowed mutably at once.
-        let [debit, credit] = self.accounts.get_disjoint_mut([&debit_id, &credit_id]);
+        let [debit, credit] = self.accounts.get_disjoint_mut([&key(debit_id), &key(credit_id)]);
         let Some(debit) = debit else { return Err(ResultCode::DebitAccountNotFound) };
         let Some(credit) = credit else { return Err(ResultCode::CreditAccountNotFound) };
         if debit.ledger != ledger || credit.ledger != ledger {
@@ -256,11 +270,11 @@ impl Ledger {
 
     /// Reverses a transfer applied earlier in the same chain.
     fn undo(&mut self, applied: &Applied) {
-        let debit = self.accounts.get_mut(&applied.debit).expect("undo of an applied transfer");
+        let debit = self.accounts.get_mut(&key(applied.debit)).expect("undo of an applied transfer");
         debit.debits_posted -= applied.amount;
-        let credit = self.accounts.get_mut(&applied.credit).expect("undo of an applied transfer");
+        let credit = self.accounts.get_mut(&key(applied.credit)).expect("undo of an applied transfer");
         credit.credits_posted -= applied.amount;
-        let removed = self.transfers.remove(&applied.id);
+        let removed = self.transfers.remove(&key(applied.id));
         assert!(removed.is_some());
     }
 
@@ -279,10 +293,10 @@ impl Ledger {
     /// tests, not the hot path.
     pub fn state_digest(&self) -> u64 {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let mut ids: Vec<&u128> = self.accounts.keys().collect();
+        let mut ids: Vec<u128> = self.accounts.keys().map(id_of).collect();
         ids.sort_unstable();
         for id in ids {
-            let account = &self.accounts[id];
+            let account = &self.accounts[&key(id)];
             hasher.update(&id.to_le_bytes());
             hasher.update(&account.debits_posted.to_le_bytes());
             hasher.update(&account.credits_posted.to_le_bytes());
@@ -291,7 +305,7 @@ impl Ledger {
             hasher.update(&account.code.to_le_bytes());
             hasher.update(&account.flags.to_le_bytes());
         }
-        let mut transfers: Vec<(&u128, &u64)> = self.transfers.iter().collect();
+        let mut transfers: Vec<(u128, u64)> = self.transfers.iter().map(|(k, v)| (id_of(k), *v)).collect();
         transfers.sort_unstable();
         for (id, print) in transfers {
             hasher.update(&id.to_le_bytes());
@@ -314,7 +328,7 @@ impl Ledger {
 
     /// Every account, sorted by id (for tools and tests).
     pub fn accounts_sorted(&self) -> Vec<(u128, Account)> {
-        let mut accounts: Vec<(u128, Account)> = self.accounts.iter().map(|(id, a)| (*id, *a)).collect();
+        let mut accounts: Vec<(u128, Account)> = self.accounts.iter().map(|(k, a)| (id_of(k), *a)).collect();
         accounts.sort_unstable_by_key(|(id, _)| *id);
         accounts
     }

@@ -174,3 +174,19 @@ proptest! {
         prop_assert_eq!(first.state_digest(), second.state_digest());
     }
 }
+
+/// Capacity (issue 4): 10 million accounts and 100 million transfer ids fit this
+/// machine, at most 128 bytes per account and 48 per remembered transfer id.
+/// The tables are reserved up front; untouched pages cost nothing until used.
+#[test]
+fn memory_per_account_and_per_transfer_id() {
+    let accounts = 10_000_000;
+    let transfers = 100_000_000;
+    let ledger = Ledger::with_capacity(accounts, transfers);
+    let empty_accounts = Ledger::with_capacity(accounts, 0).memory_bytes();
+    let per_account = empty_accounts as f64 / accounts as f64;
+    let per_transfer = (ledger.memory_bytes() - empty_accounts) as f64 / transfers as f64;
+    println!("{per_account:.1} bytes per account, {per_transfer:.1} bytes per transfer id");
+    assert!(per_account <= 128.0, "{per_account} bytes per account");
+    assert!(per_transfer <= 48.0, "{per_transfer} bytes per transfer id");
+}

@@ -195,7 +195,18 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     );
     assert_eq!(core.next_sequence(), recovered.next_sequence);
 
-    let sender = SenderConfig { session_id: recovered.session_id, ..config.sender.clone() };
+    // Configured subscribers may NAK before their first status message; anyone else
+    // must have reported from that address first (no reflection at third parties).
+    let allowed_requesters = match &config.targets {
+        Targets::Unicast(list) => list.iter().map(|a| SocketAddr::V4(*a)).collect(),
+        Targets::Multicast { .. } => Vec::new(),
+    };
+    let sender = SenderConfig {
+        session_id: recovered.session_id,
+        restrict_naks: true,
+        allowed_requesters,
+        ..config.sender.clone()
+    };
     let publisher = Publisher::new(
         sender,
         recovered.next_sequence,

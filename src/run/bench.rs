@@ -61,6 +61,10 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
     println!("group size max     {:>12}", report.group_size_max);
     println!("fsync p50 / p99    {:>6} / {} µs", report.fsync_p50_us, report.fsync_p99_us);
     println!("rejected           {:>12}", report.rejected);
+    println!(
+        "recovery events/s  {:>12.0}  ({} events replayed on reopen)",
+        report.recovery_events_per_sec, report.recovery_events
+    );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

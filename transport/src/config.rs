@@ -62,6 +62,16 @@ pub struct SenderConfig {
     pub receiver_timeout_us: u64,
     /// Control datagrams (heartbeats, NAK replies) waiting to be sent.
     pub control_queue_max: usize,
+    /// Answer NAKs only from receivers that sent a status message from that address
+    /// or are in `allowed_requesters`, so the NAK port cannot reflect traffic at a
+    /// third party (DESIGN.md security rules, issue 4).
+    pub restrict_naks: bool,
+    /// Addresses allowed to NAK before their first status message (configured subscribers).
+    pub allowed_requesters: Vec<std::net::SocketAddr>,
+    /// Retransmitted datagrams per second one requester may cause.
+    pub retransmit_rate_per_sec: u64,
+    /// Burst allowance of that rate, in datagrams.
+    pub retransmit_burst: u64,
 }
 
 impl Default for SenderConfig {
@@ -77,6 +87,10 @@ impl Default for SenderConfig {
             receivers_max: 64,
             receiver_timeout_us: 2_000_000,
             control_queue_max: 1_024,
+            restrict_naks: true,
+            allowed_requesters: Vec::new(),
+            retransmit_rate_per_sec: 200_000,
+            retransmit_burst: 20_000,
         }
     }
 }
@@ -88,7 +102,9 @@ impl SenderConfig {
         check(self.ring_datagrams >= 16, "ring_datagrams", || "must be at least 16".into())?;
         check(self.heartbeat_interval_us > 0, "heartbeat_interval_us", || "must be positive".into())?;
         check(self.receivers_max > 0, "receivers_max", || "must be positive".into())?;
-        check(self.control_queue_max >= 16, "control_queue_max", || "must be at least 16".into())
+        check(self.control_queue_max >= 16, "control_queue_max", || "must be at least 16".into())?;
+        check(self.retransmit_rate_per_sec > 0, "retransmit_rate_per_sec", || "must be positive".into())?;
+        check(self.retransmit_burst > 0, "retransmit_burst", || "must be positive".into())
     }
 }
 

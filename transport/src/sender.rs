@@ -75,6 +75,10 @@ pub struct ReceiverPosition {
     pub window_events: u32,
     /// When it last reported.
     pub last_seen: MonoTime,
+    /// Retransmissions it may still cause now (token bucket).
+    pub retransmit_tokens: u64,
+    /// When the bucket was last refilled.
+    pub refilled_at: MonoTime,
 }
 
 /// A control datagram waiting to be sent.
@@ -115,6 +119,9 @@ pub struct Sender {
     receivers: Vec<ReceiverPosition>,
     /// When to send a heartbeat if nothing else is sent before.
     heartbeat_at: MonoTime,
+    /// Retransmission budget shared by allowed requesters not yet in `receivers`.
+    shared_tokens: u64,
+    shared_refilled_at: MonoTime,
     stats: SenderStats,
 }
 
@@ -127,6 +134,8 @@ impl Sender {
         let retransmit_queue_max = config.ring_datagrams;
         let sender = Sender {
             heartbeat_at: now,
+            shared_tokens: config.retransmit_burst,
+            shared_refilled_at: now,
             retransmits: VecDeque::with_capacity(retransmit_queue_max),
             control: VecDeque::with_capacity(config.control_queue_max),
             receivers: Vec::with_capacity(config.receivers_max),
@@ -237,17 +246,22 @@ impl Sender {
             self.stats.wrong_stream += 1;
             return;
         }
-        if header.session_id.get() != self.config.session_id {
-            self.stats.wrong_session += 1;
-            return;
-        }
         if packet.kind() != PacketKind::Control {
             self.stats.unexpected_packets += 1;
             return;
         }
+        // Session 0 is a receiver that has not heard us yet: it may announce itself
+        // (status), but it cannot ask for data of a session it does not know.
+        let session = header.session_id.get();
+        let own_session = session == self.config.session_id;
+        if !own_session && session != 0 {
+            self.stats.wrong_session += 1;
+            return;
+        }
         match packet.control() {
-            Ok(Frame::Nak(nak)) => self.handle_nak(now, source, &nak),
+            Ok(Frame::Nak(nak)) if own_session => self.handle_nak(now, source, &nak),
             Ok(Frame::StatusMessage(status)) => self.handle_status(now, source, &status),
+            Ok(Frame::Nak(_)) => self.stats.wrong_session += 1,
             Ok(_) => self.stats.unexpected_packets += 1,
             Err(_) => self.stats.bad_packets += 1,
         }
@@ -384,8 +398,55 @@ impl Sender {
         }
     }
 
+    /// Refills a token bucket for the time elapsed and returns the tokens available.
+    fn refill(&self, tokens: &mut u64, refilled_at: &mut MonoTime, now: MonoTime) {
+        let elapsed_ns = now.nanos_since(*refilled_at);
+        let earned = elapsed_ns.saturating_mul(self.config.retransmit_rate_per_sec) / 1_000_000_000;
+        if earned > 0 {
+            *tokens = tokens.saturating_add(earned).min(self.config.retransmit_burst);
+            *refilled_at = now;
+        }
+    }
+
+    /// Takes one retransmission token for `source`; false when its budget is spent.
+    fn take_token(&mut self, now: MonoTime, source: SocketAddr) -> bool {
+        let mut tokens;
+        let mut refilled_at;
+        let index = self.receivers.iter().position(|r| r.address == source);
+        match index {
+            Some(i) => {
+                tokens = self.receivers[i].retransmit_tokens;
+                refilled_at = self.receivers[i].refilled_at;
+            }
+            None => {
+                tokens = self.shared_tokens;
+                refilled_at = self.shared_refilled_at;
+            }
+        }
+        self.refill(&mut tokens, &mut refilled_at, now);
+        let granted = tokens > 0;
+        tokens = tokens.saturating_sub(1);
+        match index {
+            Some(i) => {
+                self.receivers[i].retransmit_tokens = tokens;
+                self.receivers[i].refilled_at = refilled_at;
+            }
+            None => {
+                self.shared_tokens = tokens;
+                self.shared_refilled_at = refilled_at;
+            }
+        }
+        granted
+    }
+
     fn handle_nak(&mut self, now: MonoTime, source: SocketAddr, nak: &Nak) {
         self.stats.naks_received += 1;
+        let known = self.receivers.iter().any(|r| r.address == source)
+            || self.config.allowed_requesters.contains(&source);
+        if self.config.restrict_naks && !known {
+            self.stats.naks_unknown_source += 1;
+            return;
+        }
         let from = nak.from_sequence.get();
         let count = nak.count.get();
         // Only datagrams already sent can be repaired; the rest is on its way.
@@ -421,7 +482,11 @@ impl Sender {
             let duplicate = recent && (multicast || meta.retransmitted_to == Some(source));
             if duplicate {
                 self.stats.naks_deduplicated += 1;
+            } else if !self.take_token(now, source) {
+                self.stats.naks_rate_limited += 1;
+                break;
             } else if self.retransmits.len() < self.retransmits.capacity() {
+                let meta = self.ring.get_mut(logical).expect("logical < len");
                 meta.retransmitted_at = Some(now);
                 meta.retransmitted_to = Some(source);
                 let destination = if multicast { Destination::All } else { Destination::To(source) };
@@ -443,11 +508,18 @@ impl Sender {
             highest_contiguous_sequence: status.highest_contiguous_sequence.get(),
             window_events: status.window_events.get(),
             last_seen: now,
+            retransmit_tokens: self.config.retransmit_burst,
+            refilled_at: now,
         };
         if let Some(known) =
             self.receivers.iter_mut().find(|r| r.address == source && r.receiver_id == position.receiver_id)
         {
-            *known = position;
+            // Keep its retransmission budget: a status message must not refill it.
+            *known = ReceiverPosition {
+                retransmit_tokens: known.retransmit_tokens,
+                refilled_at: known.refilled_at,
+                ..position
+            };
             return;
         }
         if self.receivers.len() < self.config.receivers_max {

@@ -20,6 +20,10 @@ pub struct SenderStats {
     pub naks_deduplicated: u64,
     /// NAKs for nothing sent (empty or in the future).
     pub naks_ignored: u64,
+    /// NAKs from addresses that are neither configured nor known receivers.
+    pub naks_unknown_source: u64,
+    /// Retransmissions refused because the requester's rate budget was spent.
+    pub naks_rate_limited: u64,
     /// "Not retransmittable" replies sent.
     pub nak_unavailable_sent: u64,
     /// Retransmissions dropped because the queue was full (the receiver will retry).

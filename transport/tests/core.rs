@@ -108,7 +108,11 @@ fn a_new_session_is_surfaced_never_mixed_in() {
 
 #[test]
 fn nak_for_a_range_that_left_the_ring_gets_not_retransmittable() {
-    let config = SenderConfig { ring_datagrams: 16, ..SenderConfig::default() };
+    let config = SenderConfig {
+        ring_datagrams: 16,
+        allowed_requesters: vec![addr(RECEIVER)],
+        ..SenderConfig::default()
+    };
     let mut sender = Sender::new(config, 1, us(0)).unwrap();
     // Fill 40 datagrams of 14 events each; only the last 16 stay in the ring.
     for sequence in 1..=14 * 40 {
@@ -207,4 +211,38 @@ proptest! {
         prop_assert_eq!(got, vec![1]);
         prop_assert!(receiver.stats().bad_packets >= 2);
     }
+}
+
+fn nak_bytes(from: u64, count: u32) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let mut writer = PacketWriter::control(&mut buf, 1, 1);
+    writer.push(&Nak { from_sequence: from.into(), count: count.into(), receiver_id: 1.into() }).unwrap();
+    let size = writer.finish(0);
+    buf[..size].to_vec()
+}
+
+#[test]
+fn naks_from_strangers_are_not_answered_and_requesters_are_rate_limited() {
+    let config = SenderConfig {
+        allowed_requesters: vec![addr(RECEIVER)],
+        retransmit_rate_per_sec: 1_000,
+        retransmit_burst: 10,
+        ..SenderConfig::default()
+    };
+    let mut sender = Sender::new(config, 1, us(0)).unwrap();
+    for sequence in 1..=14 * 100 {
+        sender.publish(us(0), &event_frame(sequence)).unwrap();
+    }
+    assert_eq!(drain(&mut sender, us(0)).len(), 100);
+    // A spoofed NAK from a third party: nothing is reflected at it.
+    sender.handle_datagram(us(10), addr("198.18.0.99:4000"), &nak_bytes(1, 1_400));
+    assert!(drain(&mut sender, us(10)).is_empty());
+    assert_eq!(sender.stats().naks_unknown_source, 1);
+    // The configured subscriber asks for everything: it gets its burst, no more.
+    sender.handle_datagram(us(20), addr(RECEIVER), &nak_bytes(1, 1_400));
+    assert_eq!(drain(&mut sender, us(20)).len(), 10);
+    assert!(sender.stats().naks_rate_limited > 0);
+    // A second later the budget has refilled (1,000/s, capped at the burst of 10).
+    sender.handle_datagram(us(1_020_000), addr(RECEIVER), &nak_bytes(14 * 50 + 1, 14 * 20));
+    assert_eq!(drain(&mut sender, us(1_020_000)).len(), 10);
 }
