@@ -58,7 +58,9 @@ fn decide_publish_replay_and_recover() {
     )
     .unwrap();
     let target = socket::ipv4(subscriber.local_addr().unwrap()).unwrap();
-    let sequencer = start(SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET)).unwrap();
+    let mut config = SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET);
+    config.metrics_listen = Some(loopback);
+    let sequencer = start(config).unwrap();
     subscriber.set_sender_control(sequencer.control_addr).unwrap();
 
     let mut client = SequencerClient::connect(sequencer.gateway_addr, SECRET, 1).unwrap();
@@ -116,6 +118,22 @@ fn decide_publish_replay_and_recover() {
     assert_eq!(next, 9);
     assert_eq!(session, sequencer.session_id);
 
+    // Prometheus metrics: events, last sequence, the consumer's position.
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        subscriber.poll(Duration::from_millis(5), &mut |_, _| {}).unwrap();
+        text = http_get(sequencer.metrics_addr.unwrap(), "/metrics");
+        if text.contains("ledgerbus_consumer_position{receiver_id=\"1\"") && text.contains("} 8\n") {
+            break;
+        }
+    }
+    assert!(text.contains("ledgerbus_last_sequence 8"), "{text}");
+    assert!(text.contains("ledgerbus_events_total 8"), "{text}");
+    assert!(text.contains("ledgerbus_rejected_total 3"), "{text}");
+    assert!(text.contains("ledgerbus_fsync_seconds_count"), "{text}");
+    assert!(text.contains("ledgerbus_consumer_lag_events{receiver_id=\"1\""), "{text}");
+
     // Wrong secret: refused.
     let refused = SequencerClient::connect(sequencer.gateway_addr, b"not-the-secret-at-all", 2);
     assert!(refused.is_err());
@@ -136,4 +154,14 @@ fn decide_publish_replay_and_recover() {
     assert_eq!(got[0].2, ResultCode::Exists, "applied before the restart");
     assert_eq!(got[1].2, ResultCode::Ok, "balance of 100 recovered");
     assert_eq!(got[1].1, 10);
+}
+
+fn http_get(address: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
