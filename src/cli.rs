@@ -302,16 +302,30 @@ pub struct ConsumerArgs {
     pub consumer_id: u32,
 
     /// Folder for the disk consumer's journal and snapshots.
-    #[arg(long, env = "LEDGERBUS_DATA_DIR", default_value = "./data/consumer", value_name = "DIR")]
+    #[arg(
+        long,
+        visible_alias = "data",
+        env = "LEDGERBUS_DATA_DIR",
+        default_value = "./data/consumer",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
+
+    /// Disk consumer: when a persisted event counts as durable.
+    #[arg(long, env = "LEDGERBUS_DURABILITY", default_value = "fsync", value_name = "MODE")]
+    pub durability: Durability,
+
+    /// Disk consumer: events between ledger snapshots.
+    #[arg(long, env = "LEDGERBUS_SNAPSHOT_EVERY", default_value_t = 1_000_000, value_name = "EVENTS")]
+    pub snapshot_every: u64,
 
     /// HTTP address of the query API (memory) or status endpoint (disk).
     #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8081", value_name = "ADDR")]
     pub http_listen: SocketAddr,
 
-    /// Out-of-order events buffered while a gap is repaired.
-    #[arg(long, env = "LEDGERBUS_REORDER_EVENTS_MAX", default_value_t = 65_536, value_name = "COUNT")]
-    pub reorder_events_max: u32,
+    /// Out-of-order datagrams buffered while a gap is repaired (memory: this × --mtu).
+    #[arg(long, env = "LEDGERBUS_REORDER_DATAGRAMS_MAX", default_value_t = 4_096, value_name = "COUNT")]
+    pub reorder_datagrams_max: u32,
 
     #[command(flatten)]
     pub transport: TransportArgs,

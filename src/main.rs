@@ -69,7 +69,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(_) => not_yet("demo", 5),
         Command::Sequencer(args) => run::sequencer::run(&args),
         Command::Gateway(_) => not_yet("gateway", 5),
-        Command::Consumer(_) => not_yet("consumer", 5),
+        Command::Consumer(args) => run::consumer::run(&args),
         Command::Bench(BenchCommand::Codec(_)) => {
             not_yet("bench codec (use `cargo bench -p ledgerbus-codec`)", 2)
         }

@@ -94,7 +94,10 @@ impl ConsumerArgs {
     /// Cross-setting checks of the consumer configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.transport.validate()?;
-        check(self.reorder_events_max > 0, "reorder-events-max", || "must be at least 1".into())
+        check((4..=65_535).contains(&self.reorder_datagrams_max), "reorder-datagrams-max", || {
+            format!("{} is not in 4..=65535", self.reorder_datagrams_max)
+        })?;
+        check(self.snapshot_every > 0, "snapshot-every", || "must be at least 1".into())
     }
 }
 

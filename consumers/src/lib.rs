@@ -1,1 +1,14 @@
-//! ledgerbus consumers (see DESIGN.md).
+//! Consumers of the event stream (DESIGN.md, "Consumers"). Both apply every event
+//! exactly once, in order, catching up through the sequencer's bulk replay when
+//! they start behind or lose more than the transport can repair.
+//!
+//! # Layout
+//! - [`follow`]: bulk catch-up, then the live stream, back to bulk replay on demand.
+//! - [`readmodel`]: balances, transfers by id, per-account history.
+//! - [`memory`]: the memory consumer and its HTTP query API.
+//! - [`disk`]: the disk consumer: its own journal plus snapshots.
+
+pub mod disk;
+pub mod follow;
+pub mod memory;
+pub mod readmodel;

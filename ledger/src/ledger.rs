@@ -326,6 +326,23 @@ impl Ledger {
         totals.into_iter().map(|(ledger, (debits, credits))| (ledger, debits, credits)).collect()
     }
 
+    /// Every remembered transfer id with its fingerprint, sorted by id (snapshots).
+    pub fn transfer_fingerprints_sorted(&self) -> Vec<(u128, u64)> {
+        let mut transfers: Vec<(u128, u64)> = self.transfers.iter().map(|(k, v)| (id_of(k), *v)).collect();
+        transfers.sort_unstable();
+        transfers
+    }
+
+    /// Puts an account back as a snapshot recorded it.
+    pub fn restore_account(&mut self, id: u128, account: Account) {
+        self.accounts.insert(key(id), account);
+    }
+
+    /// Puts a transfer id back as a snapshot recorded it.
+    pub fn restore_transfer(&mut self, id: u128, fingerprint: u64) {
+        self.transfers.insert(key(id), fingerprint);
+    }
+
     /// Every account, sorted by id (for tools and tests).
     pub fn accounts_sorted(&self) -> Vec<(u128, Account)> {
         let mut accounts: Vec<(u128, Account)> = self.accounts.iter().map(|(k, a)| (id_of(k), *a)).collect();

@@ -7,11 +7,14 @@
 //! - [`account`]: an account's state.
 //! - [`ledger`](mod@ledger): [`Ledger`], the decider, with linked chains.
 //! - [`hash`]: [`RollingHash`], the replica-comparison hash over the event log.
+//! - [`huge`]: the huge-page allocator of the big tables.
+//! - [`snapshot`]: the whole state to and from one CRC-checked file.
 
 pub mod account;
 pub mod hash;
 pub mod huge;
 pub mod ledger;
+pub mod snapshot;
 
 pub use account::Account;
 pub use hash::RollingHash;

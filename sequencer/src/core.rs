@@ -35,6 +35,8 @@ pub struct PendingBatch {
     replies: Vec<Reply>,
     /// One past the last event's sequence.
     next_sequence: u64,
+    /// The rolling log hash after the last event.
+    last_hash: u64,
 }
 
 impl PendingBatch {
@@ -45,6 +47,7 @@ impl PendingBatch {
             event_ends: Vec::with_capacity(events),
             replies: Vec::with_capacity(events),
             next_sequence: 0,
+            last_hash: 0,
         }
     }
 
@@ -99,6 +102,11 @@ impl DurableBatch {
     /// Events in the batch.
     pub fn len(&self) -> usize {
         self.inner.len()
+    }
+
+    /// The rolling log hash after the batch's last event.
+    pub fn last_hash(&self) -> u64 {
+        self.inner.last_hash
     }
 
     /// Sequence of the batch's last event.
@@ -264,6 +272,7 @@ impl SequencerCore {
         batch.replies.push(Reply { connection, frame });
         self.next_sequence += 1;
         batch.next_sequence = self.next_sequence;
+        batch.last_hash = self.hash.value();
     }
 
     /// Re-applies one journaled event at start-up. Events must come in order and apply
@@ -320,6 +329,24 @@ impl SequencerCore {
         self.next_sequence += 1;
         self.last_timestamp_ns = self.last_timestamp_ns.max(timestamp_ns);
         Ok(())
+    }
+}
+
+impl SequencerCore {
+    /// Writes the state (ledger, position, log hash) as a snapshot.
+    pub fn write_snapshot(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let header = [self.next_sequence, self.last_timestamp_ns, self.hash.value(), 0];
+        ledgerbus_ledger::snapshot::write(&self.ledger, &header, out)
+    }
+
+    /// A core restored from a snapshot.
+    pub fn read_snapshot(input: &mut impl std::io::Read) -> std::io::Result<SequencerCore> {
+        let (ledger, header) = ledgerbus_ledger::snapshot::read(input)?;
+        let mut core = SequencerCore::new(ledger);
+        core.next_sequence = header[0];
+        core.last_timestamp_ns = header[1];
+        core.hash = RollingHash::from_value(header[2]);
+        Ok(core)
     }
 }
 

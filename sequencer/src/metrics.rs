@@ -49,6 +49,8 @@ pub struct SequencerMetrics {
     pub bad_packets_total: AtomicU64,
     /// Replay sessions served.
     pub replays_total: AtomicU64,
+    /// (last durable sequence, rolling log hash after it, session), for `/status`.
+    pub head: Mutex<(u64, u64, u64)>,
     /// Consumers' positions, refreshed by the hot thread a few times a second.
     pub consumers: Mutex<Vec<ConsumerPosition>>,
 }
@@ -166,32 +168,60 @@ impl SequencerMetrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends, on a thread of its own.
-pub fn serve(
+impl SequencerMetrics {
+    /// `/status` as JSON: where the log is and its hash, for comparing replicas.
+    pub fn status_json(&self) -> String {
+        let (sequence, hash, session) = self.head.lock().map(|h| *h).unwrap_or_default();
+        format!(
+            "{{\"role\":\"sequencer\",\"session\":\"{session:016x}\",\"last_sequence\":{sequence},\"state_hash\":\"{hash:016x}\"}}"
+        )
+    }
+}
+
+/// Serves `GET /metrics` and `GET /status` on `listener` until the process ends, on
+/// a thread of its own.
+pub fn serve_sequencer(
     listener: std::net::TcpListener,
-    render: impl Fn() -> String + Send + Sync + 'static,
+    metrics: Arc<SequencerMetrics>,
+) -> std::io::Result<()> {
+    let status = Arc::clone(&metrics);
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
+            }),
+        )
+        .route(
+            "/status",
+            axum::routing::get(move || {
+                let status = Arc::clone(&status);
+                async move { ([("content-type", "application/json")], status.status_json()) }
+            }),
+        );
+    serve_router(listener, router, "metrics-http")
+}
+
+/// Runs an axum router on `listener` on its own thread with a single-threaded runtime.
+pub fn serve_router(
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    name: &str,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let render = Arc::new(render);
-    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
             Ok(runtime) => runtime,
             Err(error) => {
-                tracing::error!(%error, "metrics endpoint could not start");
+                tracing::error!(%error, "HTTP endpoint could not start");
                 return;
             }
         };
         runtime.block_on(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let render = Arc::clone(&render);
-                    async move { ([("content-type", "text/plain; version=0.0.4")], render()) }
-                }),
-            );
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "metrics endpoint stopped");
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "HTTP endpoint stopped");
             }
         });
     })?;

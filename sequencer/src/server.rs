@@ -222,13 +222,15 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         .map_err(io_err(format!("replay listener {}", config.replay_listen)))?;
     let metrics = Arc::new(SequencerMetrics::default());
     metrics.last_sequence.store(recovered.next_sequence - 1, Ordering::Relaxed);
+    if let Ok(mut head) = metrics.head.lock() {
+        *head = (recovered.next_sequence - 1, core.log_hash(), recovered.session_id);
+    }
     let metrics_addr = match config.metrics_listen {
         Some(address) => {
             let listener =
                 TcpListener::bind(address).map_err(io_err(format!("metrics listener {address}")))?;
             let local = listener.local_addr().map_err(io_err("metrics listener"))?;
-            let shown = Arc::clone(&metrics);
-            metrics::serve(listener, move || shown.render()).map_err(io_err("metrics thread"))?;
+            metrics::serve_sequencer(listener, Arc::clone(&metrics)).map_err(io_err("metrics thread"))?;
             Some(local)
         }
         None => None,
@@ -638,6 +640,9 @@ impl HotLoop {
         self.metrics.rejected_total.fetch_add(rejected, Ordering::Relaxed);
         if let Some(last) = durable.last_sequence() {
             self.metrics.last_sequence.store(last, Ordering::Relaxed);
+            if let Ok(mut head) = self.metrics.head.lock() {
+                *head = (last, durable.last_hash(), self.session_id);
+            }
         }
         self.spare = Some(durable.recycle());
         Ok(())

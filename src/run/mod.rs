@@ -2,6 +2,7 @@
 //! parses, validates and dispatches here.
 
 pub mod bench;
+pub mod consumer;
 pub mod sequencer;
 
 use std::net::SocketAddrV4;
@@ -67,7 +68,6 @@ impl TransportArgs {
     }
 
     /// Receiver settings.
-    #[allow(dead_code)] // used by the consumers (issue 5)
     pub fn receiver_config(&self, receiver_id: u32, reorder_datagrams_max: usize) -> ReceiverConfig {
         ReceiverConfig {
             stream_id: self.stream_id,

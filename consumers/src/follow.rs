@@ -1,0 +1,213 @@
+//! Following the bus: catch up through the sequencer's bulk replay, then apply the
+//! live stream, and go back to bulk replay whenever the receiver says its gap has
+//! left the sender's ring. Every event reaches the sink once, in order.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Subscriber};
+use ledgerbus_transport::{ReceiverConfig, ReceiverEvent};
+
+/// Where events go.
+pub trait Sink {
+    /// The sequence the next event must carry.
+    fn next_sequence(&self) -> u64;
+    /// The session the sink's data belongs to, if it knows one.
+    fn session(&self) -> Option<u64>;
+    /// Applies a batch of event frames (concatenated, in order).
+    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String>;
+    /// Called after each batch (persist, publish progress).
+    fn commit(&mut self) -> Result<(), String>;
+}
+
+/// How to reach the sequencer and receive the stream.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// Where the stream arrives (our UDP address or the group port).
+    pub listen: SocketAddr,
+    /// Multicast group to join, if any.
+    pub multicast: Option<MulticastOptions>,
+    /// The sequencer's control address (NAKs, status).
+    pub sequencer_control: SocketAddr,
+    /// The sequencer's replay service.
+    pub sequencer_replay: SocketAddr,
+    /// Receiver settings.
+    pub receiver: ReceiverConfig,
+    /// Socket buffers.
+    pub socket: SocketOptions,
+}
+
+/// Live numbers for `/status`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Last applied sequence.
+    pub last_sequence: AtomicU64,
+    /// Events known to exist but not applied yet.
+    pub lag: AtomicU64,
+    /// Rolling hash after the last applied event.
+    pub state_hash: AtomicU64,
+    /// Session followed.
+    pub session: AtomicU64,
+}
+
+/// Why following stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// A socket or the replay service failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The sink refused an event (corruption or a bug).
+    #[error("applying events: {0}")]
+    Apply(String),
+    /// The sequencer runs another log than the one this consumer holds.
+    #[error("the sequencer's session {new:#018x} is not this consumer's {current:#018x}: it started a new log; this consumer's data belongs to the old one")]
+    SessionChanged {
+        /// Ours.
+        current: u64,
+        /// Theirs.
+        new: u64,
+    },
+}
+
+/// Frames gathered between two applies; one lock or one journal commit per batch.
+struct Batch {
+    frames: Vec<u8>,
+    next: u64,
+    error: Option<String>,
+}
+
+impl Batch {
+    fn push(&mut self, sequence: u64, frame: &[u8]) {
+        if self.error.is_none() && sequence != self.next {
+            self.error = Some(format!("event {sequence} delivered where {} belongs", self.next));
+        }
+        self.frames.extend_from_slice(frame);
+        self.next = sequence + 1;
+    }
+}
+
+/// Replays `from..` (to the head) from the replay service into the sink.
+fn catch_up(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) -> Result<u64, FollowError> {
+    let from = sink.next_sequence();
+    let session = sink.session().unwrap_or(0);
+    let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: from, error: None };
+    let mut applied_error = None;
+    let (next, replay_session) =
+        ledgerbus_sequencer::client::replay(config.sequencer_replay, 0, from, 0, |sequence, frame| {
+            batch.push(sequence, frame);
+            if batch.frames.len() >= 1 << 20 {
+                if let Err(error) = sink.apply_batch(&batch.frames).and_then(|_| sink.commit()) {
+                    applied_error = Some(error);
+                    return Err(io::Error::other("apply failed"));
+                }
+                batch.frames.clear();
+                progress.last_sequence.store(sequence, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .map_err(|e| match applied_error.take() {
+            Some(error) => FollowError::Apply(error),
+            None => FollowError::Io(e),
+        })?;
+    if session != 0 && replay_session != 0 && replay_session != session {
+        return Err(FollowError::SessionChanged { current: session, new: replay_session });
+    }
+    if let Some(error) = batch.error {
+        return Err(FollowError::Apply(error));
+    }
+    sink.apply_batch(&batch.frames).and_then(|_| sink.commit()).map_err(FollowError::Apply)?;
+    progress.last_sequence.store(next.saturating_sub(1), Ordering::Relaxed);
+    if replay_session != 0 {
+        progress.session.store(replay_session, Ordering::Relaxed);
+    }
+    tracing::info!(from, to = next.saturating_sub(1), "caught up through bulk replay");
+    Ok(replay_session)
+}
+
+/// Follows the stream until `stop` is set or an error occurs.
+pub fn follow(
+    sink: &mut impl Sink,
+    config: &FollowConfig,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<(), FollowError> {
+    let session = catch_up(sink, config, progress)?;
+    let session = (session != 0).then_some(session).or(sink.session());
+    let mut subscriber = Subscriber::new(
+        config.receiver.clone(),
+        sink.next_sequence(),
+        session,
+        config.listen,
+        config.multicast,
+        config.sequencer_control,
+        config.socket,
+    )?;
+    tracing::info!(listen = %config.listen, next = sink.next_sequence(), "following the live stream");
+    let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: sink.next_sequence(), error: None };
+    while !stop.load(Ordering::Relaxed) {
+        batch.frames.clear();
+        batch.next = sink.next_sequence();
+        let event =
+            subscriber.poll(Duration::from_millis(50), &mut |sequence, frame| batch.push(sequence, frame))?;
+        // Drain whatever else is ready into the same batch.
+        let mut event = event;
+        let mut rounds = 0;
+        while event.is_none() && batch.frames.len() < (1 << 20) && rounds < 16 {
+            let before = batch.frames.len();
+            event = subscriber.poll(Duration::ZERO, &mut |sequence, frame| batch.push(sequence, frame))?;
+            if batch.frames.len() == before {
+                break;
+            }
+            rounds += 1;
+        }
+        if let Some(error) = batch.error.take() {
+            return Err(FollowError::Apply(error));
+        }
+        if !batch.frames.is_empty() {
+            sink.apply_batch(&batch.frames).map_err(FollowError::Apply)?;
+            sink.commit().map_err(FollowError::Apply)?;
+        }
+        let core = subscriber.core();
+        progress.last_sequence.store(sink.next_sequence() - 1, Ordering::Relaxed);
+        progress.lag.store(core.known_end().saturating_sub(sink.next_sequence()), Ordering::Relaxed);
+        if let Some(session) = core.session() {
+            progress.session.store(session, Ordering::Relaxed);
+        }
+        match event {
+            Some(ReceiverEvent::NeedsReplay { from_sequence, oldest_retained_sequence }) => {
+                tracing::warn!(
+                    from_sequence,
+                    oldest_retained_sequence,
+                    "gap left the sender's ring; bulk replay"
+                );
+                catch_up(sink, config, progress)?;
+                let mut resumed = Batch { frames: Vec::new(), next: sink.next_sequence(), error: None };
+                subscriber.core_mut().resume(
+                    ledgerbus_transport::monotonic_now(),
+                    sink.next_sequence(),
+                    &mut |s, f| resumed.push(s, f),
+                );
+                if let Some(error) = resumed.error {
+                    return Err(FollowError::Apply(error));
+                }
+                sink.apply_batch(&resumed.frames).and_then(|_| sink.commit()).map_err(FollowError::Apply)?;
+            }
+            Some(ReceiverEvent::SessionChanged { current, new }) => {
+                return Err(FollowError::SessionChanged { current, new });
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Splits a buffer of concatenated frames.
+pub fn split_frames(frames: &[u8]) -> impl Iterator<Item = &[u8]> {
+    ledgerbus_codec::Frames::new(frames).map_while(Result::ok)
+}
+
+/// Shared state handle for the HTTP side.
+pub type SharedProgress = Arc<Progress>;

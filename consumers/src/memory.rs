@@ -1,0 +1,251 @@
+//! `ledgerbus consumer memory`: the read model behind the HTTP query API.
+//!
+//! The follower thread applies events in batches under a write lock and never holds
+//! it while waiting for the network; HTTP handlers take the read lock. A request may
+//! carry `X-Min-Sequence` (the gateway sends the highest sequence it acknowledged):
+//! the handler waits, bounded, until the model has applied it, which is what makes
+//! a GET after a 201 see that write.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
+use crate::readmodel::{ReadModel, TransferRecord};
+
+/// How long a query waits for the model to reach `X-Min-Sequence`.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
+/// Largest page of account history.
+const HISTORY_LIMIT_MAX: usize = 1_000;
+
+/// The shared model, its progress and a watch of the applied sequence.
+#[derive(Clone)]
+pub struct Shared {
+    model: Arc<RwLock<ReadModel>>,
+    progress: Arc<Progress>,
+    applied: watch::Receiver<u64>,
+}
+
+struct MemorySink {
+    model: Arc<RwLock<ReadModel>>,
+    applied: watch::Sender<u64>,
+    progress: Arc<Progress>,
+    next: u64,
+}
+
+impl Sink for MemorySink {
+    fn next_sequence(&self) -> u64 {
+        self.next
+    }
+
+    fn session(&self) -> Option<u64> {
+        None
+    }
+
+    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
+        let mut model = self.model.write().map_err(|_| "read model lock poisoned".to_string())?;
+        for frame in split_frames(frames) {
+            model.apply(frame)?;
+        }
+        self.next = model.next_sequence();
+        self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        self.applied.send_replace(self.next - 1);
+        Ok(())
+    }
+}
+
+/// Runs the memory consumer: the query API on `http` and the follower on this thread,
+/// until `stop` is set.
+pub fn run(
+    config: FollowConfig,
+    http: std::net::TcpListener,
+    stop: Arc<AtomicBool>,
+) -> Result<(), FollowError> {
+    let model = Arc::new(RwLock::new(ReadModel::new()));
+    let progress = Arc::new(Progress::default());
+    let (applied_tx, applied_rx) = watch::channel(0u64);
+    let shared = Shared { model: Arc::clone(&model), progress: Arc::clone(&progress), applied: applied_rx };
+    ledgerbus_sequencer::metrics::serve_router(http, router(shared), "query-http")?;
+    let mut sink = MemorySink { model, applied: applied_tx, progress: Arc::clone(&progress), next: 1 };
+    follow(&mut sink, &config, &progress, &stop)
+}
+
+/// The query API.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/accounts/{id}", get(get_account))
+        .route("/accounts/{id}/transfers", get(get_history))
+        .route("/transfers/{id}", get(get_transfer))
+        .route("/status", get(get_status))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn parse_id(text: &str) -> Result<u128, Response> {
+    match text.parse::<u128>() {
+        Ok(0) => Err(error(StatusCode::BAD_REQUEST, "id must not be zero")),
+        Ok(id) => Ok(id),
+        Err(_) => Err(error(StatusCode::BAD_REQUEST, format!("id `{text}` is not a u128 decimal number"))),
+    }
+}
+
+/// Waits until the model has applied the sequence in `X-Min-Sequence`, if any.
+async fn read_your_writes(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(value) = headers.get("x-min-sequence") else { return Ok(()) };
+    let Some(min) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) else {
+        return Err(error(StatusCode::BAD_REQUEST, "X-Min-Sequence must be a u64"));
+    };
+    let mut applied = shared.applied.clone();
+    let reached = tokio::time::timeout(READ_YOUR_WRITES_WAIT, applied.wait_for(|&seq| seq >= min)).await;
+    match reached {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("read model has not reached sequence {min} yet"),
+        )),
+    }
+}
+
+fn account_json(id: u128, account: &ledgerbus_ledger::Account) -> Value {
+    json!({
+        "id": id.to_string(),
+        "ledger": account.ledger,
+        "code": account.code,
+        "allow_negative": account.allows_negative(),
+        "debits_posted": account.debits_posted.to_string(),
+        "credits_posted": account.credits_posted.to_string(),
+        "balance": account.balance().to_string(),
+        "timestamp": account.timestamp_ns,
+    })
+}
+
+/// A transfer as JSON.
+pub fn transfer_json(record: &TransferRecord) -> Value {
+    json!({
+        "id": record.id.to_string(),
+        "debit_account_id": record.debit_account_id.to_string(),
+        "credit_account_id": record.credit_account_id.to_string(),
+        "amount": record.amount.to_string(),
+        "ledger": record.ledger,
+        "code": record.code,
+        "linked": record.linked(),
+        "timestamp": record.timestamp_ns,
+        "sequence": record.sequence,
+        "result": "ok",
+    })
+}
+
+async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if let Err(response) = read_your_writes(&shared, &headers).await {
+        return response;
+    }
+    let Ok(model) = shared.model.read() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
+    };
+    match model.ledger().account(id) {
+        Some(account) => Json(account_json(id, account)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("account {id} not found")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+async fn get_history(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(limit)) if (1..=HISTORY_LIMIT_MAX).contains(&limit) => limit,
+        Some(_) => return error(StatusCode::BAD_REQUEST, format!("limit must be 1..={HISTORY_LIMIT_MAX}")),
+    };
+    let after = match query.after.as_deref().map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(after)) => after,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after must be a sequence number (u64)"),
+    };
+    if let Err(response) = read_your_writes(&shared, &headers).await {
+        return response;
+    }
+    let Ok(model) = shared.model.read() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
+    };
+    if model.ledger().account(id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("account {id} not found"));
+    }
+    let page = model.history(id, after, limit);
+    let next = (page.len() == limit).then(|| page.last().map(|r| r.sequence.to_string())).flatten();
+    Json(json!({
+        "transfers": page.iter().map(transfer_json).collect::<Vec<_>>(),
+        "next_after": next,
+    }))
+    .into_response()
+}
+
+async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if let Err(response) = read_your_writes(&shared, &headers).await {
+        return response;
+    }
+    let Ok(model) = shared.model.read() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
+    };
+    match model.transfer(id) {
+        Some(record) => Json(transfer_json(record)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("transfer {id} not found")),
+    }
+}
+
+/// `/status` body of any consumer.
+pub fn status_json(role: &str, progress: &Progress) -> Value {
+    json!({
+        "role": role,
+        "session": format!("{:016x}", progress.session.load(Ordering::Relaxed)),
+        "last_sequence": progress.last_sequence.load(Ordering::Relaxed),
+        "lag": progress.lag.load(Ordering::Relaxed),
+        "state_hash": format!("{:016x}", progress.state_hash.load(Ordering::Relaxed)),
+    })
+}
+
+async fn get_status(State(shared): State<Shared>) -> Response {
+    Json(status_json("memory", &shared.progress)).into_response()
+}
+
+/// For callers that want the bound address before starting.
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address)
+}

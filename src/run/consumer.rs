@@ -1,0 +1,51 @@
+//! `ledgerbus consumer memory|disk`.
+
+use std::time::Duration;
+
+use ledgerbus_consumers::disk::DiskConfig;
+use ledgerbus_consumers::follow::FollowConfig;
+
+use crate::cli::{ConsumerArgs, ConsumerKind};
+
+/// The follower settings the flags describe.
+pub fn follow_config(args: &ConsumerArgs) -> FollowConfig {
+    let mut listen = args.listen;
+    if args.transport.multicast_group.is_some() {
+        // Receive on the group's port; the group itself is joined on the interface.
+        listen = std::net::SocketAddr::from((
+            args.transport.multicast_group.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            args.transport.multicast_port,
+        ));
+    }
+    FollowConfig {
+        listen,
+        multicast: args.transport.multicast(),
+        sequencer_control: args.sequencer_control,
+        sequencer_replay: args.sequencer_replay,
+        receiver: args.transport.receiver_config(args.consumer_id, args.reorder_datagrams_max as usize),
+        socket: args.transport.socket_options(),
+    }
+}
+
+/// Runs the consumer until SIGINT/SIGTERM.
+pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
+    let stop = super::shutdown_on_signal()?;
+    let http = std::net::TcpListener::bind(args.http_listen)?;
+    tracing::info!(kind = ?args.kind, http = %http.local_addr()?, listen = %args.listen, "consumer starting");
+    let config = follow_config(args);
+    let result = match args.kind {
+        ConsumerKind::Memory => ledgerbus_consumers::memory::run(config, http, stop),
+        ConsumerKind::Disk => {
+            let disk = DiskConfig {
+                data_dir: args.data_dir.clone(),
+                durability: super::sequencer::durability(args.durability),
+                snapshot_every: args.snapshot_every,
+                segment_size_max: 256 << 20,
+            };
+            ledgerbus_consumers::disk::run(disk, config, http, stop)
+        }
+    };
+    // Give a last log line a moment to flush before exiting.
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(result?)
+}
