@@ -71,7 +71,7 @@ fn snapshots(dir: &Path) -> Vec<(u64, PathBuf)> {
             Some((sequence, entry.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     found
 }
 
@@ -175,7 +175,7 @@ impl Sink for DiskSink {
     fn commit(&mut self) -> Result<(), String> {
         let _durable = self.journal.commit().map_err(|e| e.to_string())?;
         self.progress.state_hash.store(self.core.log_hash(), Ordering::Relaxed);
-        if self.core.next_sequence() - 1 >= self.last_snapshot + self.config.snapshot_every {
+        if self.core.next_sequence() > self.last_snapshot + self.config.snapshot_every {
             self.snapshot().map_err(|e| format!("writing a snapshot: {e}"))?;
         }
         Ok(())

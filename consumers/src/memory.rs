@@ -97,28 +97,39 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn parse_id(text: &str) -> Result<u128, Response> {
+/// A refusal: status and message, turned into a JSON error response by `reject`.
+type Rejection = Box<(StatusCode, String)>;
+
+#[allow(clippy::boxed_local)] // boxed only to keep the Err variant of handlers' Results small
+fn reject(rejection: Rejection) -> Response {
+    let (status, message) = *rejection;
+    error(status, message)
+}
+
+fn parse_id(text: &str) -> Result<u128, Rejection> {
     match text.parse::<u128>() {
-        Ok(0) => Err(error(StatusCode::BAD_REQUEST, "id must not be zero")),
+        Ok(0) => Err(Box::new((StatusCode::BAD_REQUEST, "id must not be zero".into()))),
         Ok(id) => Ok(id),
-        Err(_) => Err(error(StatusCode::BAD_REQUEST, format!("id `{text}` is not a u128 decimal number"))),
+        Err(_) => {
+            Err(Box::new((StatusCode::BAD_REQUEST, format!("id `{text}` is not a u128 decimal number"))))
+        }
     }
 }
 
 /// Waits until the model has applied the sequence in `X-Min-Sequence`, if any.
-async fn read_your_writes(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+async fn read_your_writes(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
     let Some(value) = headers.get("x-min-sequence") else { return Ok(()) };
     let Some(min) = value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) else {
-        return Err(error(StatusCode::BAD_REQUEST, "X-Min-Sequence must be a u64"));
+        return Err(Box::new((StatusCode::BAD_REQUEST, "X-Min-Sequence must be a u64".into())));
     };
     let mut applied = shared.applied.clone();
     let reached = tokio::time::timeout(READ_YOUR_WRITES_WAIT, applied.wait_for(|&seq| seq >= min)).await;
     match reached {
         Ok(Ok(_)) => Ok(()),
-        _ => Err(error(
+        _ => Err(Box::new((
             StatusCode::SERVICE_UNAVAILABLE,
             format!("read model has not reached sequence {min} yet"),
-        )),
+        ))),
     }
 }
 
@@ -154,10 +165,10 @@ pub fn transfer_json(record: &TransferRecord) -> Value {
 async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(rejection) => return reject(rejection),
     };
-    if let Err(response) = read_your_writes(&shared, &headers).await {
-        return response;
+    if let Err(rejection) = read_your_writes(&shared, &headers).await {
+        return reject(rejection);
     }
     let Ok(model) = shared.model.read() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
@@ -183,7 +194,7 @@ async fn get_history(
 ) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(rejection) => return reject(rejection),
     };
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 100,
@@ -195,8 +206,8 @@ async fn get_history(
         Some(Ok(after)) => after,
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after must be a sequence number (u64)"),
     };
-    if let Err(response) = read_your_writes(&shared, &headers).await {
-        return response;
+    if let Err(rejection) = read_your_writes(&shared, &headers).await {
+        return reject(rejection);
     }
     let Ok(model) = shared.model.read() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
@@ -216,10 +227,10 @@ async fn get_history(
 async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(rejection) => return reject(rejection),
     };
-    if let Err(response) = read_your_writes(&shared, &headers).await {
-        return response;
+    if let Err(rejection) = read_your_writes(&shared, &headers).await {
+        return reject(rejection);
     }
     let Ok(model) = shared.model.read() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
