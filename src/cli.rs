@@ -151,31 +151,48 @@ pub struct TransportArgs {
     pub retransmit_linger_us: u64,
 
     /// Requested SO_RCVBUF in bytes; the kernel caps it at net.core.rmem_max and we warn.
-    #[arg(long, env = "LEDGERBUS_SOCKET_RCVBUF", default_value_t = 8 << 20, value_name = "BYTES")]
+    #[arg(long, env = "LEDGERBUS_SOCKET_RCVBUF", default_value_t = 4 << 20, value_name = "BYTES")]
     pub socket_rcvbuf: usize,
 
     /// Requested SO_SNDBUF in bytes; capped at net.core.wmem_max.
-    #[arg(long, env = "LEDGERBUS_SOCKET_SNDBUF", default_value_t = 8 << 20, value_name = "BYTES")]
+    #[arg(long, env = "LEDGERBUS_SOCKET_SNDBUF", default_value_t = 4 << 20, value_name = "BYTES")]
     pub socket_sndbuf: usize,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Folder for journals and snapshots (created if missing).
-    #[arg(long, env = "LEDGERBUS_DATA_DIR", default_value = "./data/demo", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// HTTP address of the gateway (port 0 picks a free one).
+    #[arg(long, env = "LEDGERBUS_DEMO_HTTP", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub http: SocketAddr,
 
-    /// HTTP address of the gateway.
-    #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub http_listen: SocketAddr,
+    /// TCP/SBE address of the gateway (port 0 picks a free one).
+    #[arg(long, env = "LEDGERBUS_DEMO_TCP", default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub tcp: SocketAddr,
 
-    /// TCP/SBE address of the gateway.
-    #[arg(long, env = "LEDGERBUS_TCP_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
-    pub tcp_listen: SocketAddr,
+    /// Folder for every component's data; a fresh temporary folder (deleted on exit)
+    /// when not given.
+    #[arg(long, visible_alias = "data-dir", env = "LEDGERBUS_DEMO_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    /// Stop after this many seconds instead of serving until Ctrl-C.
+    #[arg(long, env = "LEDGERBUS_DEMO_DURATION", value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Start everything and serve, without running the sample workload.
+    #[arg(long)]
+    pub no_workload: bool,
+
+    /// API key for clients (generated and printed when not given).
+    #[arg(long, env = "LEDGERBUS_DEMO_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
 
     /// Durability of acknowledged transfers.
     #[arg(long, env = "LEDGERBUS_DURABILITY", default_value = "fsync", value_name = "MODE")]
     pub durability: Durability,
+
+    /// Number of P2P payments (each amount + fee + tax, linked) in the workload.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub payments: u32,
 }
 
 #[derive(Debug, Clone, Args)]

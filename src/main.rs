@@ -66,9 +66,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let _ = std::io::stdout().write_all(ledgerbus_codec::SCHEMA_XML.as_bytes());
             Ok(())
         }
-        Command::Demo(_) => not_yet("demo", 5),
+        Command::Demo(args) => run::demo::run(&args),
         Command::Sequencer(args) => run::sequencer::run(&args),
-        Command::Gateway(_) => not_yet("gateway", 5),
+        Command::Gateway(args) => run::gateway::run(&args),
         Command::Consumer(args) => run::consumer::run(&args),
         Command::Bench(BenchCommand::Codec(_)) => {
             not_yet("bench codec (use `cargo bench -p ledgerbus-codec`)", 2)

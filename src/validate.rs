@@ -84,9 +84,20 @@ impl GatewayArgs {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(self.http_listen != self.tcp_listen, "tcp-listen", || "must differ from --http-listen".into())?;
         check(self.queue_max > 0, "queue-max", || "must be at least 1".into())?;
-        check(self.api_keys.iter().all(|k| k.len() >= 16), "api-keys", || {
-            "every key must be at least 16 characters".into()
-        })
+        check(!self.api_keys.is_empty(), "api-keys", || {
+            "at least one key is required (or LEDGERBUS_API_KEYS)".into()
+        })?;
+        check(self.api_keys.iter().all(|k| (16..=64).contains(&k.len())), "api-keys", || {
+            "every key must be 16 to 64 characters".into()
+        })?;
+        match &self.secret {
+            Some(secret) => check(secret.len() >= 16, "secret", || "must be at least 16 characters".into()),
+            None => Err(ConfigError {
+                setting: "secret",
+                message: "is required (or LEDGERBUS_SEQUENCER_SECRET): the sequencer authenticates gateways"
+                    .into(),
+            }),
+        }
     }
 }
 
@@ -152,7 +163,18 @@ impl Command {
     /// Validates whichever subcommand was chosen.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            Command::Demo(_) | Command::Schema => Ok(()),
+            Command::Schema => Ok(()),
+            Command::Demo(args) => {
+                if let Some(duration) = args.duration {
+                    positive_seconds(duration, "duration")?;
+                }
+                if let Some(key) = &args.api_key {
+                    check((16..=64).contains(&key.len()), "api-key", || {
+                        "must be 16 to 64 characters".into()
+                    })?;
+                }
+                check(args.payments > 0, "payments", || "must be at least 1".into())
+            }
             Command::Sequencer(args) => args.validate(),
             Command::Gateway(args) => args.validate(),
             Command::Consumer(args) => args.validate(),

@@ -43,7 +43,7 @@ fn help_lists_every_subcommand() {
 #[test]
 fn every_subcommand_explains_its_flags() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["demo"], &["--data-dir", "--http-listen", "--durability"]),
+        (&["demo"], &["--data", "--http", "--duration", "--no-workload", "--api-key", "--durability"]),
         (&["sequencer"], &["--durability", "--subscribers", "--mtu", "--nak-delay-us", "LEDGERBUS_MTU"]),
         (&["gateway"], &["--sequencer", "--api-keys", "--queue-max"]),
         (&["consumer"], &["memory", "disk", "--listen", "--reorder-datagrams-max", "--snapshot-every"]),

@@ -23,6 +23,7 @@ pub enum Frame<'a> {
     Challenge(View<'a, Challenge>),
     Authenticate(View<'a, Authenticate>),
     Welcome(View<'a, Welcome>),
+    ClientHello(View<'a, ClientHello>),
 }
 
 impl<'a> Frame<'a> {
@@ -52,6 +53,7 @@ impl<'a> Frame<'a> {
             Challenge::TEMPLATE_ID => Frame::Challenge(View::from_frame(header, block)?),
             Authenticate::TEMPLATE_ID => Frame::Authenticate(View::from_frame(header, block)?),
             Welcome::TEMPLATE_ID => Frame::Welcome(View::from_frame(header, block)?),
+            ClientHello::TEMPLATE_ID => Frame::ClientHello(View::from_frame(header, block)?),
             id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
         };
         Ok((frame, frame_size))
@@ -75,6 +77,7 @@ impl<'a> Frame<'a> {
             Frame::Challenge(_) => Challenge::TEMPLATE_ID,
             Frame::Authenticate(_) => Authenticate::TEMPLATE_ID,
             Frame::Welcome(_) => Welcome::TEMPLATE_ID,
+            Frame::ClientHello(_) => ClientHello::TEMPLATE_ID,
         }
     }
 

@@ -270,6 +270,15 @@ crate::sbe_block! {
 }
 message!(Welcome, template 22);
 
+crate::sbe_block! {
+    /// Client handshake on the gateway's TCP port.
+    pub struct ClientHello: size 64 {
+        /// The API key, UTF-8, zero-padded.
+        [0] api_key: [u8; 64],
+    }
+}
+message!(ClientHello, template 23);
+
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
 /// Name, template id, block length and fields of one message, for tools and for the
@@ -314,4 +323,5 @@ message_table!(
     Challenge,
     Authenticate,
     Welcome,
+    ClientHello,
 );

@@ -32,6 +32,7 @@ fn decode_everything(bytes: &[u8]) {
     typed::<Challenge>(bytes);
     typed::<Authenticate>(bytes);
     typed::<Welcome>(bytes);
+    typed::<ClientHello>(bytes);
     if let Ok((frame, size)) = Frame::decode(bytes) {
         assert!(size <= bytes.len());
         if let Frame::TransferEvent(event) = frame {

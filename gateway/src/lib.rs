@@ -1,1 +1,71 @@
-//! ledgerbus gateway (see DESIGN.md).
+//! The gateway (DESIGN.md, "Gateway"): the client-facing front door. It validates at
+//! the edge, forwards commands to the sequencer over one authenticated connection,
+//! and answers with the decided outcome; queries go to the memory consumer.
+//!
+//! # Layout
+//! - [`upstream`]: the reconnecting, bounded link to the sequencer.
+//! - [`json`]: request bodies to commands (400s that name the field), results to JSON.
+//! - [`http`]: the HTTP/JSON API and its OpenAPI document (`openapi.json`).
+//! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
+//! - [`client`]: the async Rust client of the TCP API.
+
+pub mod client;
+pub mod http;
+pub mod json;
+pub mod tcp;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Everything a gateway needs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// HTTP/JSON API address.
+    pub http_listen: SocketAddr,
+    /// TCP/SBE API address.
+    pub tcp_listen: SocketAddr,
+    /// The sequencer's gateway port.
+    pub sequencer: SocketAddr,
+    /// Shared secret for the sequencer handshake.
+    pub secret: Vec<u8>,
+    /// Accepted client API keys.
+    pub api_keys: Vec<String>,
+    /// The memory consumer's query API.
+    pub query_upstream: SocketAddr,
+    /// Commands waiting for results before clients get 503/busy.
+    pub queue_max: usize,
+    /// This gateway's id (logs, metrics).
+    pub gateway_id: u32,
+}
+
+/// The bound addresses of a started gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddresses {
+    /// HTTP API.
+    pub http: SocketAddr,
+    /// TCP API.
+    pub tcp: SocketAddr,
+}
+
+/// Binds both listeners and serves until the runtime stops.
+pub async fn run(
+    config: GatewayConfig,
+    bound: tokio::sync::oneshot::Sender<GatewayAddresses>,
+) -> std::io::Result<()> {
+    let http = tokio::net::TcpListener::bind(config.http_listen).await?;
+    let tcp = tokio::net::TcpListener::bind(config.tcp_listen).await?;
+    let addresses = GatewayAddresses { http: http.local_addr()?, tcp: tcp.local_addr()? };
+    let upstream = upstream::Upstream::start(
+        config.sequencer,
+        config.secret.clone(),
+        config.gateway_id,
+        config.queue_max,
+    );
+    let state = http::AppState::new(upstream.clone(), config.api_keys.clone(), config.query_upstream);
+    let keys = Arc::clone(&state.api_keys);
+    tokio::spawn(tcp::serve(tcp, upstream, keys));
+    let _ = bound.send(addresses);
+    tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencer = %config.sequencer, "gateway running");
+    axum::serve(http, http::router(state)).await
+}

@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod consumer;
+pub mod demo;
+pub mod gateway;
 pub mod sequencer;
 
 use std::net::SocketAddrV4;

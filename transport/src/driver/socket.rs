@@ -30,7 +30,7 @@ pub struct SocketOptions {
 
 impl Default for SocketOptions {
     fn default() -> Self {
-        SocketOptions { recv_buffer_size: 8 << 20, send_buffer_size: 8 << 20 }
+        SocketOptions { recv_buffer_size: 4 << 20, send_buffer_size: 4 << 20 }
     }
 }
 

@@ -1,0 +1,218 @@
+//! The HTTP/JSON API (axum on hyper, HTTP/1.1 keep-alive). Writes go to the
+//! sequencer through the [`Upstream`] link; reads are proxied to the memory
+//! consumer with `X-Min-Sequence` set to the highest sequence this gateway has
+//! acknowledged, so a GET after a 201 sees that write.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use ledgerbus_codec::messages::{CreateAccountResult, TransferResult};
+use ledgerbus_codec::{decode, encode, Message, ResultCode};
+use serde_json::{json, Value};
+
+use crate::json::{self, BadRequest};
+use crate::upstream::{ReplyFrame, SubmitError, Upstream};
+
+/// The OpenAPI document, kept in the repository beside the code.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sequencer link.
+    pub upstream: Upstream,
+    /// Accepted API keys.
+    pub api_keys: Arc<HashSet<String>>,
+    /// The memory consumer's query API.
+    pub query_upstream: SocketAddr,
+    /// Pooled HTTP client for the proxied queries.
+    pub client: Client<HttpConnector, Body>,
+}
+
+impl AppState {
+    /// State for a gateway in front of `upstream`.
+    pub fn new(upstream: Upstream, api_keys: Vec<String>, query_upstream: SocketAddr) -> AppState {
+        AppState {
+            upstream,
+            api_keys: Arc::new(api_keys.into_iter().collect()),
+            query_upstream,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+/// The API.
+pub fn router(state: AppState) -> Router {
+    let authenticated = Router::new()
+        .route("/accounts", post(create_accounts))
+        .route("/transfers", post(create_transfers))
+        .route("/accounts/{id}", get(proxy))
+        .route("/accounts/{id}/transfers", get(proxy))
+        .route("/transfers/{id}", get(proxy))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
+        .route("/health", get(health))
+        .merge(authenticated)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// 401 unless `Authorization: Bearer <key>` names a configured key. Keys are never logged.
+async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if state.api_keys.contains(key) => next.run(request).await,
+        _ => error(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)"),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let connected = state.upstream.connected.load(Ordering::Acquire);
+    let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "sequencer_connected": connected }))).into_response()
+}
+
+/// One decided command: its JSON and the HTTP status it would get on its own.
+fn decided(reply: &ReplyFrame) -> (Value, StatusCode) {
+    let (id, sequence, timestamp, code) = if let Ok((view, _)) = decode::<TransferResult>(reply) {
+        (view.id.get(), view.sequence.get(), view.timestamp_ns.get(), view.result())
+    } else if let Ok((view, _)) = decode::<CreateAccountResult>(reply) {
+        (view.id.get(), view.sequence.get(), view.timestamp_ns.get(), view.result())
+    } else {
+        return (json!({ "error": "unreadable result from the sequencer" }), StatusCode::BAD_GATEWAY);
+    };
+    let Ok(code) = code else {
+        return (json!({ "id": id.to_string(), "error": "unknown result code" }), StatusCode::BAD_GATEWAY);
+    };
+    (json::result_json(id, code, sequence, timestamp), status_for(code))
+}
+
+fn status_for(code: ResultCode) -> StatusCode {
+    match code {
+        ResultCode::Ok => StatusCode::CREATED,
+        ResultCode::Exists => StatusCode::OK,
+        ResultCode::ExistsWithDifferentFields => StatusCode::CONFLICT,
+        ResultCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+fn encode_all<M: Message>(commands: &[M]) -> Vec<u8> {
+    let mut frames = vec![0u8; commands.len() * M::FRAME_SIZE];
+    for (command, slot) in commands.iter().zip(frames.chunks_mut(M::FRAME_SIZE)) {
+        encode(command, slot).expect("sized");
+    }
+    frames
+}
+
+/// Sends the frames and shapes the answer: one object, or an array in order.
+async fn submit_and_answer(
+    state: &AppState,
+    frames: Vec<u8>,
+    count: usize,
+    is_array: bool,
+    local: Vec<(usize, Value)>,
+) -> Response {
+    let mut results: Vec<(Value, StatusCode)> = Vec::with_capacity(count + local.len());
+    if count > 0 {
+        match state.upstream.submit(frames, count).await {
+            Ok(replies) => results.extend(replies.iter().map(decided)),
+            Err(SubmitError::Busy) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "gateway busy; retry with the same ids")
+            }
+            Err(SubmitError::Unavailable) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sequencer unavailable; retry with the same ids",
+                )
+            }
+        }
+    }
+    // Items decided at the edge (an unterminated linked chain) go back in place.
+    for (index, value) in local {
+        results.insert(index, (value, StatusCode::UNPROCESSABLE_ENTITY));
+    }
+    if is_array {
+        let body: Vec<Value> = results.into_iter().map(|(value, _)| value).collect();
+        (StatusCode::OK, Json(Value::Array(body))).into_response()
+    } else {
+        let (value, status) = results.pop().expect("one result for one object");
+        (status, Json(value)).into_response()
+    }
+}
+
+async fn create_accounts(State(state): State<AppState>, body: Bytes) -> Response {
+    let parsed = json::items(&body)
+        .and_then(|(objects, is_array)| Ok((json::accounts(&objects, is_array)?, is_array)));
+    match parsed {
+        Ok((commands, is_array)) => {
+            let count = commands.len();
+            submit_and_answer(&state, encode_all(&commands), count, is_array, Vec::new()).await
+        }
+        Err(BadRequest(message)) => error(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Response {
+    let parsed = json::items(&body)
+        .and_then(|(objects, is_array)| Ok((json::transfers(&objects, is_array)?, is_array)));
+    let (commands, is_array) = match parsed {
+        Ok(parsed) => parsed,
+        Err(BadRequest(message)) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    // A chain still open at the end of the request can never close: decide it here.
+    let open_from = commands
+        .iter()
+        .rposition(|t| t.flags.get() & ledgerbus_codec::transfer_flags::LINKED == 0)
+        .map_or(0, |last_closed| last_closed + 1);
+    let local: Vec<(usize, Value)> = (open_from..commands.len())
+        .map(|index| (index, json::result_json(commands[index].id.get(), ResultCode::LinkedChainOpen, 0, 0)))
+        .collect();
+    let sent = &commands[..open_from];
+    submit_and_answer(&state, encode_all(sent), sent.len(), is_array, local).await
+}
+
+/// Forwards a query to the memory consumer, asking it to have applied everything
+/// this gateway acknowledged.
+async fn proxy(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("http://{}{}", state.query_upstream, path);
+    let min_sequence = state.upstream.highest_sequence.load(Ordering::Acquire);
+    let mut request = axum::http::Request::get(target).header("x-min-sequence", min_sequence.to_string());
+    if let Some(accept) = headers.get("accept") {
+        request = request.header("accept", accept);
+    }
+    let Ok(request) = request.body(Body::empty()) else { return error(StatusCode::BAD_REQUEST, "bad path") };
+    match state.client.request(request).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            match body.collect().await {
+                Ok(collected) => Response::from_parts(parts, Body::from(collected.to_bytes())),
+                Err(_) => error(StatusCode::BAD_GATEWAY, "query service closed the response"),
+            }
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "query service (memory consumer) unavailable"),
+    }
+}

@@ -1,0 +1,416 @@
+//! `ledgerbus demo`: the whole system on one host. It starts the sequencer, a
+//! gateway, a memory consumer and a disk consumer as child processes of this binary
+//! on free 127.0.0.1 ports, runs a short workload through the gateway, checks that
+//! both consumers reached the sequencer's state hash, then serves until Ctrl-C or
+//! `--duration`. The children are stopped (SIGTERM, then SIGKILL) when it exits.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
+use ledgerbus_gateway::client::{Client, Command as ClientCommand};
+
+use crate::cli::DemoArgs;
+
+/// A child process stopped when dropped: SIGTERM, a grace period, then SIGKILL.
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(service = self.name, "did not stop in 5 s; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn with_free_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if address.port() != 0 {
+        return Ok(address);
+    }
+    Ok(TcpListener::bind(address)?.local_addr()?)
+}
+
+fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random key: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A GET with a JSON answer; `None` if the service is not answering (yet).
+fn http_json(address: SocketAddr, path: &str, key: Option<&str>) -> Option<(u16, serde_json::Value)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: demo\r\n{auth}Connection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+struct Addresses {
+    gateway_http: SocketAddr,
+    gateway_tcp: SocketAddr,
+    sequencer: SocketAddr,
+    sequencer_status: SocketAddr,
+    control: SocketAddr,
+    replay: SocketAddr,
+    memory_udp: SocketAddr,
+    memory_http: SocketAddr,
+    disk_udp: SocketAddr,
+    disk_http: SocketAddr,
+}
+
+fn spawn(name: &'static str, args: &[String], secret: &str, key: &str) -> anyhow::Result<Service> {
+    let exe = std::env::current_exe().context("locating the ledgerbus binary")?;
+    let child = Command::new(exe)
+        .args(["--log-level", "warn"])
+        .args(args)
+        .env("LEDGERBUS_SEQUENCER_SECRET", secret)
+        .env("LEDGERBUS_API_KEYS", key)
+        .env_remove("LEDGERBUS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting the {name}"))?;
+    Ok(Service { name, child })
+}
+
+fn s(value: impl ToString) -> String {
+    value.to_string()
+}
+
+fn start_all(
+    args: &DemoArgs,
+    data: &Path,
+    a: &Addresses,
+    secret: &str,
+    key: &str,
+) -> anyhow::Result<Vec<Service>> {
+    let durability = s(format!("{:?}", args.durability).to_lowercase());
+    let sequencer = spawn(
+        "sequencer",
+        &[
+            s("sequencer"),
+            s("--data-dir"),
+            s(data.join("sequencer").display()),
+            s("--gateway-listen"),
+            s(a.sequencer),
+            s("--control-listen"),
+            s(a.control),
+            s("--replay-listen"),
+            s(a.replay),
+            s("--metrics-listen"),
+            s(a.sequencer_status),
+            s("--subscribers"),
+            format!("{},{}", a.memory_udp, a.disk_udp),
+            s("--durability"),
+            durability.clone(),
+        ],
+        secret,
+        key,
+    )?;
+    let consumer = |kind: &'static str, id: u32, udp: SocketAddr, http: SocketAddr| {
+        spawn(
+            kind,
+            &[
+                s("consumer"),
+                s(if kind == "memory consumer" { "memory" } else { "disk" }),
+                s("--listen"),
+                s(udp),
+                s("--http-listen"),
+                s(http),
+                s("--sequencer-control"),
+                s(a.control),
+                s("--sequencer-replay"),
+                s(a.replay),
+                s("--consumer-id"),
+                s(id),
+                s("--data-dir"),
+                s(data.join("disk-consumer").display()),
+                s("--durability"),
+                durability.clone(),
+            ],
+            secret,
+            key,
+        )
+    };
+    // The sequencer first, so that the consumers find its replay service.
+    wait_until("sequencer", Duration::from_secs(30), || {
+        http_json(a.sequencer_status, "/status", None).is_some()
+    })?;
+    let memory = consumer("memory consumer", 1, a.memory_udp, a.memory_http)?;
+    let disk = consumer("disk consumer", 2, a.disk_udp, a.disk_http)?;
+    let gateway = spawn(
+        "gateway",
+        &[
+            s("gateway"),
+            s("--http-listen"),
+            s(a.gateway_http),
+            s("--tcp-listen"),
+            s(a.gateway_tcp),
+            s("--sequencer"),
+            s(a.sequencer),
+            s("--query-upstream"),
+            s(a.memory_http),
+        ],
+        secret,
+        key,
+    )?;
+    let services = vec![gateway, memory, disk, sequencer];
+    wait_until("gateway", Duration::from_secs(30), || {
+        http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
+    })?;
+    wait_until("consumers", Duration::from_secs(30), || {
+        http_json(a.memory_http, "/status", None).is_some()
+            && http_json(a.disk_http, "/status", None).is_some()
+    })?;
+    Ok(services)
+}
+
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the {what} did not come up within {} s", limit.as_secs())
+}
+
+/// Runs the demo.
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let stop = super::shutdown_on_signal()?;
+    let temp;
+    let data: PathBuf = match &args.data {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("ledgerbus-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&data)?;
+    let addresses = Addresses {
+        gateway_http: with_free_port(args.http).context("--http")?,
+        gateway_tcp: with_free_port(args.tcp).context("--tcp")?,
+        sequencer: free_tcp()?,
+        sequencer_status: free_tcp()?,
+        control: free_udp()?,
+        replay: free_tcp()?,
+        memory_udp: free_udp()?,
+        memory_http: free_tcp()?,
+        disk_udp: free_udp()?,
+        disk_http: free_tcp()?,
+    };
+    let secret = random_hex()?;
+    let key = match &args.api_key {
+        Some(key) => key.clone(),
+        None => random_hex()?,
+    };
+    let started = Instant::now();
+    let services = start_all(args, &data, &addresses, &secret, &key)?;
+    println!(
+        "ledgerbus demo is running (started in {:.1} s), data in {}",
+        started.elapsed().as_secs_f64(),
+        data.display()
+    );
+    println!("  gateway HTTP      http://{}   (OpenAPI: /openapi.json)", addresses.gateway_http);
+    println!("  gateway TCP/SBE   {}", addresses.gateway_tcp);
+    println!("  API key           {key}");
+    println!(
+        "  sequencer         {} (status and metrics: http://{}/status, /metrics)",
+        addresses.sequencer, addresses.sequencer_status
+    );
+    println!("  memory consumer   http://{}/status", addresses.memory_http);
+    println!("  disk consumer     http://{}/status", addresses.disk_http);
+    println!("  try: curl -s -H 'Authorization: Bearer {key}' http://{}/accounts/1", addresses.gateway_http);
+    if !args.no_workload {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        runtime.block_on(workload(addresses.gateway_tcp, &key, args.payments))?;
+        verify_hashes(&addresses)?;
+    }
+    let deadline = args.duration.map(|secs| Instant::now() + Duration::from_secs_f64(secs));
+    match deadline {
+        Some(_) => println!("serving until --duration elapses (Ctrl-C stops earlier)"),
+        None => println!("serving; press Ctrl-C to stop"),
+    }
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("stopping the demo's processes");
+    drop(services);
+    Ok(())
+}
+
+fn account(id: u128, negative: bool) -> ClientCommand {
+    ClientCommand::CreateAccount(CreateAccount {
+        correlation_id: 0.into(),
+        id: id.into(),
+        ledger: 840.into(),
+        code: 1.into(),
+        flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+    })
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u64, code: u16, linked: bool) -> ClientCommand {
+    ClientCommand::Transfer(Transfer {
+        correlation_id: 0.into(),
+        id: id.into(),
+        debit_account_id: debit.into(),
+        credit_account_id: credit.into(),
+        amount: amount.into(),
+        ledger: 840.into(),
+        code: code.into(),
+        flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
+    })
+}
+
+const SETTLEMENT: u128 = 1;
+const FEES: u128 = 2;
+const TAXES: u128 = 3;
+const USERS: u128 = 1_000;
+const FIRST_USER: u128 = 1_000;
+
+/// Accounts, top-ups, then a burst of linked P2P payments (amount, fee, tax), some
+/// of which overdraw and are rejected as a whole.
+async fn workload(gateway: SocketAddr, key: &str, payments: u32) -> anyhow::Result<()> {
+    let client = Client::connect(gateway, key).await.context("connecting to the gateway's TCP API")?;
+    let mut setup: Vec<ClientCommand> =
+        vec![account(SETTLEMENT, true), account(FEES, false), account(TAXES, false)];
+    setup.extend((0..USERS).map(|i| account(FIRST_USER + i, false)));
+    let outcomes = client.submit(&setup).await?;
+    let created = outcomes.iter().filter(|o| o.result.is_success()).count();
+    let top_ups: Vec<ClientCommand> =
+        (0..USERS).map(|i| transfer(1_000_000 + i, SETTLEMENT, FIRST_USER + i, 1_000, 1, false)).collect();
+    let funded = client.submit(&top_ups).await?.iter().filter(|o| o.result.is_success()).count();
+    println!(
+        "workload: {created} accounts ready, {funded} users topped up with 1000 from the settlement account"
+    );
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let tasks = 64u32;
+    let per_task = payments.div_ceil(tasks);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let client = client.clone();
+        let (accepted, rejected) = (Arc::clone(&accepted), Arc::clone(&rejected));
+        handles.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(task);
+            for n in 0..per_task {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let payer = FIRST_USER + u128::from(state % USERS as u64);
+                let payee = FIRST_USER + u128::from((state >> 16) % USERS as u64);
+                let payee =
+                    if payee == payer { FIRST_USER + (payee - FIRST_USER + 1) % USERS } else { payee };
+                // Mostly small payments; one in twenty is far too large and must fail.
+                let amount = if state % 20 == 0 { 5_000 } else { 1 + (state >> 32) % 200 };
+                let id = 10_000_000 + u128::from(task) * 1_000_000 + u128::from(n) * 3;
+                let chain = [
+                    transfer(id, payer, payee, amount, 10, true),
+                    transfer(id + 1, payer, FEES, 1 + amount / 100, 11, true),
+                    transfer(id + 2, payer, TAXES, 1 + amount / 50, 12, false),
+                ];
+                let sent = Instant::now();
+                let outcomes = client.submit(&chain).await?;
+                let _ = latency.record(sent.elapsed().as_micros().max(1) as u64);
+                let ok = outcomes.iter().all(|o| o.result == ResultCode::Ok);
+                let counter = if ok { &accepted } else { &rejected };
+                counter.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+            }
+            Ok::<_, std::io::Error>(latency)
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    for handle in handles {
+        latency.add(handle.await??).context("merging histograms")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let transfers = accepted.load(Ordering::Relaxed) + rejected.load(Ordering::Relaxed);
+    println!(
+        "workload: {} P2P payments ({} transfers: amount, fee and tax linked) in {elapsed:.2} s over TCP, 64 in flight",
+        transfers / 3,
+        transfers
+    );
+    println!("  accepted transfers  {}", accepted.load(Ordering::Relaxed));
+    println!(
+        "  rejected transfers  {} (whole chains: insufficient funds + linked_event_failed)",
+        rejected.load(Ordering::Relaxed)
+    );
+    println!("  throughput          {:.0} transfers/s", transfers as f64 / elapsed);
+    println!(
+        "  chain latency       p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99),
+        latency.value_at_quantile(0.999),
+        latency.max()
+    );
+    if rejected.load(Ordering::Relaxed) == 0 {
+        bail!("the workload expected some payments to be rejected for insufficient funds");
+    }
+    Ok(())
+}
+
+/// Waits for both consumers to reach the sequencer's position and compares hashes.
+fn verify_hashes(a: &Addresses) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sequencer = http_json(a.sequencer_status, "/status", None).map(|(_, v)| v);
+        let memory = http_json(a.memory_http, "/status", None).map(|(_, v)| v);
+        let disk = http_json(a.disk_http, "/status", None).map(|(_, v)| v);
+        if let (Some(sequencer), Some(memory), Some(disk)) = (sequencer, memory, disk) {
+            let head = &sequencer["last_sequence"];
+            if &memory["last_sequence"] == head && &disk["last_sequence"] == head {
+                let hash = &sequencer["state_hash"];
+                println!(
+                    "state hash at sequence {head}: sequencer {hash}, memory consumer {}, disk consumer {}",
+                    memory["state_hash"], disk["state_hash"]
+                );
+                if &memory["state_hash"] != hash || &disk["state_hash"] != hash {
+                    bail!("consumer state hashes differ from the sequencer's");
+                }
+                println!("  all three match");
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("consumers did not reach the sequencer's position within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,34 @@
+//! `ledgerbus gateway`.
+
+use ledgerbus_gateway::GatewayConfig;
+
+use crate::cli::GatewayArgs;
+
+/// Runs the gateway until SIGINT/SIGTERM.
+pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
+    let config = GatewayConfig {
+        http_listen: args.http_listen,
+        tcp_listen: args.tcp_listen,
+        sequencer: args.sequencer,
+        secret: args.secret.clone().unwrap_or_default().into_bytes(),
+        api_keys: args.api_keys.clone(),
+        query_upstream: args.query_upstream,
+        queue_max: args.queue_max as usize,
+        gateway_id: std::process::id(),
+    };
+    let stop = super::shutdown_on_signal()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let (bound, _addresses) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(ledgerbus_gateway::run(config, bound));
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if server.is_finished() {
+                return server.await?.map_err(anyhow::Error::from);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::info!("gateway shutting down");
+        server.abort();
+        Ok(())
+    })
+}
