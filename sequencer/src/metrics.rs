@@ -211,7 +211,7 @@ pub fn serve_router(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new().name(name.into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
                 tracing::error!(%error, "HTTP endpoint could not start");
