@@ -407,36 +407,55 @@ pub struct BenchSequencerArgs {
     pub json: bool,
 }
 
+/// API driven by `bench e2e`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchProtocol {
+    /// The TCP/SBE API through the Rust client.
+    Tcp,
+    /// The HTTP/JSON API (keep-alive).
+    Http,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchE2eArgs {
-    /// Gateway TCP or HTTP address.
-    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    /// Gateway TCP/SBE address (also used to create and fund the accounts).
+    #[arg(long, env = "LEDGERBUS_GATEWAY_TCP", default_value = "127.0.0.1:7070", value_name = "ADDR")]
     pub gateway: SocketAddr,
-    /// Start the whole system on 127.0.0.1 first.
+    /// Gateway HTTP address (for --protocol http).
+    #[arg(long, env = "LEDGERBUS_GATEWAY_HTTP", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub gateway_http: SocketAddr,
+    /// API key for the gateway.
+    #[arg(long, env = "LEDGERBUS_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Start the whole system on 127.0.0.1 first (as `demo` does) and stop it after.
     #[arg(long)]
     pub spawn: bool,
+    /// With --spawn: durability of the sequencer and disk consumer.
+    #[arg(long, default_value = "fsync", value_name = "MODE")]
+    pub durability: Durability,
     /// tcp or http.
     #[arg(long, default_value = "tcp", value_name = "PROTO")]
-    pub protocol: String,
-    /// Transfers per second, or `max`.
+    pub protocol: BenchProtocol,
+    /// Transfers per second (open loop, latency from the intended send time), or `max`.
     #[arg(long, default_value = "max", value_name = "N|max")]
     pub rate: String,
-    /// How long to run, in seconds.
+    /// How long to send, in seconds.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub duration: f64,
     /// Parallel client connections.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 4, value_name = "N")]
     pub connections: u32,
     /// Transfers per request.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub batch: u32,
-    /// Number of accounts to spread transfers over.
+    /// Number of accounts transfers are spread over (one in fifty transfers tries to
+    /// overdraw, so rejections happen).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub accounts: u32,
-    /// Write the histogram in .hgrm percentile-distribution format.
+    /// Write the histogram in .hgrm percentile-distribution format (milliseconds).
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
-    /// Write a latency-by-percentile plot (.svg or .png).
+    /// Write a latency-by-percentile plot (.svg).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
     /// Print a last line of JSON with the results.
@@ -463,7 +482,7 @@ pub struct ReplayArgs {
     /// Read from a running sequencer's replay service.
     #[arg(long, value_name = "ADDR", conflicts_with = "journal")]
     pub from_sequencer: Option<SocketAddr>,
-    /// Read from a journal directory (a sequencer's or a disk consumer's).
+    /// Read from a journal directory (a sequencer's, or a disk consumer's `journal/`).
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
     /// First sequence.
@@ -475,12 +494,19 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     pub format: ReplayFormat,
-    /// Check CRCs, continuity and session ids; exit non-zero if anything is wrong.
+    /// Check CRCs, continuity, session ids and (from sequence 1) that every event
+    /// applies; print a summary instead of the events; exit non-zero if anything is wrong.
     #[arg(long)]
     pub verify: bool,
     /// Re-publish the range through the transport to this consumer address.
     #[arg(long, value_name = "ADDR")]
     pub to_subscriber: Option<SocketAddr>,
+    /// With --format raw: write the frames here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// With --verify: also print the summary as one line of JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -501,4 +527,16 @@ pub struct ReplayNakArgs {
     /// Number of events to request.
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub count: u32,
+    /// The sequencer's replay service, asked for the session id (unless --session).
+    #[arg(long, default_value = "127.0.0.1:7002", value_name = "ADDR")]
+    pub replay: SocketAddr,
+    /// Session id in hex (skips asking the replay service).
+    #[arg(long, value_name = "HEX")]
+    pub session: Option<String>,
+    /// Stream id.
+    #[arg(long, default_value_t = 1, value_name = "ID")]
+    pub stream_id: u32,
+    /// How long to listen for replies, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub wait_ms: u64,
 }

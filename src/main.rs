@@ -75,8 +75,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Transport(args)) => run::bench::transport(&args),
         Command::Bench(BenchCommand::Sequencer(args)) => run::bench::sequencer(&args),
-        Command::Bench(BenchCommand::E2e(_)) => not_yet("bench e2e", 6),
-        Command::Replay(_) => not_yet("replay", 6),
+        Command::Bench(BenchCommand::E2e(args)) => run::bench_e2e::run(&args),
+        Command::Replay(args) => run::replay::run(&args),
     }
 }
 

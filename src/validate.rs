@@ -130,24 +130,31 @@ impl BenchE2eArgs {
     /// Checks of the end-to-end benchmark settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive_seconds(self.duration, "duration")?;
-        check(matches!(self.protocol.as_str(), "tcp" | "http"), "protocol", || {
-            format!("`{}` is neither tcp nor http", self.protocol)
-        })?;
         check(self.rate == "max" || self.rate.parse::<u64>().is_ok_and(|r| r > 0), "rate", || {
             format!("`{}` is neither a positive number nor `max`", self.rate)
         })?;
         check(self.connections > 0, "connections", || "must be at least 1".into())?;
         check(self.batch > 0, "batch", || "must be at least 1".into())?;
-        check(self.accounts >= 2, "accounts", || "needs at least 2 accounts to move money between".into())
+        check(self.accounts >= 2, "accounts", || "needs at least 2 accounts to move money between".into())?;
+        check(self.spawn || self.api_key.is_some(), "api-key", || {
+            "is required to drive a running gateway (or use --spawn)".into()
+        })
     }
 }
 
 impl ReplayArgs {
     /// Checks of the replay settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.action.is_some() {
+        if let Some(ReplayAction::Nak(nak)) = &self.action {
+            check(nak.count > 0, "count", || "must be at least 1".into())?;
+            if let Some(session) = &nak.session {
+                check(u64::from_str_radix(session, 16).is_ok(), "session", || {
+                    format!("`{session}` is not hex")
+                })?;
+            }
             return Ok(());
         }
+        check(self.to.is_none_or(|to| to >= self.from), "to", || "is before --from".into())?;
         check(self.from_sequencer.is_some() || self.journal.is_some(), "journal", || {
             "give --journal DIR or --from-sequencer ADDR".into()
         })?;

@@ -78,17 +78,18 @@ fn http_json(address: SocketAddr, path: &str, key: Option<&str>) -> Option<(u16,
     Some((status, serde_json::from_str(body).ok()?))
 }
 
-struct Addresses {
-    gateway_http: SocketAddr,
-    gateway_tcp: SocketAddr,
-    sequencer: SocketAddr,
-    sequencer_status: SocketAddr,
-    control: SocketAddr,
-    replay: SocketAddr,
-    memory_udp: SocketAddr,
-    memory_http: SocketAddr,
-    disk_udp: SocketAddr,
-    disk_http: SocketAddr,
+/// Where each part of a started system listens.
+pub struct Addresses {
+    pub gateway_http: SocketAddr,
+    pub gateway_tcp: SocketAddr,
+    pub sequencer: SocketAddr,
+    pub sequencer_status: SocketAddr,
+    pub control: SocketAddr,
+    pub replay: SocketAddr,
+    pub memory_udp: SocketAddr,
+    pub memory_http: SocketAddr,
+    pub disk_udp: SocketAddr,
+    pub disk_http: SocketAddr,
 }
 
 fn spawn(name: &'static str, args: &[String], secret: &str, key: &str) -> anyhow::Result<Service> {
@@ -111,13 +112,13 @@ fn s(value: impl ToString) -> String {
 }
 
 fn start_all(
-    args: &DemoArgs,
+    durability: crate::cli::Durability,
     data: &Path,
     a: &Addresses,
     secret: &str,
     key: &str,
 ) -> anyhow::Result<Vec<Service>> {
-    let durability = s(format!("{:?}", args.durability).to_lowercase());
+    let durability = s(format!("{durability:?}").to_lowercase());
     let sequencer = spawn(
         "sequencer",
         &[
@@ -209,41 +210,75 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> a
     bail!("the {what} did not come up within {} s", limit.as_secs())
 }
 
+/// A whole ledgerbus started as child processes; stopped when dropped.
+pub struct System {
+    /// Where everything listens.
+    pub addresses: Addresses,
+    /// The client API key.
+    pub api_key: String,
+    /// Where the data lives.
+    pub data: PathBuf,
+    services: Vec<Service>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl System {
+    /// Starts sequencer, consumers and gateway on free ports (or the given ones).
+    pub fn start(
+        durability: crate::cli::Durability,
+        data: Option<PathBuf>,
+        http: SocketAddr,
+        tcp: SocketAddr,
+        api_key: Option<String>,
+    ) -> anyhow::Result<System> {
+        let (temp, data) = match data {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::Builder::new().prefix("ledgerbus-demo-").tempdir()?;
+                let path = temp.path().to_path_buf();
+                (Some(temp), path)
+            }
+        };
+        std::fs::create_dir_all(&data)?;
+        let addresses = Addresses {
+            gateway_http: with_free_port(http).context("--http")?,
+            gateway_tcp: with_free_port(tcp).context("--tcp")?,
+            sequencer: free_tcp()?,
+            sequencer_status: free_tcp()?,
+            control: free_udp()?,
+            replay: free_tcp()?,
+            memory_udp: free_udp()?,
+            memory_http: free_tcp()?,
+            disk_udp: free_udp()?,
+            disk_http: free_tcp()?,
+        };
+        let secret = random_hex()?;
+        let api_key = match api_key {
+            Some(key) => key,
+            None => random_hex()?,
+        };
+        let services = start_all(durability, &data, &addresses, &secret, &api_key)?;
+        Ok(System { addresses, api_key, data, services, _temp: temp })
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(mut self) {
+        self.services.clear();
+    }
+}
+
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
-    let temp;
-    let data: PathBuf = match &args.data {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = tempfile::Builder::new().prefix("ledgerbus-demo-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
-    std::fs::create_dir_all(&data)?;
-    let addresses = Addresses {
-        gateway_http: with_free_port(args.http).context("--http")?,
-        gateway_tcp: with_free_port(args.tcp).context("--tcp")?,
-        sequencer: free_tcp()?,
-        sequencer_status: free_tcp()?,
-        control: free_udp()?,
-        replay: free_tcp()?,
-        memory_udp: free_udp()?,
-        memory_http: free_tcp()?,
-        disk_udp: free_udp()?,
-        disk_http: free_tcp()?,
-    };
-    let secret = random_hex()?;
-    let key = match &args.api_key {
-        Some(key) => key.clone(),
-        None => random_hex()?,
-    };
     let started = Instant::now();
-    let services = start_all(args, &data, &addresses, &secret, &key)?;
+    let system =
+        System::start(args.durability, args.data.clone(), args.http, args.tcp, args.api_key.clone())?;
+    let addresses = &system.addresses;
+    let key = system.api_key.clone();
     println!(
         "ledgerbus demo is running (started in {:.1} s), data in {}",
         started.elapsed().as_secs_f64(),
-        data.display()
+        system.data.display()
     );
     println!("  gateway HTTP      http://{}   (OpenAPI: /openapi.json)", addresses.gateway_http);
     println!("  gateway TCP/SBE   {}", addresses.gateway_tcp);
@@ -258,7 +293,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !args.no_workload {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(workload(addresses.gateway_tcp, &key, args.payments))?;
-        verify_hashes(&addresses)?;
+        verify_hashes(addresses)?;
     }
     let deadline = args.duration.map(|secs| Instant::now() + Duration::from_secs_f64(secs));
     match deadline {
@@ -269,7 +304,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     println!("stopping the demo's processes");
-    drop(services);
+    system.stop();
     Ok(())
 }
 
@@ -387,7 +422,7 @@ async fn workload(gateway: SocketAddr, key: &str, payments: u32) -> anyhow::Resu
 }
 
 /// Waits for both consumers to reach the sequencer's position and compares hashes.
-fn verify_hashes(a: &Addresses) -> anyhow::Result<()> {
+pub fn verify_hashes(a: &Addresses) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let sequencer = http_json(a.sequencer_status, "/status", None).map(|(_, v)| v);

@@ -2,9 +2,11 @@
 //! parses, validates and dispatches here.
 
 pub mod bench;
+pub mod bench_e2e;
 pub mod consumer;
 pub mod demo;
 pub mod gateway;
+pub mod replay;
 pub mod sequencer;
 
 use std::net::SocketAddrV4;

@@ -1,1 +1,12 @@
-//! ledgerbus tools (see DESIGN.md).
+//! Operator tools (DESIGN.md, "Tools").
+//!
+//! # Layout
+//! - [`loadgen`]: the open-loop end-to-end load generator (`ledgerbus bench e2e`).
+//! - [`histogram`]: percentile table, `.hgrm` output and the latency plot.
+//! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
+//! - [`format`]: events as text lines and JSON.
+
+pub mod format;
+pub mod histogram;
+pub mod loadgen;
+pub mod replay;

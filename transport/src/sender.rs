@@ -187,6 +187,9 @@ impl Sender {
         self.receivers
             .iter()
             .filter(|r| now.nanos_since(r.last_seen) <= self.config.receiver_timeout_us.saturating_mul(1_000))
+            // A window of 0 marks an observer (an operator's NAK probe): it never
+            // holds the stream back.
+            .filter(|r| r.window_events > 0)
             .map(|r| (r.highest_contiguous_sequence + u64::from(r.window_events)).saturating_sub(published))
             .min()
             .unwrap_or(u64::MAX)

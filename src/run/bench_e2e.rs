@@ -1,0 +1,84 @@
+//! `ledgerbus bench e2e`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use ledgerbus_tools::histogram;
+use ledgerbus_tools::loadgen::{self, E2eOptions, Protocol};
+
+use crate::cli::{BenchE2eArgs, BenchProtocol};
+
+/// Runs the load generator, against `--gateway` or a system it spawns.
+pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
+    let system = if args.spawn {
+        eprintln!("starting the whole system on 127.0.0.1 (--durability {:?})", args.durability);
+        let local = "127.0.0.1:0".parse().expect("valid address");
+        Some(super::demo::System::start(args.durability, None, local, local, args.api_key.clone())?)
+    } else {
+        None
+    };
+    let (gateway_tcp, gateway_http, api_key) = match &system {
+        Some(system) => (system.addresses.gateway_tcp, system.addresses.gateway_http, system.api_key.clone()),
+        None => (args.gateway, args.gateway_http, args.api_key.clone().context("--api-key is required")?),
+    };
+    let options = E2eOptions {
+        gateway_tcp,
+        gateway_http,
+        api_key,
+        protocol: match args.protocol {
+            BenchProtocol::Tcp => Protocol::Tcp,
+            BenchProtocol::Http => Protocol::Http,
+        },
+        rate: if args.rate == "max" { None } else { Some(args.rate.parse()?) },
+        duration: Duration::from_secs_f64(args.duration),
+        connections: args.connections,
+        batch: args.batch,
+        accounts: args.accounts,
+    };
+    let bar = ProgressBar::new((args.duration * 4.0).ceil() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {elapsed}/{duration} {msg}").expect("valid template"),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (report, histogram) = runtime.block_on(loadgen::run(&options, |counters, elapsed| {
+        let decided = counters.accepted.load(std::sync::atomic::Ordering::Relaxed)
+            + counters.rejected.load(std::sync::atomic::Ordering::Relaxed);
+        bar.set_position((elapsed.as_secs_f64() * 4.0) as u64);
+        bar.set_message(format!(
+            "{decided} transfers, {:.0}/s",
+            decided as f64 / elapsed.as_secs_f64().max(1e-9)
+        ));
+    }))?;
+    bar.finish_and_clear();
+    println!(
+        "bench e2e over {} at rate {}: {} connections, batch {}",
+        report.protocol,
+        if report.rate == 0 { "max".to_string() } else { report.rate.to_string() },
+        args.connections,
+        args.batch
+    );
+    println!("  throughput  {:>12.0} transfers/s", report.throughput_tps);
+    println!("  accepted    {:>12}", report.accepted);
+    println!("  rejected    {:>12}", report.rejected);
+    println!("  errors      {:>12}", report.errors);
+    println!("  latency per request (from intended send time):");
+    print!("{}", histogram::table(&histogram));
+    if let Some(path) = &args.hgrm {
+        std::fs::write(path, histogram::hgrm(&histogram, 5))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("  histogram written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("ledgerbus e2e latency, {} at {}", report.protocol, args.rate);
+        histogram::plot(&histogram, path, &title)?;
+        println!("  plot written to {}", path.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if let Some(system) = system {
+        system.stop();
+    }
+    Ok(())
+}

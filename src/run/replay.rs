@@ -1,0 +1,177 @@
+//! `ledgerbus replay` and `ledgerbus replay nak`.
+
+use std::io::{BufWriter, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use ledgerbus_tools::format;
+use ledgerbus_tools::replay::{self, Source};
+use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
+use ledgerbus_transport::SenderConfig;
+
+use crate::cli::{ReplayAction, ReplayArgs, ReplayFormat, ReplayNakArgs};
+
+/// Runs `ledgerbus replay`.
+pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    if let Some(ReplayAction::Nak(nak)) = &args.action {
+        return run_nak(nak);
+    }
+    let source = match (&args.from_sequencer, &args.journal) {
+        (Some(address), _) => Source::Sequencer(*address),
+        (None, Some(dir)) => Source::Journal(dir.clone()),
+        (None, None) => bail!("give --journal DIR or --from-sequencer ADDR"),
+    };
+    if let Some(subscriber) = args.to_subscriber {
+        return republish(&source, args, subscriber);
+    }
+    let progress = progress_bar(args.verify);
+    let stdout = std::io::stdout();
+    let mut out: Box<dyn Write> = match (&args.output, args.verify) {
+        (Some(path), false) => Box::new(BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        _ => Box::new(BufWriter::with_capacity(1 << 16, stdout.lock())),
+    };
+    let mut open = true;
+    let summary = replay::read(&source, args.from, args.to, |sequence, frame| {
+        progress.set_message(format!("at {sequence}"));
+        progress.inc(1);
+        if args.verify || !open {
+            return Ok(());
+        }
+        open = match args.format {
+            ReplayFormat::Text => {
+                replay::write_stdout(&mut out, format!("{}\n", format::text(frame)).as_bytes())?
+            }
+            ReplayFormat::Json => {
+                replay::write_stdout(&mut out, format!("{}\n", format::json(frame)).as_bytes())?
+            }
+            ReplayFormat::Raw => replay::write_stdout(&mut out, frame)?,
+        };
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    let _ = out.flush();
+    drop(out);
+    if args.verify {
+        println!("events          {}", summary.count);
+        println!("first sequence  {}", summary.first_sequence.map_or("-".into(), |s| s.to_string()));
+        println!("last sequence   {}", summary.last_sequence.map_or("-".into(), |s| s.to_string()));
+        println!("gaps            {}", summary.gaps);
+        println!("corrupt frames  {}", summary.corrupt_frames);
+        println!("sessions        {}", summary.sessions.join(", "));
+        if args.from == 1 {
+            println!("inconsistent    {}", summary.inconsistent);
+            println!("state hash      {}", summary.state_hash);
+        } else {
+            println!("range hash      {} (the state hash needs --from 1)", summary.state_hash);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        if !summary.is_clean() {
+            bail!("verification failed");
+        }
+        println!("verified: clean");
+    }
+    Ok(())
+}
+
+fn progress_bar(visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} events {msg} ({per_sec})").expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Publishes the range through the transport to one subscriber, paced so that it
+/// does not overrun the receiver, with a progress bar.
+fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyhow::Result<()> {
+    let target = socket::ipv4(subscriber)?;
+    let session = match source {
+        Source::Sequencer(address) => {
+            ledgerbus_sequencer::client::replay(*address, 0, u64::MAX, u64::MAX, |_, _| Ok(()))?.1
+        }
+        Source::Journal(dir) => {
+            let mut reader = ledgerbus_sequencer::journal::JournalReader::open(dir, u64::MAX)?;
+            let mut frame = Vec::new();
+            let _ = reader.next_frame(&mut frame)?;
+            reader.session_id().unwrap_or(0)
+        }
+    };
+    let mut publisher = Publisher::new(
+        SenderConfig { session_id: session, restrict_naks: false, ..SenderConfig::default() },
+        args.from,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        Targets::Unicast(vec![target]),
+        SocketOptions::default(),
+    )?;
+    let progress = progress_bar(true);
+    let mut sent = 0u64;
+    let summary = replay::read(source, args.from, args.to, |_, frame| {
+        while publisher.window_remaining() == 0 {
+            publisher.wait(Duration::from_millis(1))?;
+        }
+        if publisher.publish(frame)?.is_err() {
+            bail!("the transport refused an event");
+        }
+        sent += 1;
+        if sent % 256 == 0 {
+            publisher.flush()?;
+            publisher.service()?;
+            progress.set_position(sent);
+        }
+        Ok(())
+    })?;
+    publisher.flush()?;
+    // Answer NAKs for a moment so the subscriber can repair the tail.
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        publisher.wait(Duration::from_millis(10))?;
+    }
+    progress.finish_and_clear();
+    println!(
+        "published {} events ({:?}..={:?}) to {subscriber}",
+        summary.count, summary.first_sequence, summary.last_sequence
+    );
+    Ok(())
+}
+
+fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
+    let session = match &args.session {
+        Some(hex) => u64::from_str_radix(hex, 16)?,
+        None => {
+            ledgerbus_sequencer::client::replay(args.replay, 0, u64::MAX, u64::MAX, |_, _| Ok(()))
+                .with_context(|| format!("asking {} for the session id (or give --session)", args.replay))?
+                .1
+        }
+    };
+    println!(
+        "NAK {}..{} to {} (session {session:016x})",
+        args.from,
+        args.from + u64::from(args.count),
+        args.sequencer
+    );
+    let lines = replay::nak(
+        args.sequencer,
+        session,
+        args.stream_id,
+        args.from,
+        args.count,
+        Duration::from_millis(args.wait_ms),
+    )?;
+    if lines.is_empty() {
+        bail!("no reply within {} ms", args.wait_ms);
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Events as text lines or JSON objects, for `ledgerbus replay`.
+
+use ledgerbus_codec::{Frame, ResultCode};
+use serde_json::{json, Value};
+
+/// `InsufficientFunds` → `insufficient_funds`.
+fn result_name(result: Result<ResultCode, ledgerbus_codec::DecodeError>) -> String {
+    match result {
+        Ok(code) => ledgerbus_gateway::json::result_name(code),
+        Err(_) => "unknown".into(),
+    }
+}
+
+/// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC).
+pub fn utc(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let nanos = ns % 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3_600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// One human-readable line.
+pub fn text(frame: &[u8]) -> String {
+    match Frame::decode(frame) {
+        Ok((Frame::TransferEvent(e), _)) => format!(
+            "{:>10} {} transfer {} {} -> {} amount {} ledger {} code {}{} => {}",
+            e.sequence.get(),
+            utc(e.timestamp_ns.get()),
+            e.id.get(),
+            e.debit_account_id.get(),
+            e.credit_account_id.get(),
+            e.amount.get(),
+            e.ledger.get(),
+            e.code.get(),
+            if e.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0 { " linked" } else { "" },
+            result_name(e.result())
+        ),
+        Ok((Frame::AccountEvent(e), _)) => format!(
+            "{:>10} {} account {} ledger {} code {}{} => {}",
+            e.sequence.get(),
+            utc(e.timestamp_ns.get()),
+            e.id.get(),
+            e.ledger.get(),
+            e.code.get(),
+            if e.flags.get() & ledgerbus_codec::account_flags::ALLOW_NEGATIVE != 0 {
+                " allow_negative"
+            } else {
+                ""
+            },
+            result_name(e.result())
+        ),
+        Ok((other, _)) => format!("template {} (not an event)", other.template_id()),
+        Err(error) => format!("undecodable frame: {error}"),
+    }
+}
+
+/// One JSON object (ids and amounts as strings, as in the HTTP API).
+pub fn json(frame: &[u8]) -> Value {
+    match Frame::decode(frame) {
+        Ok((Frame::TransferEvent(e), _)) => json!({
+            "sequence": e.sequence.get(),
+            "timestamp": e.timestamp_ns.get(),
+            "type": "transfer",
+            "id": e.id.get().to_string(),
+            "debit_account_id": e.debit_account_id.get().to_string(),
+            "credit_account_id": e.credit_account_id.get().to_string(),
+            "amount": e.amount.get().to_string(),
+            "ledger": e.ledger.get(),
+            "code": e.code.get(),
+            "linked": e.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0,
+            "result": result_name(e.result()),
+        }),
+        Ok((Frame::AccountEvent(e), _)) => json!({
+            "sequence": e.sequence.get(),
+            "timestamp": e.timestamp_ns.get(),
+            "type": "account",
+            "id": e.id.get().to_string(),
+            "ledger": e.ledger.get(),
+            "code": e.code.get(),
+            "allow_negative": e.flags.get() & ledgerbus_codec::account_flags::ALLOW_NEGATIVE != 0,
+            "result": result_name(e.result()),
+        }),
+        Ok((other, _)) => json!({ "type": "unknown", "template_id": other.template_id() }),
+        Err(error) => json!({ "type": "undecodable", "error": error.to_string() }),
+    }
+}

@@ -1,0 +1,412 @@
+//! `ledgerbus bench e2e`: an open-loop load generator against a running gateway, over
+//! TCP (the Rust client) or HTTP (keep-alive, pooled).
+//!
+//! At a fixed `--rate`, requests are sent on a schedule and each latency is measured
+//! from the *intended* send time, not the actual one, so a stall shows up as the
+//! latency every delayed request really saw (coordinated-omission correction).
+//! With `--rate max`, each connection keeps a fixed number of requests in flight.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::{account_flags, ResultCode};
+use ledgerbus_gateway::client::{Client, Command};
+
+/// Which API to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The TCP/SBE API through the Rust client.
+    Tcp,
+    /// The HTTP/JSON API.
+    Http,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct E2eOptions {
+    /// The gateway's TCP API (also used for set-up).
+    pub gateway_tcp: SocketAddr,
+    /// The gateway's HTTP API.
+    pub gateway_http: SocketAddr,
+    /// API key.
+    pub api_key: String,
+    /// TCP or HTTP.
+    pub protocol: Protocol,
+    /// Transfers per second, or `None` for as fast as possible.
+    pub rate: Option<u64>,
+    /// How long to send.
+    pub duration: Duration,
+    /// Client connections.
+    pub connections: u32,
+    /// Transfers per request.
+    pub batch: u32,
+    /// Accounts to spread transfers over.
+    pub accounts: u32,
+}
+
+/// What it measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct E2eReport {
+    /// Decided transfers per second (accepted + rejected).
+    pub throughput_tps: f64,
+    /// Latency percentiles of a request, µs.
+    pub p50_us: u64,
+    /// p90.
+    pub p90_us: u64,
+    /// p99.
+    pub p99_us: u64,
+    /// p99.9.
+    pub p999_us: u64,
+    /// p99.99.
+    pub p9999_us: u64,
+    /// Max.
+    pub max_us: u64,
+    /// Transfers applied.
+    pub accepted: u64,
+    /// Transfers rejected by a business rule (overdraft attempts are part of the mix).
+    pub rejected: u64,
+    /// Transfers with no decided result (busy, unavailable, transport errors).
+    pub errors: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Seconds from the first request to the last answer.
+    pub elapsed_sec: f64,
+    /// "tcp" or "http".
+    pub protocol: String,
+    /// Requested rate, 0 = max.
+    pub rate: u64,
+}
+
+/// Shared counters of a run.
+#[derive(Default)]
+pub struct Counters {
+    /// Transfers applied.
+    pub accepted: AtomicU64,
+    /// Transfers rejected.
+    pub rejected: AtomicU64,
+    /// Transfers without a decision.
+    pub errors: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+}
+
+const SETTLEMENT: u128 = 1;
+const FIRST_USER: u128 = 1_000;
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// A fresh id space per run, so runs against the same system never collide.
+fn run_prefix() -> u128 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+    (nanos & 0xFFFF_FFFF_FFFF) << 64
+}
+
+/// Creates the accounts and funds them from a settlement account (idempotent).
+async fn set_up(client: &Client, accounts: u32) -> anyhow::Result<()> {
+    let account = |id: u128, flags: u16| {
+        Command::CreateAccount(CreateAccount {
+            correlation_id: 0.into(),
+            id: id.into(),
+            ledger: 1.into(),
+            code: 1.into(),
+            flags: flags.into(),
+        })
+    };
+    let mut commands = vec![account(SETTLEMENT, account_flags::ALLOW_NEGATIVE)];
+    commands.extend((0..u128::from(accounts)).map(|i| account(FIRST_USER + i, 0)));
+    for chunk in commands.chunks(4_096) {
+        client.submit(chunk).await.context("creating accounts")?;
+    }
+    let prefix = run_prefix() | (1 << 63);
+    let top_ups: Vec<Command> = (0..u128::from(accounts))
+        .map(|i| Command::Transfer(transfer(prefix + i, SETTLEMENT, FIRST_USER + i, 1_000_000_000)))
+        .collect();
+    for chunk in top_ups.chunks(4_096) {
+        client.submit(chunk).await.context("funding accounts")?;
+    }
+    Ok(())
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
+    Transfer {
+        correlation_id: 0.into(),
+        id: id.into(),
+        debit_account_id: debit.into(),
+        credit_account_id: credit.into(),
+        amount: amount.into(),
+        ledger: 1.into(),
+        code: 1.into(),
+        flags: 0.into(),
+    }
+}
+
+/// A deterministic stream of transfers for one connection; one in fifty tries to
+/// overdraw and is rejected.
+struct Workload {
+    state: u64,
+    next_id: u128,
+    accounts: u64,
+}
+
+impl Workload {
+    fn next(&mut self) -> Transfer {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let debit = FIRST_USER + u128::from(self.state % self.accounts);
+        let mut credit = FIRST_USER + u128::from((self.state >> 20) % self.accounts);
+        if credit == debit {
+            credit = FIRST_USER + (credit - FIRST_USER + 1) % u128::from(self.accounts);
+        }
+        let amount = if self.state % 50 == 0 { 1 << 40 } else { 1 + (self.state >> 40) % 100 };
+        self.next_id += 1;
+        transfer(self.next_id, debit, credit, amount)
+    }
+
+    fn batch(&mut self, size: u32) -> Vec<Transfer> {
+        (0..size).map(|_| self.next()).collect()
+    }
+}
+
+fn count(counters: &Counters, results: impl Iterator<Item = Option<ResultCode>>) {
+    for result in results {
+        let counter = match result {
+            Some(ResultCode::Ok | ResultCode::Exists) => &counters.accepted,
+            Some(ResultCode::Busy) | None => &counters.errors,
+            Some(_) => &counters.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One request over the chosen protocol; returns a result per transfer.
+enum Sender {
+    Tcp(Client),
+    Http {
+        client: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        uri: String,
+        key: String,
+    },
+}
+
+impl Sender {
+    async fn send(&self, transfers: Vec<Transfer>) -> Vec<Option<ResultCode>> {
+        match self {
+            Sender::Tcp(client) => {
+                let commands: Vec<Command> = transfers.into_iter().map(Command::Transfer).collect();
+                match client.submit(&commands).await {
+                    Ok(outcomes) => outcomes.iter().map(|o| Some(o.result)).collect(),
+                    Err(_) => vec![None; commands.len()],
+                }
+            }
+            Sender::Http { client, uri, key } => {
+                let count = transfers.len();
+                let items: Vec<serde_json::Value> = transfers
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id.get().to_string(),
+                            "debit_account_id": t.debit_account_id.get().to_string(),
+                            "credit_account_id": t.credit_account_id.get().to_string(),
+                            "amount": t.amount.get(),
+                            "ledger": t.ledger.get(),
+                            "code": t.code.get(),
+                        })
+                    })
+                    .collect();
+                let body = if count == 1 {
+                    items[0].to_string()
+                } else {
+                    serde_json::Value::Array(items).to_string()
+                };
+                let request = hyper::Request::post(uri.as_str())
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)));
+                let Ok(request) = request else { return vec![None; count] };
+                let Ok(response) = client.request(request).await else { return vec![None; count] };
+                let status = response.status().as_u16();
+                let Ok(body) = response.into_body().collect().await else { return vec![None; count] };
+                let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) else {
+                    return vec![None; count];
+                };
+                let code_of = |value: &serde_json::Value| -> Option<ResultCode> {
+                    let name = value["result"].as_str()?;
+                    ResultCode::ALL
+                        .iter()
+                        .find(|(code, _)| ledgerbus_gateway::json::result_name(*code) == name)
+                        .map(|(c, _)| *c)
+                };
+                match (status, json) {
+                    (200, serde_json::Value::Array(results)) => results.iter().map(code_of).collect(),
+                    (200 | 201 | 409 | 422, value) if count == 1 => vec![code_of(&value)],
+                    _ => vec![None; count],
+                }
+            }
+        }
+    }
+}
+
+/// Runs the load; `on_tick` is called about four times a second with the counters.
+pub async fn run(
+    options: &E2eOptions,
+    mut on_tick: impl FnMut(&Counters, Duration),
+) -> anyhow::Result<(E2eReport, Histogram<u64>)> {
+    if options.connections == 0 || options.batch == 0 || options.accounts < 2 {
+        bail!("connections and batch must be positive and accounts at least 2");
+    }
+    let setup =
+        Client::connect(options.gateway_tcp, &options.api_key).await.context("connecting to the gateway")?;
+    set_up(&setup, options.accounts).await?;
+    let counters = Arc::new(Counters::default());
+    let histogram = Arc::new(Mutex::new(new_histogram()));
+    let prefix = run_prefix();
+    let start = Instant::now();
+    let deadline = start + options.duration;
+    let mut tasks = Vec::new();
+    for connection in 0..options.connections {
+        let sender = Arc::new(match options.protocol {
+            Protocol::Tcp => Sender::Tcp(Client::connect(options.gateway_tcp, &options.api_key).await?),
+            Protocol::Http => Sender::Http {
+                client: HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http(),
+                uri: format!("http://{}/transfers", options.gateway_http),
+                key: options.api_key.clone(),
+            },
+        });
+        let workload = Workload {
+            state: 0x9E37_79B9_7F4A_7C15 ^ (u64::from(connection) + 1),
+            next_id: prefix + (u128::from(connection) << 40),
+            accounts: u64::from(options.accounts),
+        };
+        let (counters, histogram) = (Arc::clone(&counters), Arc::clone(&histogram));
+        let batch = options.batch;
+        tasks.push(tokio::spawn(match options.rate {
+            Some(rate) => {
+                let per_connection = (rate as f64 / f64::from(options.connections)).max(1e-9);
+                let interval = Duration::from_secs_f64(f64::from(batch) / per_connection);
+                Box::pin(open_loop(sender, workload, batch, interval, deadline, counters, histogram))
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            }
+            None => Box::pin(closed_loop(sender, workload, batch, deadline, counters, histogram)),
+        }));
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    while tasks.iter().any(|t| !t.is_finished()) {
+        ticker.tick().await;
+        on_tick(&counters, start.elapsed());
+    }
+    for task in tasks {
+        task.await.context("load task")?;
+    }
+    let elapsed_sec = start.elapsed().as_secs_f64();
+    let histogram = histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| new_histogram());
+    let (accepted, rejected, errors) = (
+        counters.accepted.load(Ordering::Relaxed),
+        counters.rejected.load(Ordering::Relaxed),
+        counters.errors.load(Ordering::Relaxed),
+    );
+    let report = E2eReport {
+        throughput_tps: (accepted + rejected) as f64 / elapsed_sec,
+        p50_us: histogram.value_at_quantile(0.5),
+        p90_us: histogram.value_at_quantile(0.9),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+        p9999_us: histogram.value_at_quantile(0.9999),
+        max_us: histogram.max(),
+        accepted,
+        rejected,
+        errors,
+        requests: counters.requests.load(Ordering::Relaxed),
+        elapsed_sec,
+        protocol: format!("{:?}", options.protocol).to_lowercase(),
+        rate: options.rate.unwrap_or(0),
+    };
+    Ok((report, histogram))
+}
+
+/// Requests in flight per connection with `--rate max`.
+const PIPELINE_DEPTH: usize = 32;
+
+async fn closed_loop(
+    sender: Arc<Sender>,
+    mut workload: Workload,
+    batch: u32,
+    deadline: Instant,
+    counters: Arc<Counters>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+) {
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut local = new_histogram();
+    while Instant::now() < deadline || !in_flight.is_empty() {
+        while in_flight.len() < PIPELINE_DEPTH && Instant::now() < deadline {
+            let transfers = workload.batch(batch);
+            let sender = Arc::clone(&sender);
+            in_flight.spawn(async move {
+                let sent = Instant::now();
+                let results = sender.send(transfers).await;
+                (sent.elapsed(), results)
+            });
+        }
+        let Some(Ok((latency, results))) = in_flight.join_next().await else { continue };
+        let _ = local.record(latency.as_micros().max(1) as u64);
+        count(&counters, results.into_iter());
+    }
+    if let Ok(mut shared) = histogram.lock() {
+        let _ = shared.add(&local);
+    }
+}
+
+async fn open_loop(
+    sender: Arc<Sender>,
+    mut workload: Workload,
+    batch: u32,
+    interval: Duration,
+    deadline: Instant,
+    counters: Arc<Counters>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+) {
+    let start = tokio::time::Instant::now();
+    let mut in_flight: tokio::task::JoinSet<(u64, Vec<Option<ResultCode>>)> = tokio::task::JoinSet::new();
+    let mut local = new_histogram();
+    let mut k: u32 = 0;
+    loop {
+        let intended = start + interval * k;
+        if intended.into_std() >= deadline {
+            break;
+        }
+        // Collect what finished meanwhile, without waiting.
+        while let Some(Ok((latency, results))) = in_flight.try_join_next() {
+            let _ = local.record(latency);
+            count(&counters, results.into_iter());
+        }
+        tokio::time::sleep_until(intended).await;
+        let transfers = workload.batch(batch);
+        let sender = Arc::clone(&sender);
+        in_flight.spawn(async move {
+            let results = sender.send(transfers).await;
+            // Latency from when the request was due, not when it left.
+            ((tokio::time::Instant::now() - intended).as_micros().max(1) as u64, results)
+        });
+        k += 1;
+    }
+    while let Some(Ok((latency, results))) = in_flight.join_next().await {
+        let _ = local.record(latency);
+        count(&counters, results.into_iter());
+    }
+    if let Ok(mut shared) = histogram.lock() {
+        let _ = shared.add(&local);
+    }
+}
