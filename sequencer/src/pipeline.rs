@@ -21,12 +21,17 @@ pub struct Committed {
     pub sync_us: u64,
 }
 
-/// The journal thread and its two channels.
+/// The journal thread and its two channels, or (for `os` durability, where a commit
+/// is only a `write` into the page cache) the journal itself, committed inline to
+/// save two thread hand-offs per batch.
 pub struct CommitPipeline {
     submit: Option<SyncSender<PendingBatch>>,
-    done: Receiver<Result<Committed, JournalError>>,
+    done: Option<Receiver<Result<Committed, JournalError>>>,
     in_flight: bool,
     thread: Option<JoinHandle<()>>,
+    /// Inline mode: the journal, and the result of the last submit.
+    inline: Option<JournalWriter>,
+    ready: Option<Result<Committed, JournalError>>,
 }
 
 impl CommitPipeline {
@@ -48,7 +53,27 @@ impl CommitPipeline {
                 }
             }
         })?;
-        Ok(CommitPipeline { submit: Some(submit), done, in_flight: false, thread: Some(thread) })
+        Ok(CommitPipeline {
+            submit: Some(submit),
+            done: Some(done),
+            in_flight: false,
+            thread: Some(thread),
+            inline: None,
+            ready: None,
+        })
+    }
+
+    /// Commits on the caller's thread: `submit` writes (and syncs, if the journal's
+    /// policy says so) before it returns.
+    pub fn inline(journal: JournalWriter) -> CommitPipeline {
+        CommitPipeline {
+            submit: None,
+            done: None,
+            in_flight: false,
+            thread: None,
+            inline: Some(journal),
+            ready: None,
+        }
     }
 
     /// Whether a batch is being written.
@@ -60,12 +85,21 @@ impl CommitPipeline {
     pub fn submit(&mut self, batch: PendingBatch) {
         assert!(!self.in_flight, "one batch in flight at a time");
         assert!(!batch.is_empty());
+        self.in_flight = true;
+        if let Some(journal) = &mut self.inline {
+            let started = Instant::now();
+            batch.append_to(journal);
+            self.ready = Some(journal.commit().map(|proof| Committed {
+                batch: batch.into_durable(&proof),
+                sync_us: started.elapsed().as_micros() as u64,
+            }));
+            return;
+        }
         self.submit
             .as_ref()
             .expect("pipeline running")
             .send(batch)
             .expect("journal thread alive while in flight");
-        self.in_flight = true;
     }
 
     /// The in-flight batch, if it is done; never blocks.
@@ -73,7 +107,12 @@ impl CommitPipeline {
         if !self.in_flight {
             return None;
         }
-        match self.done.try_recv() {
+        if let Some(ready) = self.ready.take() {
+            self.in_flight = false;
+            return Some(ready);
+        }
+        let done = self.done.as_ref().expect("threaded pipeline");
+        match done.try_recv() {
             Ok(result) => {
                 self.in_flight = false;
                 Some(result)
@@ -88,7 +127,12 @@ impl CommitPipeline {
         if !self.in_flight {
             return None;
         }
-        match self.done.recv_timeout(timeout) {
+        if let Some(ready) = self.ready.take() {
+            self.in_flight = false;
+            return Some(ready);
+        }
+        let done = self.done.as_ref().expect("threaded pipeline");
+        match done.recv_timeout(timeout) {
             Ok(result) => {
                 self.in_flight = false;
                 Some(result)

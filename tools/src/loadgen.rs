@@ -369,6 +369,28 @@ async fn closed_loop(
     }
 }
 
+/// Paces one connection's requests from a dedicated OS thread: `std::thread::sleep`
+/// wakes within tens of microseconds, where the async timer ticks by the millisecond
+/// and would add up to a millisecond of the generator's own lateness to every request.
+fn pacer(interval: Duration, deadline: Instant, ticks: tokio::sync::mpsc::UnboundedSender<Instant>) {
+    let start = Instant::now();
+    let mut k: u32 = 0;
+    loop {
+        let intended = start + interval * k;
+        if intended >= deadline {
+            return;
+        }
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        if ticks.send(intended).is_err() {
+            return;
+        }
+        k += 1;
+    }
+}
+
 async fn open_loop(
     sender: Arc<Sender>,
     mut workload: Workload,
@@ -378,30 +400,25 @@ async fn open_loop(
     counters: Arc<Counters>,
     histogram: Arc<Mutex<Histogram<u64>>>,
 ) {
-    let start = tokio::time::Instant::now();
+    let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    let pacer_thread = std::thread::spawn(move || pacer(interval, deadline, tick_tx));
     let mut in_flight: tokio::task::JoinSet<(u64, Vec<Option<ResultCode>>)> = tokio::task::JoinSet::new();
     let mut local = new_histogram();
-    let mut k: u32 = 0;
-    loop {
-        let intended = start + interval * k;
-        if intended.into_std() >= deadline {
-            break;
-        }
+    while let Some(intended) = ticks.recv().await {
         // Collect what finished meanwhile, without waiting.
         while let Some(Ok((latency, results))) = in_flight.try_join_next() {
             let _ = local.record(latency);
             count(&counters, results.into_iter());
         }
-        tokio::time::sleep_until(intended).await;
         let transfers = workload.batch(batch);
         let sender = Arc::clone(&sender);
         in_flight.spawn(async move {
             let results = sender.send(transfers).await;
             // Latency from when the request was due, not when it left.
-            ((tokio::time::Instant::now() - intended).as_micros().max(1) as u64, results)
+            (intended.elapsed().as_micros().max(1) as u64, results)
         });
-        k += 1;
     }
+    let _ = pacer_thread.join();
     while let Some(Ok((latency, results))) = in_flight.join_next().await {
         let _ = local.record(latency);
         count(&counters, results.into_iter());
