@@ -68,13 +68,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         } else {
             println!("range hash      {} (the state hash needs --from 1)", summary.state_hash);
         }
+        println!("{}", if summary.is_clean() { "verified: clean" } else { "verification FAILED" });
         if args.json {
             println!("{}", serde_json::to_string(&summary)?);
         }
         if !summary.is_clean() {
             bail!("verification failed");
         }
-        println!("verified: clean");
     }
     Ok(())
 }
