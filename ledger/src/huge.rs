@@ -50,6 +50,15 @@ unsafe impl Allocator for HugePages {
         Ok(NonNull::slice_from_raw_parts(ptr, size))
     }
 
+    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if layout.size() < HUGE_THRESHOLD || layout.align() > 4096 {
+            return Global.allocate_zeroed(layout);
+        }
+        // Fresh anonymous mappings are zero-filled by the kernel, page by page, on
+        // first touch: a huge table costs nothing until it is used.
+        self.allocate(layout)
+    }
+
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() < HUGE_THRESHOLD || layout.align() > 4096 {
             // SAFETY: allocated by Global with this layout (same test as allocate).

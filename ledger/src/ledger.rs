@@ -9,10 +9,10 @@
 //! TigerBeetle does): a retry of a rejected transfer is decided afresh, a retry of
 //! an applied one answers `Exists` (same fields) or `ExistsWithDifferentFields`.
 
-use hashbrown::hash_map::Entry;
 use hashbrown::DefaultHashBuilder;
 
 use crate::huge::HugePages;
+use crate::index::{IdIndex, Probe};
 
 /// A 128-bit id as the table key: two u64 words, so a (key, value) slot is aligned
 /// to 8 bytes, not 16 as a `u128` would force (24-byte transfer slots, not 32).
@@ -43,7 +43,8 @@ pub struct Ledger {
     accounts: HashMap<Key, Account>,
     /// Transfer id → fingerprint of its fields, for idempotent retries. 24 bytes of
     /// payload per id; the full transfer lives in the journal and the read model.
-    transfers: HashMap<Key, u64>,
+    /// A table of our own so that replay can prefetch ids ahead (see `index`).
+    transfers: IdIndex,
     /// Undo records of the chain being decided; reused so chains do not allocate.
     undo: Vec<Applied>,
 }
@@ -93,11 +94,7 @@ impl Ledger {
                 DefaultHashBuilder::default(),
                 HugePages,
             ),
-            transfers: HashMap::with_capacity_and_hasher_in(
-                transfers,
-                DefaultHashBuilder::default(),
-                HugePages,
-            ),
+            transfers: IdIndex::with_capacity(transfers),
             undo: Vec::with_capacity(CHAIN_MAX),
         }
     }
@@ -119,12 +116,12 @@ impl Ledger {
 
     /// Whether a transfer with `id` was applied.
     pub fn has_transfer(&self, id: u128) -> bool {
-        self.transfers.contains_key(&key(id))
+        self.transfers.get(id).is_some()
     }
 
     /// Bytes the two tables have allocated.
     pub fn memory_bytes(&self) -> usize {
-        self.accounts.allocation_size() + self.transfers.allocation_size()
+        self.accounts.allocation_size() + self.transfers.memory_bytes()
     }
 
     /// Decides a CreateAccount. Rejections change nothing.
@@ -238,15 +235,13 @@ impl Ledger {
         let print = fingerprint(command);
         // One probe of the (large, cache-cold) transfer table serves both the
         // idempotency check and the insert.
-        let vacant = match self.transfers.entry(key(id)) {
-            Entry::Occupied(existing) => {
-                return if *existing.get() == print {
-                    Ok(None)
-                } else {
-                    Err(ResultCode::ExistsWithDifferentFields)
-                };
+        self.transfers.reserve_one();
+        let vacant = match self.transfers.find(id) {
+            Probe::Found(slot) => {
+                let existing = self.transfers.value_at(slot);
+                return if existing == print { Ok(None) } else { Err(ResultCode::ExistsWithDifferentFields) };
             }
-            Entry::Vacant(vacant) => vacant,
+            Probe::Vacant(slot) => slot,
         };
         // Distinct ids (checked above), so both can be borrowed mutably at once.
         let [debit, credit] = self.accounts.get_disjoint_mut([&key(debit_id), &key(credit_id)]);
@@ -264,7 +259,7 @@ impl Ledger {
         }
         debit.debits_posted = debits;
         credit.credits_posted = credits;
-        vacant.insert(print);
+        self.transfers.insert_at(vacant, id, print);
         Ok(Some(Applied { id, debit: debit_id, credit: credit_id, amount }))
     }
 
@@ -274,7 +269,7 @@ impl Ledger {
         debit.debits_posted -= applied.amount;
         let credit = self.accounts.get_mut(&key(applied.credit)).expect("undo of an applied transfer");
         credit.credits_posted -= applied.amount;
-        let removed = self.transfers.remove(&key(applied.id));
+        let removed = self.transfers.remove(applied.id);
         assert!(removed.is_some());
     }
 
@@ -305,7 +300,7 @@ impl Ledger {
             hasher.update(&account.code.to_le_bytes());
             hasher.update(&account.flags.to_le_bytes());
         }
-        let mut transfers: Vec<(u128, u64)> = self.transfers.iter().map(|(k, v)| (id_of(k), *v)).collect();
+        let mut transfers: Vec<(u128, u64)> = self.transfers.iter().collect();
         transfers.sort_unstable();
         for (id, print) in transfers {
             hasher.update(&id.to_le_bytes());
@@ -328,7 +323,7 @@ impl Ledger {
 
     /// Every remembered transfer id with its fingerprint, sorted by id (snapshots).
     pub fn transfer_fingerprints_sorted(&self) -> Vec<(u128, u64)> {
-        let mut transfers: Vec<(u128, u64)> = self.transfers.iter().map(|(k, v)| (id_of(k), *v)).collect();
+        let mut transfers: Vec<(u128, u64)> = self.transfers.iter().collect();
         transfers.sort_unstable();
         transfers
     }
@@ -340,7 +335,14 @@ impl Ledger {
 
     /// Puts a transfer id back as a snapshot recorded it.
     pub fn restore_transfer(&mut self, id: u128, fingerprint: u64) {
-        self.transfers.insert(key(id), fingerprint);
+        self.transfers.insert(id, fingerprint);
+    }
+
+    /// Asks the CPU to fetch what deciding transfer `id` will touch first, so that a
+    /// caller working through a batch can hide the memory latency of the next ones.
+    #[inline]
+    pub fn prefetch_transfer(&self, id: u128) {
+        self.transfers.prefetch(id);
     }
 
     /// Every account, sorted by id (for tools and tests).

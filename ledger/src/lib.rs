@@ -8,11 +8,13 @@
 //! - [`ledger`](mod@ledger): [`Ledger`], the decider, with linked chains.
 //! - [`hash`]: [`RollingHash`], the replica-comparison hash over the event log.
 //! - [`huge`]: the huge-page allocator of the big tables.
+//! - [`index`]: the transfer-id table, with prefetch.
 //! - [`snapshot`]: the whole state to and from one CRC-checked file.
 
 pub mod account;
 pub mod hash;
 pub mod huge;
+pub mod index;
 pub mod ledger;
 pub mod snapshot;
 

@@ -185,9 +185,21 @@ pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::R
     // Restart recovery: reopen the journal into a fresh ledger, as a restart does.
     let mut recovered_core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
     let recovery_start = Instant::now();
-    let (_, recovered) =
-        JournalWriter::open(dir, durability, 1 << 30, 1, |frame| recovered_core.replay(frame))
-            .map_err(std::io::Error::other)?;
+    let mut pending = Vec::with_capacity(256 * 96);
+    let mut pending_count = 0;
+    let (_, recovered) = JournalWriter::open(dir, durability, 1 << 30, 1, |frame| {
+        pending.extend_from_slice(frame);
+        pending_count += 1;
+        if pending_count == 256 {
+            pending_count = 0;
+            let result = recovered_core.replay_batch(&pending);
+            pending.clear();
+            return result;
+        }
+        Ok(())
+    })
+    .map_err(std::io::Error::other)?;
+    recovered_core.replay_batch(&pending).map_err(std::io::Error::other)?;
     let recovery_sec = recovery_start.elapsed().as_secs_f64();
     if recovered_core.log_hash() != core.log_hash() {
         return Err(std::io::Error::other("recovered state differs from the state before restart"));

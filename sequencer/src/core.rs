@@ -275,6 +275,36 @@ impl SequencerCore {
         batch.last_hash = self.hash.value();
     }
 
+    /// Re-applies many journaled events (`frames` back to back), prefetching the
+    /// transfer-index slots of events a few places ahead so that their cache misses
+    /// overlap with applying the current one. Same checks as [`Self::replay`].
+    pub fn replay_batch(&mut self, frames: &[u8]) -> Result<(), String> {
+        /// How far ahead to prefetch: enough to cover a memory access (~100 ns) with
+        /// the work of applying events, few enough to stay in L1.
+        const AHEAD: usize = 8;
+        let mut window: [&[u8]; AHEAD] = [&[]; AHEAD];
+        let mut filled = 0;
+        let mut next = 0;
+        for frame in ledgerbus_codec::Frames::new(frames) {
+            let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
+            if let Ok((Frame::TransferEvent(event), _)) = Frame::decode(frame) {
+                self.ledger.prefetch_transfer(event.id.get());
+            }
+            if filled == AHEAD {
+                self.replay(window[next])?;
+            } else {
+                filled += 1;
+            }
+            window[next] = frame;
+            next = (next + 1) % AHEAD;
+        }
+        for offset in 0..filled {
+            let index = (next + AHEAD - filled + offset) % AHEAD;
+            self.replay(window[index])?;
+        }
+        Ok(())
+    }
+
     /// Re-applies one journaled event at start-up. Events must come in order and apply
     /// exactly as they were decided; anything else is reported as corruption.
     pub fn replay(&mut self, frame: &[u8]) -> Result<(), String> {

@@ -176,13 +176,28 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     let started = Instant::now();
     let mut core = SequencerCore::new(Ledger::new());
     let new_session = auth::random_u64().map_err(io_err("random session id"))?;
+    // Replay in batches so that upcoming events can be prefetched (see replay_batch).
+    let mut pending = Vec::with_capacity(256 * 96);
+    let mut pending_count = 0;
     let (journal, recovered) = JournalWriter::open(
         &config.data_dir,
         config.durability,
         config.segment_size_max,
         new_session,
-        |frame| core.replay(frame),
+        |frame| {
+            pending.extend_from_slice(frame);
+            pending_count += 1;
+            if pending_count == 256 {
+                pending_count = 0;
+                let result = core.replay_batch(&pending);
+                pending.clear();
+                return result;
+            }
+            Ok(())
+        },
     )?;
+    core.replay_batch(&pending)
+        .map_err(|reason| SequencerError::Config(format!("journal replay: {reason}")))?;
     let elapsed = started.elapsed().as_secs_f64();
     tracing::info!(
         session = format_args!("{:#018x}", recovered.session_id),
