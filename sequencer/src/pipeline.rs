@@ -32,6 +32,9 @@ pub struct CommitPipeline {
     /// Inline mode: the journal, and the result of the last submit.
     inline: Option<JournalWriter>,
     ready: Option<Result<Committed, JournalError>>,
+    /// Readable when the journal thread has finished a batch, so the hot thread can
+    /// sleep in one `ppoll` on its sockets and this, and keep deciding meanwhile.
+    wake: Option<std::os::unix::net::UnixStream>,
 }
 
 impl CommitPipeline {
@@ -39,6 +42,8 @@ impl CommitPipeline {
     pub fn start(mut journal: JournalWriter) -> std::io::Result<CommitPipeline> {
         let (submit, batches) = sync_channel::<PendingBatch>(1);
         let (finished, done) = sync_channel(1);
+        let (wake, mut signal) = std::os::unix::net::UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
         let thread = std::thread::Builder::new().name("journal".into()).spawn(move || {
             while let Ok(batch) = batches.recv() {
                 let started = Instant::now();
@@ -51,6 +56,7 @@ impl CommitPipeline {
                 if finished.send(result).is_err() || failed {
                     return;
                 }
+                let _ = std::io::Write::write(&mut signal, &[1]);
             }
         })?;
         Ok(CommitPipeline {
@@ -60,6 +66,7 @@ impl CommitPipeline {
             thread: Some(thread),
             inline: None,
             ready: None,
+            wake: Some(wake),
         })
     }
 
@@ -73,7 +80,13 @@ impl CommitPipeline {
             thread: None,
             inline: Some(journal),
             ready: None,
+            wake: None,
         }
+    }
+
+    /// Whether a finished batch is waiting to be collected (inline mode).
+    pub fn is_ready(&self) -> bool {
+        self.ready.is_some()
     }
 
     /// Whether a batch is being written.
@@ -102,8 +115,21 @@ impl CommitPipeline {
             .expect("journal thread alive while in flight");
     }
 
+    /// A descriptor that becomes readable when a batch completes (threaded mode).
+    pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.wake.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+    }
+
+    fn drain_wake(&mut self) {
+        if let Some(wake) = &mut self.wake {
+            let mut sink = [0u8; 64];
+            while matches!(std::io::Read::read(wake, &mut sink), Ok(n) if n > 0) {}
+        }
+    }
+
     /// The in-flight batch, if it is done; never blocks.
     pub fn try_complete(&mut self) -> Option<Result<Committed, JournalError>> {
+        self.drain_wake();
         if !self.in_flight {
             return None;
         }

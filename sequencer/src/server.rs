@@ -407,17 +407,10 @@ impl HotLoop {
             self.publisher.service().map_err(io_err("bus socket"))?;
             self.flush_connections();
             self.refresh_metrics();
-            if decided == 0 {
-                if self.pipeline.in_flight() {
-                    // Nothing new to decide: wait for the sync, then answer at once.
-                    if let Some(committed) = self.pipeline.wait_complete(Duration::from_millis(1)) {
-                        self.release(committed?)?;
-                        self.submit_if_idle();
-                        self.flush_connections();
-                    }
-                } else {
-                    self.idle_wait()?;
-                }
+            if decided == 0 && !self.pipeline.is_ready() {
+                // Sleep until a socket is ready or the journal finishes a batch; while
+                // a sync runs, new commands are still read and decided.
+                self.idle_wait()?;
             }
         }
     }
@@ -715,6 +708,9 @@ impl HotLoop {
         let mut fds = Vec::with_capacity(self.connections.len() + 2);
         fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         fds.push(libc::pollfd { fd: self.publisher.fd(), events: libc::POLLIN, revents: 0 });
+        if let Some(fd) = self.pipeline.wake_fd() {
+            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+        }
         let window_open = self.publisher.window_remaining() > 0;
         for connection in self.connections.iter().flatten() {
             let mut events = 0;
