@@ -220,6 +220,8 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         session_id: recovered.session_id,
         restrict_naks: true,
         allowed_requesters,
+        // NAKs older than the ring are served from the journal.
+        archive_fallback: true,
         ..config.sender.clone()
     };
     let publisher = Publisher::new(
@@ -289,6 +291,8 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         shutdown: Arc::clone(&running.shutdown),
         session_id: recovered.session_id,
         last_metrics_refresh: Instant::now(),
+        data_dir: config.data_dir.clone(),
+        archive: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("sequencer-hot".into())
@@ -386,6 +390,10 @@ struct HotLoop {
     shutdown: Arc<AtomicBool>,
     session_id: u64,
     last_metrics_refresh: Instant,
+    /// The journal directory, read to answer NAKs older than the retransmit ring.
+    data_dir: PathBuf,
+    /// Reused buffer of archived frames.
+    archive: Vec<u8>,
 }
 
 fn wall_clock_ns() -> u64 {
@@ -405,6 +413,7 @@ impl HotLoop {
             }
             self.submit_if_idle();
             self.publisher.service().map_err(io_err("bus socket"))?;
+            self.serve_archive();
             self.flush_connections();
             self.refresh_metrics();
             if decided == 0 && !self.pipeline.is_ready() {
@@ -659,6 +668,42 @@ impl HotLoop {
         }
         self.spare = Some(durable.recycle());
         Ok(())
+    }
+
+    /// Answers NAKs older than the retransmit ring from the journal, a bounded number
+    /// of events per request (a receiver further behind uses bulk replay).
+    fn serve_archive(&mut self) {
+        const ARCHIVE_EVENTS_MAX: u64 = 4_096;
+        while let Some(request) = self.publisher.poll_archive_request() {
+            let end = request.end_sequence.min(request.from_sequence + ARCHIVE_EVENTS_MAX);
+            self.archive.clear();
+            let read = (|| -> Result<u64, JournalError> {
+                let mut reader = crate::journal::JournalReader::open(&self.data_dir, request.from_sequence)?;
+                let mut frame = Vec::with_capacity(128);
+                let mut count = 0;
+                while let Some(sequence) = reader.next_frame(&mut frame)? {
+                    if sequence >= end {
+                        break;
+                    }
+                    self.archive.extend_from_slice(&frame);
+                    count += 1;
+                }
+                Ok(count)
+            })();
+            let served = match read {
+                Ok(count) if count > 0 => {
+                    self.publisher.send_archived(request.to, request.from_sequence, &self.archive)
+                }
+                Ok(_) => self.publisher.reply_unavailable(request),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot serve a NAK from the journal");
+                    self.publisher.reply_unavailable(request)
+                }
+            };
+            if let Err(error) = served {
+                tracing::warn!(%error, to = %request.to, "sending archived events failed");
+            }
+        }
     }
 
     fn flush_connections(&mut self) {

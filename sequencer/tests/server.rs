@@ -165,3 +165,42 @@ fn http_get(address: SocketAddr, path: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
+
+#[test]
+fn naks_older_than_the_ring_are_served_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    // A subscriber address nobody listens on yet: the first events are lost to it.
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let target = socket::ipv4(free).unwrap();
+    let mut config = SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET);
+    config.sender.ring_datagrams = 16;
+    let sequencer = start(config).unwrap();
+    let mut client = SequencerClient::connect(sequencer.gateway_addr, SECRET, 1).unwrap();
+    client.send(&account(1, 1, true)).unwrap();
+    client.send(&account(2, 2, false)).unwrap();
+    for id in 0..2_000 {
+        client.send(&transfer(id, 100 + u128::from(id), 1, 2, 1, false)).unwrap();
+    }
+    results(&mut client, 2_002);
+
+    // Now the subscriber comes up, from sequence 1: 2,002 events, far more than 16
+    // datagrams, must come from the journal through NAKs, not a bulk replay.
+    let mut subscriber = Subscriber::new(
+        ReceiverConfig::default(),
+        1,
+        None,
+        free,
+        None,
+        sequencer.control_addr,
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let mut delivered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered.len() < 2_002 && Instant::now() < deadline {
+        let event =
+            subscriber.poll(Duration::from_millis(10), &mut |sequence, _| delivered.push(sequence)).unwrap();
+        assert!(event.is_none(), "no replay signal expected, got {event:?}");
+    }
+    assert_eq!(delivered, (1..=2_002).collect::<Vec<u64>>());
+}

@@ -72,6 +72,9 @@ pub struct SenderConfig {
     pub retransmit_rate_per_sec: u64,
     /// Burst allowance of that rate, in datagrams.
     pub retransmit_burst: u64,
+    /// NAKs older than the ring are handed to the driver (`poll_archive_request`),
+    /// which serves them from its archive, instead of "not retransmittable".
+    pub archive_fallback: bool,
 }
 
 impl Default for SenderConfig {
@@ -91,6 +94,7 @@ impl Default for SenderConfig {
             allowed_requesters: Vec::new(),
             retransmit_rate_per_sec: 200_000,
             retransmit_burst: 20_000,
+            archive_fallback: false,
         }
     }
 }

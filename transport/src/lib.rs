@@ -29,6 +29,6 @@ pub mod time;
 
 pub use config::{ConfigError, DeliveryMode, ReceiverConfig, SenderConfig};
 pub use receiver::{Receiver, ReceiverEvent};
-pub use sender::{Destination, PublishError, ReceiverPosition, Sender, Transmit};
+pub use sender::{ArchiveRequest, Destination, PublishError, ReceiverPosition, Sender, Transmit};
 pub use stats::{ReceiverStats, SenderStats};
 pub use time::{monotonic_now, MonoTime};

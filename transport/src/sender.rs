@@ -81,6 +81,20 @@ pub struct ReceiverPosition {
     pub refilled_at: MonoTime,
 }
 
+/// Archive requests waiting for the driver at most; more get "not retransmittable".
+const ARCHIVE_QUEUE_MAX: usize = 64;
+
+/// A NAK for events older than the ring, for the driver to serve from its archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    /// Who asked.
+    pub to: SocketAddr,
+    /// First sequence wanted.
+    pub from_sequence: u64,
+    /// One past the last sequence wanted (all older than the ring).
+    pub end_sequence: u64,
+}
+
 /// A control datagram waiting to be sent.
 #[derive(Debug, Clone, Copy)]
 enum ControlOut {
@@ -116,6 +130,7 @@ pub struct Sender {
     next_sequence: u64,
     retransmits: VecDeque<RetransmitOut>,
     control: VecDeque<ControlOut>,
+    archive_requests: VecDeque<ArchiveRequest>,
     receivers: Vec<ReceiverPosition>,
     /// When to send a heartbeat if nothing else is sent before.
     heartbeat_at: MonoTime,
@@ -138,6 +153,7 @@ impl Sender {
             shared_refilled_at: now,
             retransmits: VecDeque::with_capacity(retransmit_queue_max),
             control: VecDeque::with_capacity(config.control_queue_max),
+            archive_requests: VecDeque::with_capacity(ARCHIVE_QUEUE_MAX),
             receivers: Vec::with_capacity(config.receivers_max),
             ring,
             open: None,
@@ -304,6 +320,27 @@ impl Sender {
         self.heartbeat_at
     }
 
+    /// The next NAK the ring cannot serve, for a driver with an archive
+    /// (`archive_fallback`). The driver sends the events itself, or calls
+    /// [`Sender::reply_unavailable`] if it cannot.
+    pub fn poll_archive_request(&mut self) -> Option<ArchiveRequest> {
+        self.archive_requests.pop_front()
+    }
+
+    /// Tells `to` that `from..end` cannot be retransmitted (use bulk replay).
+    pub fn reply_unavailable(&mut self, to: SocketAddr, from_sequence: u64, end_sequence: u64) {
+        if self.control.len() < self.config.control_queue_max {
+            let count = u32::try_from(end_sequence.saturating_sub(from_sequence)).unwrap_or(u32::MAX);
+            let oldest_retained_sequence = self.oldest_retained_sequence();
+            self.control.push_back(ControlOut::NakUnavailable {
+                to,
+                from_sequence,
+                count,
+                oldest_retained_sequence,
+            });
+        }
+    }
+
     // ----- internals -----------------------------------------------------------------
 
     fn start_open(&mut self) -> Result<(), PublishError> {
@@ -354,9 +391,12 @@ impl Sender {
         let (destination, pushed) = match item {
             ControlOut::Heartbeat => {
                 self.stats.heartbeats_sent += 1;
+                // With an archive behind the ring, everything since the start of the
+                // log can still be NAKed: receivers should ask rather than give up.
+                let oldest = if self.config.archive_fallback { 1 } else { self.oldest_retained_sequence() };
                 let heartbeat = Heartbeat {
                     next_sequence: self.next_sequence_sent().into(),
-                    oldest_retained_sequence: self.oldest_retained_sequence().into(),
+                    oldest_retained_sequence: oldest.into(),
                 };
                 (Destination::All, writer.push(&heartbeat))
             }
@@ -460,6 +500,21 @@ impl Sender {
         }
         let oldest = self.ring.oldest_sequence().unwrap_or(end);
         if from < oldest {
+            // Older than the ring: the driver may serve it from its archive (the
+            // sequencer's journal), within the requester's retransmission budget.
+            let archived_end = end.min(oldest);
+            let datagrams = (archived_end - from).div_ceil(16);
+            if self.config.archive_fallback
+                && self.archive_requests.len() < ARCHIVE_QUEUE_MAX
+                && (0..datagrams).all(|_| self.take_token(now, source))
+            {
+                self.archive_requests.push_back(ArchiveRequest {
+                    to: source,
+                    from_sequence: from,
+                    end_sequence: archived_end,
+                });
+                return;
+            }
             if self.control.len() < self.config.control_queue_max {
                 self.control.push_back(ControlOut::NakUnavailable {
                     to: source,
