@@ -151,6 +151,25 @@ impl IdIndex {
         (mix(lo ^ self.seed, hi ^ 0xA076_1D64_78BD_642F) as usize) & self.mask
     }
 
+    /// Asks the kernel, from a background thread, to back the whole table with memory
+    /// now (`MADV_POPULATE_WRITE`: faults pages in without changing their contents),
+    /// so that a recovery filling the table does not stall on first-touch page faults
+    /// on the hot thread. Ids hash uniformly, so every page is touched soon anyway.
+    /// Best effort: kernels without the advice ignore it.
+    pub fn prefault_in_background(&self) {
+        let start = self.slots.ptr.as_ptr() as usize;
+        let len = self.slots.len * core::mem::size_of::<Slot>();
+        if len < (4 << 20) {
+            return;
+        }
+        let _ = std::thread::Builder::new().name("prefault".into()).spawn(move || {
+            // SAFETY: advice only; populating does not modify memory. Should the table
+            // be reallocated meanwhile, the call fails or populates an unrelated range,
+            // both harmless.
+            unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+        });
+    }
+
     /// Hints the CPU to fetch the slot `id` hashes to; a later `find` then hits cache.
     #[inline]
     pub fn prefetch(&self, id: u128) {

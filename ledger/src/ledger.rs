@@ -338,6 +338,11 @@ impl Ledger {
         self.transfers.insert(id, fingerprint);
     }
 
+    /// Backs the transfer index with memory in the background (before a replay).
+    pub fn prefault(&self) {
+        self.transfers.prefault_in_background();
+    }
+
     /// Asks the CPU to fetch what deciding transfer `id` will touch first, so that a
     /// caller working through a batch can hide the memory latency of the next ones.
     #[inline]

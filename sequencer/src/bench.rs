@@ -183,7 +183,9 @@ pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::R
     drop(pipeline);
 
     // Restart recovery: reopen the journal into a fresh ledger, as a restart does.
-    let mut recovered_core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
+    let recovered_ledger = Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24);
+    recovered_ledger.prefault();
+    let mut recovered_core = SequencerCore::new(recovered_ledger);
     let recovery_start = Instant::now();
     let mut pending = Vec::with_capacity(256 * 96);
     let mut pending_count = 0;

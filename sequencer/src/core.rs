@@ -281,7 +281,7 @@ impl SequencerCore {
     pub fn replay_batch(&mut self, frames: &[u8]) -> Result<(), String> {
         /// How far ahead to prefetch: enough to cover a memory access (~100 ns) with
         /// the work of applying events, few enough to stay in L1.
-        const AHEAD: usize = 8;
+        const AHEAD: usize = 16;
         let mut window: [&[u8]; AHEAD] = [&[]; AHEAD];
         let mut filled = 0;
         let mut next = 0;

@@ -174,7 +174,17 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         return Err(SequencerError::Config("the gateway secret must be at least 16 bytes".into()));
     }
     let started = Instant::now();
-    let mut core = SequencerCore::new(Ledger::new());
+    // Size the ledger for what the journal holds (about 100 bytes per event), so
+    // that replay never rehashes, and fault its memory in on the other core.
+    let journal_bytes: u64 = crate::journal::list_segments(&config.data_dir)?
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
+    let expected_events = (journal_bytes / 100) as usize;
+    let ledger = Ledger::with_capacity(1_024, expected_events + expected_events / 4 + 1_024);
+    ledger.prefault();
+    let mut core = SequencerCore::new(ledger);
     let new_session = auth::random_u64().map_err(io_err("random session id"))?;
     // Replay in batches so that upcoming events can be prefetched (see replay_batch).
     let mut pending = Vec::with_capacity(256 * 96);
