@@ -110,7 +110,7 @@ impl DiskSink {
                     return Ok(()); // already in the snapshot
                 }
                 journal_events += 1;
-                core.replay(frame)
+                core.follow(frame)
             },
         )
         .map_err(|e| e.to_string())?;
@@ -166,7 +166,7 @@ impl Sink for DiskSink {
 
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
         for frame in split_frames(frames) {
-            self.core.replay(frame)?;
+            self.core.follow(frame)?;
             self.journal.append(frame);
         }
         Ok(())

@@ -93,7 +93,7 @@ impl ReadModel {
     /// Applies the next event. Out of order, undecodable or inconsistent events are
     /// errors and change nothing in the query indexes.
     pub fn apply(&mut self, frame: &[u8]) -> Result<(), String> {
-        self.core.replay(frame)?;
+        self.core.follow(frame)?;
         if let Ok((Frame::TransferEvent(event), _)) = Frame::decode(frame) {
             if event.result() == Ok(ResultCode::Ok) {
                 let record = TransferRecord {

@@ -273,6 +273,35 @@ impl Ledger {
         assert!(removed.is_some());
     }
 
+    /// Posts a transfer the log says was applied, without remembering its id: for
+    /// consumers, which follow a sequenced, CRC-checked log and never decide, so the
+    /// idempotency index (the costliest part of deciding) is not theirs to keep. The
+    /// balance rules are still checked: a log that breaks them is refused.
+    pub fn post_transfer(&mut self, command: &Transfer) -> Result<(), ResultCode> {
+        let debit_id = command.debit_account_id.get();
+        let credit_id = command.credit_account_id.get();
+        if debit_id == credit_id {
+            return Err(ResultCode::AccountsMustBeDifferent);
+        }
+        let amount = command.amount.get();
+        let [debit, credit] = self.accounts.get_disjoint_mut([&key(debit_id), &key(credit_id)]);
+        let Some(debit) = debit else { return Err(ResultCode::DebitAccountNotFound) };
+        let Some(credit) = credit else { return Err(ResultCode::CreditAccountNotFound) };
+        if debit.ledger != command.ledger.get() || credit.ledger != command.ledger.get() {
+            return Err(ResultCode::LedgerMismatch);
+        }
+        let Some(debits) = debit.debits_posted.checked_add(amount) else { return Err(ResultCode::Overflow) };
+        let Some(credits) = credit.credits_posted.checked_add(amount) else {
+            return Err(ResultCode::Overflow);
+        };
+        if !debit.allows_negative() && debits > debit.credits_posted {
+            return Err(ResultCode::InsufficientFunds);
+        }
+        debit.debits_posted = debits;
+        credit.credits_posted = credits;
+        Ok(())
+    }
+
     /// Replays an applied transfer from the log (recovery, consumers): the same
     /// checks as deciding, because a log that does not apply is a bug or corruption.
     pub fn replay_transfer(&mut self, command: &Transfer) -> Result<(), ResultCode> {

@@ -308,6 +308,16 @@ impl SequencerCore {
     /// Re-applies one journaled event at start-up. Events must come in order and apply
     /// exactly as they were decided; anything else is reported as corruption.
     pub fn replay(&mut self, frame: &[u8]) -> Result<(), String> {
+        self.apply_event(frame, true)
+    }
+
+    /// Applies one event as a consumer does: balances and the log hash, without the
+    /// transfer-id index that only a decider needs (see `Ledger::post_transfer`).
+    pub fn follow(&mut self, frame: &[u8]) -> Result<(), String> {
+        self.apply_event(frame, false)
+    }
+
+    fn apply_event(&mut self, frame: &[u8], remember_ids: bool) -> Result<(), String> {
         let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
         let (sequence, timestamp_ns, result) = match decoded {
             Frame::AccountEvent(event) => {
@@ -343,7 +353,12 @@ impl SequencerCore {
                         code: event.code,
                         flags: event.flags,
                     };
-                    self.ledger.replay_transfer(&command).map_err(|code| {
+                    let applied = if remember_ids {
+                        self.ledger.replay_transfer(&command)
+                    } else {
+                        self.ledger.post_transfer(&command)
+                    };
+                    applied.map_err(|code| {
                         format!("transfer event {} no longer applies: {code:?}", event.sequence.get())
                     })?;
                 }
