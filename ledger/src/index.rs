@@ -151,25 +151,6 @@ impl IdIndex {
         (mix(lo ^ self.seed, hi ^ 0xA076_1D64_78BD_642F) as usize) & self.mask
     }
 
-    /// Asks the kernel, from a background thread, to back the whole table with memory
-    /// now (`MADV_POPULATE_WRITE`: faults pages in without changing their contents),
-    /// so that a recovery filling the table does not stall on first-touch page faults
-    /// on the hot thread. Ids hash uniformly, so every page is touched soon anyway.
-    /// Best effort: kernels without the advice ignore it.
-    pub fn prefault_in_background(&self) {
-        let start = self.slots.ptr.as_ptr() as usize;
-        let len = self.slots.len * core::mem::size_of::<Slot>();
-        if len < (4 << 20) {
-            return;
-        }
-        let _ = std::thread::Builder::new().name("prefault".into()).spawn(move || {
-            // SAFETY: advice only; populating does not modify memory. Should the table
-            // be reallocated meanwhile, the call fails or populates an unrelated range,
-            // both harmless.
-            unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
-        });
-    }
-
     /// Hints the CPU to fetch the slot `id` hashes to; a later `find` then hits cache.
     #[inline]
     pub fn prefetch(&self, id: u128) {
@@ -283,6 +264,23 @@ impl IdIndex {
             }
         }
         *self = bigger;
+    }
+
+    /// Inserts ids that must be new, prefetching a few ahead (recovery). Returns the
+    /// first id that was already present, which a well-formed log never has.
+    pub fn insert_new_batch(&mut self, entries: &[(u128, u64)]) -> Result<(), u128> {
+        const AHEAD: usize = 8;
+        for (index, &(id, value)) in entries.iter().enumerate() {
+            if let Some(&(ahead, _)) = entries.get(index + AHEAD) {
+                self.prefetch(ahead);
+            }
+            self.reserve_one();
+            match self.find(id) {
+                Probe::Vacant(slot) => self.insert_at(slot, id, value),
+                Probe::Found(_) => return Err(id),
+            }
+        }
+        Ok(())
     }
 
     /// Every (id, value), in no particular order.

@@ -62,7 +62,7 @@ struct Applied {
 }
 
 /// The fields that make two transfers "the same" for idempotency, hashed.
-fn fingerprint(transfer: &Transfer) -> u64 {
+pub fn fingerprint(transfer: &Transfer) -> u64 {
     let mut bytes = [0u8; 64];
     bytes[0..16].copy_from_slice(&transfer.debit_account_id.get().to_le_bytes());
     bytes[16..32].copy_from_slice(&transfer.credit_account_id.get().to_le_bytes());
@@ -367,16 +367,15 @@ impl Ledger {
         self.transfers.insert(id, fingerprint);
     }
 
-    /// Backs the transfer index with memory in the background (before a replay).
-    pub fn prefault(&self) {
-        self.transfers.prefault_in_background();
+    /// Takes the transfer-id index out (leaving an empty one), so that recovery can
+    /// rebuild it on another thread while balances are replayed on this one.
+    pub fn take_transfer_index(&mut self) -> IdIndex {
+        std::mem::replace(&mut self.transfers, IdIndex::with_capacity(0))
     }
 
-    /// Asks the CPU to fetch what deciding transfer `id` will touch first, so that a
-    /// caller working through a batch can hide the memory latency of the next ones.
-    #[inline]
-    pub fn prefetch_transfer(&self, id: u128) {
-        self.transfers.prefetch(id);
+    /// Puts a rebuilt transfer-id index back.
+    pub fn put_transfer_index(&mut self, index: IdIndex) {
+        self.transfers = index;
     }
 
     /// Every account, sorted by id (for tools and tests).

@@ -183,27 +183,15 @@ pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::R
     drop(pipeline);
 
     // Restart recovery: reopen the journal into a fresh ledger, as a restart does.
-    let recovered_ledger = Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24);
-    recovered_ledger.prefault();
-    let mut recovered_core = SequencerCore::new(recovered_ledger);
+    let mut recovered_core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
     let recovery_start = Instant::now();
-    let mut pending = Vec::with_capacity(256 * 96);
-    let mut pending_count = 0;
-    let (_, recovered) = JournalWriter::open(dir, durability, 1 << 30, 1, |frame| {
-        pending.extend_from_slice(frame);
-        pending_count += 1;
-        if pending_count == 256 {
-            pending_count = 0;
-            let result = recovered_core.replay_batch(&pending);
-            pending.clear();
-            return result;
-        }
-        Ok(())
-    })
-    .map_err(std::io::Error::other)?;
-    recovered_core.replay_batch(&pending).map_err(std::io::Error::other)?;
+    let (_, recovered) = crate::recovery::recover(dir, durability, 1 << 30, 1, &mut recovered_core)
+        .map_err(std::io::Error::other)?;
     let recovery_sec = recovery_start.elapsed().as_secs_f64();
-    if recovered_core.log_hash() != core.log_hash() {
+    if recovered_core.log_hash() != core.log_hash()
+        || recovered_core.ledger().transfer_count() != core.ledger().transfer_count()
+        || recovered_core.ledger().account_count() != core.ledger().account_count()
+    {
         return Err(std::io::Error::other("recovered state differs from the state before restart"));
     }
     Ok(SequencerBenchReport {

@@ -171,6 +171,11 @@ impl SequencerCore {
         &self.ledger
     }
 
+    /// The ledger state, mutable (recovery swaps the transfer index in and out).
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
     /// Strictly increasing timestamps, even if the wall clock steps back.
     fn stamp(&mut self, now_ns: u64) -> u64 {
         self.last_timestamp_ns = now_ns.max(self.last_timestamp_ns + 1);
@@ -275,40 +280,36 @@ impl SequencerCore {
         batch.last_hash = self.hash.value();
     }
 
-    /// Re-applies many journaled events (`frames` back to back), prefetching the
-    /// transfer-index slots of events a few places ahead so that their cache misses
-    /// overlap with applying the current one. Same checks as [`Self::replay`].
-    pub fn replay_batch(&mut self, frames: &[u8]) -> Result<(), String> {
-        /// How far ahead to prefetch: enough to cover a memory access (~100 ns) with
-        /// the work of applying events, few enough to stay in L1.
-        const AHEAD: usize = 16;
-        let mut window: [&[u8]; AHEAD] = [&[]; AHEAD];
-        let mut filled = 0;
-        let mut next = 0;
-        for frame in ledgerbus_codec::Frames::new(frames) {
-            let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
-            if let Ok((Frame::TransferEvent(event), _)) = Frame::decode(frame) {
-                self.ledger.prefetch_transfer(event.id.get());
-            }
-            if filled == AHEAD {
-                self.replay(window[next])?;
-            } else {
-                filled += 1;
-            }
-            window[next] = frame;
-            next = (next + 1) % AHEAD;
-        }
-        for offset in 0..filled {
-            let index = (next + AHEAD - filled + offset) % AHEAD;
-            self.replay(window[index])?;
-        }
-        Ok(())
-    }
-
     /// Re-applies one journaled event at start-up. Events must come in order and apply
     /// exactly as they were decided; anything else is reported as corruption.
     pub fn replay(&mut self, frame: &[u8]) -> Result<(), String> {
         self.apply_event(frame, true)
+    }
+
+    /// Recovery fast path: applies a batch of journaled events like [`Self::follow`]
+    /// (balances, hash, position) and appends the (id, fingerprint) of every applied
+    /// transfer to `ids`, for the transfer index being rebuilt on another thread.
+    pub fn recover_batch(&mut self, frames: &[u8], ids: &mut Vec<(u128, u64)>) -> Result<(), String> {
+        for frame in ledgerbus_codec::Frames::new(frames) {
+            let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
+            if let Ok((Frame::TransferEvent(event), _)) = Frame::decode(frame) {
+                if event.result() == Ok(ResultCode::Ok) {
+                    let command = Transfer {
+                        correlation_id: 0.into(),
+                        id: event.id,
+                        debit_account_id: event.debit_account_id,
+                        credit_account_id: event.credit_account_id,
+                        amount: event.amount,
+                        ledger: event.ledger,
+                        code: event.code,
+                        flags: event.flags,
+                    };
+                    ids.push((event.id.get(), ledgerbus_ledger::ledger::fingerprint(&command)));
+                }
+            }
+            self.follow(frame)?;
+        }
+        Ok(())
     }
 
     /// Applies one event as a consumer does: balances and the log hash, without the

@@ -6,6 +6,7 @@
 //! - [`journal`]: append-only segments with per-record CRC, torn-tail recovery, group commit.
 //! - [`core`](mod@core): the sans-IO decision core and the durable-batch types.
 //! - [`auth`]: the gateway challenge/response handshake.
+//! - [`recovery`]: restart: journal replay with the transfer index rebuilt in parallel.
 //! - [`server`]: the process: recovery, the hot thread, gateway connections.
 //! - [`replay`]: the bulk replay service over TCP.
 //! - [`metrics`]: counters and the Prometheus endpoint.
@@ -18,6 +19,7 @@ pub mod core;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
+pub mod recovery;
 pub mod replay;
 pub mod server;
 

@@ -25,7 +25,7 @@ use ledgerbus_transport::SenderConfig;
 
 use crate::auth;
 use crate::core::{PendingBatch, SequencerCore};
-use crate::journal::{Durability, JournalError, JournalWriter};
+use crate::journal::{Durability, JournalError};
 use crate::metrics::{self, ConsumerPosition, SequencerMetrics};
 use crate::pipeline::{CommitPipeline, Committed};
 use crate::replay;
@@ -175,7 +175,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     }
     let started = Instant::now();
     // Size the ledger for what the journal holds (about 100 bytes per event), so
-    // that replay never rehashes, and fault its memory in on the other core.
+    // that replay never rehashes.
     let journal_bytes: u64 = crate::journal::list_segments(&config.data_dir)?
         .iter()
         .filter_map(|(_, path)| std::fs::metadata(path).ok())
@@ -183,31 +183,15 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         .sum();
     let expected_events = (journal_bytes / 100) as usize;
     let ledger = Ledger::with_capacity(1_024, expected_events + expected_events / 4 + 1_024);
-    ledger.prefault();
     let mut core = SequencerCore::new(ledger);
     let new_session = auth::random_u64().map_err(io_err("random session id"))?;
-    // Replay in batches so that upcoming events can be prefetched (see replay_batch).
-    let mut pending = Vec::with_capacity(256 * 96);
-    let mut pending_count = 0;
-    let (journal, recovered) = JournalWriter::open(
+    let (journal, recovered) = crate::recovery::recover(
         &config.data_dir,
         config.durability,
         config.segment_size_max,
         new_session,
-        |frame| {
-            pending.extend_from_slice(frame);
-            pending_count += 1;
-            if pending_count == 256 {
-                pending_count = 0;
-                let result = core.replay_batch(&pending);
-                pending.clear();
-                return result;
-            }
-            Ok(())
-        },
+        &mut core,
     )?;
-    core.replay_batch(&pending)
-        .map_err(|reason| SequencerError::Config(format!("journal replay: {reason}")))?;
     let elapsed = started.elapsed().as_secs_f64();
     tracing::info!(
         session = format_args!("{:#018x}", recovered.session_id),
