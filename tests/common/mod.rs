@@ -92,23 +92,7 @@ impl Cluster {
             disk_process: None,
             gateway_process: None,
         };
-        cluster.sequencer_process = Some(spawn(&[
-            s("sequencer"),
-            s("--data-dir"),
-            s(dir.join("sequencer").display()),
-            s("--gateway-listen"),
-            s(cluster.sequencer),
-            s("--control-listen"),
-            s(cluster.control),
-            s("--replay-listen"),
-            s(cluster.replay),
-            s("--metrics-listen"),
-            s(cluster.sequencer_status),
-            s("--subscribers"),
-            format!("{},{}", cluster.memory_udp, cluster.disk_udp),
-            s("--durability"),
-            s("os"),
-        ]));
+        cluster.sequencer_process = Some(cluster.spawn_sequencer());
         wait_until("sequencer", || get(cluster.sequencer_status, "/status", None).is_some());
         cluster.memory_process = Some(cluster.spawn_consumer("memory"));
         cluster.disk_process = Some(cluster.spawn_consumer("disk"));
@@ -129,6 +113,26 @@ impl Cluster {
                 && get(cluster.disk_http, "/status", None).is_some()
         });
         cluster
+    }
+
+    pub fn spawn_sequencer(&self) -> Process {
+        spawn(&[
+            s("sequencer"),
+            s("--data-dir"),
+            s(self.dir.join("sequencer").display()),
+            s("--gateway-listen"),
+            s(self.sequencer),
+            s("--control-listen"),
+            s(self.control),
+            s("--replay-listen"),
+            s(self.replay),
+            s("--metrics-listen"),
+            s(self.sequencer_status),
+            s("--subscribers"),
+            format!("{},{}", self.memory_udp, self.disk_udp),
+            s("--durability"),
+            s("os"),
+        ])
     }
 
     pub fn spawn_consumer(&self, kind: &str) -> Process {
