@@ -70,19 +70,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Sequencer(args) => run::sequencer::run(&args),
         Command::Gateway(args) => run::gateway::run(&args),
         Command::Consumer(args) => run::consumer::run(&args),
-        Command::Bench(BenchCommand::Codec(_)) => {
-            not_yet("bench codec (use `cargo bench -p ledgerbus-codec`)", 2)
-        }
+        Command::Bench(BenchCommand::Codec(args)) => run::bench::codec(&args),
         Command::Bench(BenchCommand::Transport(args)) => run::bench::transport(&args),
         Command::Bench(BenchCommand::Sequencer(args)) => run::bench::sequencer(&args),
         Command::Bench(BenchCommand::E2e(args)) => run::bench_e2e::run(&args),
         Command::Replay(args) => run::replay::run(&args),
     }
-}
-
-/// Says plainly that a subcommand is not built yet, rather than pretending.
-fn not_yet(what: &str, issue: u32) -> anyhow::Result<()> {
-    anyhow::bail!("`ledgerbus {what}` is not available yet in this build (tracked in issue #{issue})")
 }
 
 fn init_tracing(level: LogLevel, format: LogFormat) {

@@ -70,3 +70,88 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `ledgerbus bench codec`: a quick in-binary measurement of the hot codec paths
+/// (criterion's `cargo bench -p ledgerbus-codec` gives the precise figures).
+pub fn codec(args: &crate::cli::BenchCodecArgs) -> anyhow::Result<()> {
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    use ledgerbus_codec::messages::TransferEvent;
+    use ledgerbus_codec::{decode, encode, CrcCheck, Id128, Message, Packet, PacketWriter, ResultCode};
+
+    let event = |sequence: u64| TransferEvent {
+        sequence: sequence.into(),
+        timestamp_ns: sequence.into(),
+        id: Id128::from(u128::from(sequence) + 1),
+        debit_account_id: Id128::from(1u128),
+        credit_account_id: Id128::from(2u128),
+        amount: 250.into(),
+        ledger: 1.into(),
+        code: 1.into(),
+        flags: 0.into(),
+        result: ResultCode::Ok.to_wire().into(),
+        reserved: [0; 6],
+    };
+    let budget = Duration::from_secs_f64(args.duration);
+    let measure = |name: &str, per_iteration: u64, mut body: Box<dyn FnMut()>| -> (String, f64) {
+        let start = Instant::now();
+        let mut iterations = 0u64;
+        while start.elapsed() < budget {
+            for _ in 0..1_000 {
+                body();
+            }
+            iterations += 1_000;
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (iterations * per_iteration) as f64;
+        println!("{name:<28} {ns:>8.2} ns per event");
+        (name.to_string(), ns)
+    };
+    let mut frame = [0u8; TransferEvent::FRAME_SIZE];
+    encode(&event(7), &mut frame).expect("sized");
+    let mut results = Vec::new();
+    results.push(measure(
+        "transfer_event_decode",
+        1,
+        Box::new(move || {
+            let (view, _) = decode::<TransferEvent>(black_box(&frame)).expect("valid frame");
+            black_box(view.amount.get());
+        }),
+    ));
+    let mut out = [0u8; TransferEvent::FRAME_SIZE];
+    let one = event(9);
+    results.push(measure(
+        "transfer_event_encode_crc",
+        1,
+        Box::new(move || {
+            encode(black_box(&one), &mut out).expect("sized");
+            black_box(crc32fast::hash(&out));
+        }),
+    ));
+    let mut datagram = vec![0u8; ledgerbus_codec::DATAGRAM_SIZE_DEFAULT];
+    let mut writer = PacketWriter::data(&mut datagram, 1, 1, 1);
+    let mut count = 0u64;
+    while writer.remaining() >= TransferEvent::FRAME_SIZE {
+        writer.push(&event(count + 1)).expect("room checked");
+        count += 1;
+    }
+    let size = writer.finish(1);
+    datagram.truncate(size);
+    results.push(measure(
+        "datagram_decode_crc",
+        count,
+        Box::new(move || {
+            let packet = Packet::decode(black_box(&datagram), CrcCheck::Verify).expect("valid datagram");
+            for frame in packet.frames() {
+                let (view, _) = decode::<TransferEvent>(frame.expect("framed")).expect("valid event");
+                black_box(view.amount.get());
+            }
+        }),
+    ));
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            results.into_iter().map(|(name, ns)| (format!("{name}_ns"), serde_json::json!(ns))).collect();
+        println!("{}", serde_json::Value::Object(map));
+    }
+    Ok(())
+}
