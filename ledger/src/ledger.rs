@@ -243,22 +243,7 @@ impl Ledger {
             }
             Probe::Vacant(slot) => slot,
         };
-        // Distinct ids (checked above), so both can be borrowed mutably at once.
-        let [debit, credit] = self.accounts.get_disjoint_mut([&key(debit_id), &key(credit_id)]);
-        let Some(debit) = debit else { return Err(ResultCode::DebitAccountNotFound) };
-        let Some(credit) = credit else { return Err(ResultCode::CreditAccountNotFound) };
-        if debit.ledger != ledger || credit.ledger != ledger {
-            return Err(ResultCode::LedgerMismatch);
-        }
-        let Some(debits) = debit.debits_posted.checked_add(amount) else { return Err(ResultCode::Overflow) };
-        let Some(credits) = credit.credits_posted.checked_add(amount) else {
-            return Err(ResultCode::Overflow);
-        };
-        if !debit.allows_negative() && debits > debit.credits_posted {
-            return Err(ResultCode::InsufficientFunds);
-        }
-        debit.debits_posted = debits;
-        credit.credits_posted = credits;
+        self.post(debit_id, credit_id, ledger, amount)?;
         self.transfers.insert_at(vacant, id, print);
         Ok(Some(Applied { id, debit: debit_id, credit: credit_id, amount }))
     }
@@ -283,11 +268,19 @@ impl Ledger {
         if debit_id == credit_id {
             return Err(ResultCode::AccountsMustBeDifferent);
         }
-        let amount = command.amount.get();
+        self.post(debit_id, credit_id, command.ledger.get(), command.amount.get())
+    }
+
+    /// The balance rules of a transfer between two distinct accounts, and the posting
+    /// if they hold: both exist, share the ledger, no total overflows, and a
+    /// no-overdraft debit account does not go negative. Nothing changes on error.
+    fn post(&mut self, debit_id: u128, credit_id: u128, ledger: u32, amount: u64) -> Result<(), ResultCode> {
+        debug_assert_ne!(debit_id, credit_id);
+        // Distinct ids, so both can be borrowed mutably at once.
         let [debit, credit] = self.accounts.get_disjoint_mut([&key(debit_id), &key(credit_id)]);
         let Some(debit) = debit else { return Err(ResultCode::DebitAccountNotFound) };
         let Some(credit) = credit else { return Err(ResultCode::CreditAccountNotFound) };
-        if debit.ledger != command.ledger.get() || credit.ledger != command.ledger.get() {
+        if debit.ledger != ledger || credit.ledger != ledger {
             return Err(ResultCode::LedgerMismatch);
         }
         let Some(debits) = debit.debits_posted.checked_add(amount) else { return Err(ResultCode::Overflow) };

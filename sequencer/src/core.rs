@@ -294,16 +294,7 @@ impl SequencerCore {
             let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
             if let Ok((Frame::TransferEvent(event), _)) = Frame::decode(frame) {
                 if event.result() == Ok(ResultCode::Ok) {
-                    let command = Transfer {
-                        correlation_id: 0.into(),
-                        id: event.id,
-                        debit_account_id: event.debit_account_id,
-                        credit_account_id: event.credit_account_id,
-                        amount: event.amount,
-                        ledger: event.ledger,
-                        code: event.code,
-                        flags: event.flags,
-                    };
+                    let command = command_of(&event);
                     ids.push((event.id.get(), ledgerbus_ledger::ledger::fingerprint(&command)));
                 }
             }
@@ -344,16 +335,7 @@ impl SequencerCore {
             Frame::TransferEvent(event) => {
                 let result = event.result().map_err(|e| e.to_string())?;
                 if result == ResultCode::Ok {
-                    let command = Transfer {
-                        correlation_id: 0.into(),
-                        id: event.id,
-                        debit_account_id: event.debit_account_id,
-                        credit_account_id: event.credit_account_id,
-                        amount: event.amount,
-                        ledger: event.ledger,
-                        code: event.code,
-                        flags: event.flags,
-                    };
+                    let command = command_of(&event);
                     let applied = if remember_ids {
                         self.ledger.replay_transfer(&command)
                     } else {
@@ -393,6 +375,20 @@ impl SequencerCore {
         core.last_timestamp_ns = header[1];
         core.hash = RollingHash::from_value(header[2]);
         Ok(core)
+    }
+}
+
+/// The command a transfer event decided (the correlation id is not journaled).
+fn command_of(event: &TransferEvent) -> Transfer {
+    Transfer {
+        correlation_id: 0.into(),
+        id: event.id,
+        debit_account_id: event.debit_account_id,
+        credit_account_id: event.credit_account_id,
+        amount: event.amount,
+        ledger: event.ledger,
+        code: event.code,
+        flags: event.flags,
     }
 }
 
