@@ -250,3 +250,37 @@ fn ledger_over_http_and_tcp() {
     assert_eq!(checked, 7, "every documented operation was tried");
     println!("e2e: {sequence} events, all checks passed");
 }
+
+#[test]
+fn hostile_bytes_on_the_gateway_tcp_port_close_only_that_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path());
+    let closed = |mut stream: std::net::TcpStream| {
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut sink = [0u8; 256];
+        loop {
+            match stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    // Not a ClientHello.
+    let mut stream = std::net::TcpStream::connect(cluster.gateway_tcp).unwrap();
+    stream.write_all(&[0x42; 200]).unwrap();
+    assert!(closed(stream));
+    // A valid hello, then garbage.
+    let mut stream = std::net::TcpStream::connect(cluster.gateway_tcp).unwrap();
+    let mut key = [0u8; 64];
+    key[..API_KEY.len()].copy_from_slice(API_KEY.as_bytes());
+    let mut hello = [0u8; 72];
+    ledgerbus_codec::encode(&ledgerbus_codec::messages::ClientHello { api_key: key }, &mut hello).unwrap();
+    stream.write_all(&hello).unwrap();
+    stream.write_all(&[0xEE; 64]).unwrap();
+    assert!(closed(stream));
+    // The gateway still serves everyone else.
+    let created = post(cluster.gateway_http, "/accounts", r#"{"id":"1","ledger":1,"code":1}"#);
+    assert_eq!(created.status, 201, "{}", created.body);
+}

@@ -204,3 +204,52 @@ fn naks_older_than_the_ring_are_served_from_the_journal() {
     }
     assert_eq!(delivered, (1..=2_002).collect::<Vec<u64>>());
 }
+
+#[test]
+fn hostile_bytes_on_the_gateway_port_close_only_that_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let sequencer =
+        start(SequencerConfig::local(dir.path().to_path_buf(), vec![socket::ipv4(free).unwrap()], SECRET))
+            .unwrap();
+    let closed = |mut stream: std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sink = [0u8; 256];
+        // Drain whatever was sent (the challenge), then expect end of stream.
+        loop {
+            match stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+
+    // Garbage instead of the handshake answer.
+    let mut stream = std::net::TcpStream::connect(sequencer.gateway_addr).unwrap();
+    stream.write_all(&[0xFF; 300]).unwrap();
+    assert!(closed(stream), "garbage before authentication closes the connection");
+
+    // A command before authenticating is not a valid answer either.
+    let mut stream = std::net::TcpStream::connect(sequencer.gateway_addr).unwrap();
+    let mut bytes = [0u8; 128];
+    let size = ledgerbus_codec::encode(&account(1, 5, false), &mut bytes).unwrap();
+    stream.write_all(&bytes[..size]).unwrap();
+    assert!(closed(stream), "commands are not read before authentication");
+
+    // After authenticating, a malformed frame closes that connection only.
+    let mut bad = SequencerClient::connect(sequencer.gateway_addr, SECRET, 9).unwrap();
+    let mut good = SequencerClient::connect(sequencer.gateway_addr, SECRET, 10).unwrap();
+    bad.send(&ledgerbus_codec::messages::Heartbeat {
+        next_sequence: 1.into(),
+        oldest_retained_sequence: 1.into(),
+    })
+    .unwrap();
+    bad.flush().unwrap();
+    assert!(bad.read_reply().is_err(), "a non-command frame closes the connection");
+    good.send(&account(1, 5, false)).unwrap();
+    assert_eq!(results(&mut good, 1)[0].2, ResultCode::Ok, "other gateways are unaffected");
+    assert!(sequencer.metrics.bad_packets_total.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(sequencer.metrics.gateways_refused_total.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
