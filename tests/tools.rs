@@ -67,8 +67,10 @@ fn bench_e2e_spawns_the_system_and_writes_hgrm_and_plot() {
 
     let rows = ledgerbus_tools::histogram::parse_hgrm(&std::fs::read_to_string(&hgrm).unwrap()).unwrap();
     assert!(rows.len() > 10);
-    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1), "values and percentiles ascend");
-    assert_eq!(rows.last().unwrap().1, 1.0);
+    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[0].2 <= w[1].2), "rows ascend");
+    let last = rows.last().unwrap();
+    assert_eq!(last.1, 1.0);
+    assert_eq!(last.2, report["requests"].as_u64().unwrap(), "the last row counts every request");
     let svg = std::fs::read_to_string(&plot).unwrap();
     let document = roxmltree::Document::parse(&svg).expect("the plot is valid XML");
     assert_eq!(document.root_element().tag_name().name(), "svg");

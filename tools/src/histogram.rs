@@ -20,19 +20,17 @@ pub fn hgrm(histogram: &Histogram<u64>, ticks: u32) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
+    // TotalCount is cumulative: every value recorded at or below this row's value.
+    let mut total = 0u64;
     for value in histogram.iter_quantiles(ticks) {
         let quantile = value.quantile_iterated_to();
         let scaled = value.value_iterated_to() as f64 / OUTPUT_SCALING;
+        total += value.count_since_last_iteration();
         if quantile < 1.0 {
-            let _ = writeln!(
-                out,
-                "{scaled:>12.3} {quantile:>2.12} {:>10} {:>14.2}",
-                value.count_since_last_iteration(),
-                1.0 / (1.0 - quantile)
-            );
-        } else {
             let _ =
-                writeln!(out, "{scaled:>12.3} {quantile:>2.12} {:>10}", value.count_since_last_iteration());
+                writeln!(out, "{scaled:>12.3} {quantile:>2.12} {total:>10} {:>14.2}", 1.0 / (1.0 - quantile));
+        } else {
+            let _ = writeln!(out, "{scaled:>12.3} {quantile:>2.12} {total:>10}");
         }
     }
     let _ = writeln!(
@@ -56,8 +54,8 @@ pub fn hgrm(histogram: &Histogram<u64>, ticks: u32) -> String {
     out
 }
 
-/// Parses a `.hgrm` file back into (value in ms, percentile) rows.
-pub fn parse_hgrm(text: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+/// Parses a `.hgrm` file back into (value in ms, percentile, cumulative count) rows.
+pub fn parse_hgrm(text: &str) -> anyhow::Result<Vec<(f64, f64, u64)>> {
     let mut rows = Vec::new();
     for line in text.lines().skip(1) {
         let line = line.trim();
@@ -67,8 +65,8 @@ pub fn parse_hgrm(text: &str) -> anyhow::Result<Vec<(f64, f64)>> {
         let mut fields = line.split_whitespace();
         let value: f64 = fields.next().context("value")?.parse().context("value")?;
         let percentile: f64 = fields.next().context("percentile")?.parse().context("percentile")?;
-        let _count: u64 = fields.next().context("count")?.parse().context("count")?;
-        rows.push((value, percentile));
+        let count: u64 = fields.next().context("count")?.parse().context("count")?;
+        rows.push((value, percentile, count));
     }
     if rows.is_empty() {
         bail!("no percentile rows");
