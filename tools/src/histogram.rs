@@ -117,6 +117,7 @@ pub fn plot(histogram: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Res
         .x_desc("percentile (1/(1-p), log scale: 10 = p90, 100 = p99, 1000 = p99.9)")
         .y_desc("latency (µs)")
         .x_label_formatter(&|x| format!("{:.3}%", 100.0 * (1.0 - 1.0 / x)))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     chart.draw_series(LineSeries::new(points, &BLUE))?;
     root.present().with_context(|| format!("writing {}", path.display()))?;
