@@ -22,6 +22,8 @@ use crate::pipeline::CommitPipeline;
 
 /// Transfers per message from the generator.
 const CHUNK: usize = 1_024;
+/// How many commands ahead deciding prefetches the transfer index.
+const PREFETCH_AHEAD: usize = 8;
 /// Accounts transfers are spread over.
 const ACCOUNTS: u128 = 10_000;
 
@@ -139,7 +141,11 @@ pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::R
             };
             if let Some(chunk) = chunk {
                 let now = now_ns();
-                for transfer in &chunk {
+                for (index, transfer) in chunk.iter().enumerate() {
+                    // As the server does: prefetch a few commands ahead.
+                    if let Some(ahead) = chunk.get(index + PREFETCH_AHEAD) {
+                        core.prefetch_transfer(ahead.id.get());
+                    }
                     core.decide_transfers(0, std::slice::from_ref(transfer), now, &mut batch);
                 }
                 continue;

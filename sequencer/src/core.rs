@@ -171,6 +171,12 @@ impl SequencerCore {
         &self.ledger
     }
 
+    /// Prefetches what deciding transfer `id` will touch first (see `Ledger`).
+    #[inline]
+    pub fn prefetch_transfer(&self, id: u128) {
+        self.ledger.prefetch_transfer(id);
+    }
+
     /// The ledger state, mutable (recovery swaps the transfer index in and out).
     pub fn ledger_mut(&mut self) -> &mut Ledger {
         &mut self.ledger

@@ -300,6 +300,9 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
 const IN_BUFFER_SIZE: usize = 1 << 20;
 /// Replies queued per connection before we stop reading its commands (backpressure).
 const OUT_BUFFER_LIMIT: usize = 4 << 20;
+/// How far ahead of the command being decided the transfer index is prefetched:
+/// about eight transfer frames.
+const PREFETCH_BYTES: usize = 8 * 80;
 /// Time a gateway has to answer the challenge.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -560,8 +563,23 @@ impl HotLoop {
         batch: &mut PendingBatch,
     ) {
         let mut consumed = 0;
+        let mut prefetched = 0;
         let len = connection.inbound_len;
         while batch.len() < window {
+            // Prefetch the transfer-index slots of the next few commands, so that
+            // their cache misses overlap with deciding this one.
+            prefetched = prefetched.max(consumed);
+            while prefetched < len && prefetched < consumed + PREFETCH_BYTES {
+                match Frame::decode(&connection.inbound[prefetched..len]) {
+                    Ok((frame, size)) => {
+                        if let Frame::Transfer(transfer) = frame {
+                            self.core.prefetch_transfer(transfer.id.get());
+                        }
+                        prefetched += size;
+                    }
+                    Err(_) => break,
+                }
+            }
             let rest = &connection.inbound[consumed..len];
             if rest.is_empty() {
                 break;
