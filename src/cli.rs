@@ -402,6 +402,17 @@ pub struct BenchSequencerArgs {
     /// Durability mode to measure.
     #[arg(long, default_value = "fsync", value_name = "MODE")]
     pub durability: Durability,
+    /// Publish to these real consumers (comma-separated UDP addresses) instead of a
+    /// socket nobody reads; they are served catch-up from the bench's journal and hold
+    /// it back through flow control, so the rate reported is one they kept up with.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,...")]
+    pub subscribers: Vec<SocketAddr>,
+    /// With --subscribers: where consumers send NAKs and status messages.
+    #[arg(long, default_value = "127.0.0.1:7001", value_name = "ADDR")]
+    pub control_listen: SocketAddr,
+    /// With --subscribers: the replay service consumers catch up from.
+    #[arg(long, default_value = "127.0.0.1:7002", value_name = "ADDR")]
+    pub replay_listen: SocketAddr,
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,

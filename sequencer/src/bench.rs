@@ -61,19 +61,51 @@ fn now_ns() -> u64 {
 }
 
 /// Runs the benchmark in `dir` (a fresh directory) for `duration`.
-pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::Result<SequencerBenchReport> {
+/// Real consumers to publish to, instead of a socket nobody reads.
+#[derive(Debug, Clone)]
+pub struct LiveConsumers {
+    /// Their UDP addresses.
+    pub subscribers: Vec<std::net::SocketAddrV4>,
+    /// Where they send NAKs and status messages.
+    pub control: SocketAddr,
+    /// The replay service they catch up from (served from the bench's journal).
+    pub replay: SocketAddr,
+}
+
+/// Runs the benchmark in `dir` (a fresh directory) for `duration`. With `live`, events
+/// go to real consumers, which hold the sequencer back through flow control if they
+/// cannot keep up, so the rate reported is one they sustained.
+pub fn run(
+    dir: &Path,
+    durability: Durability,
+    duration: Duration,
+    live: Option<LiveConsumers>,
+) -> std::io::Result<SequencerBenchReport> {
     let (mut journal, recovered) =
         JournalWriter::open(dir, durability, 1 << 30, 1, |_| Ok(())).map_err(std::io::Error::other)?;
-    // A subscriber socket nobody reads: the kernel drops what overflows, as a slow
-    // consumer would; the sequencer pays its full publishing cost.
+    // Without live consumers: a subscriber socket nobody reads; the kernel drops what
+    // overflows, as a slow consumer would, and the sequencer pays its full publishing cost.
     let sink = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    let target = socket::ipv4(sink.local_addr()?)?;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let (targets, control) = match &live {
+        Some(live) => {
+            let listener = std::net::TcpListener::bind(live.replay)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let metrics = std::sync::Arc::new(crate::metrics::SequencerMetrics::default());
+            crate::replay::serve(listener, dir.to_path_buf(), metrics, stop)?;
+            (Targets::Unicast(live.subscribers.clone()), live.control)
+        }
+        None => (Targets::Unicast(vec![socket::ipv4(sink.local_addr()?)?]), loopback),
+    };
+    let allowed_requesters = match &targets {
+        Targets::Unicast(list) => list.iter().map(|a| SocketAddr::V4(*a)).collect(),
+        Targets::Multicast { .. } => Vec::new(),
+    };
     let mut publisher = Publisher::new(
-        SenderConfig { session_id: recovered.session_id, ..SenderConfig::default() },
+        SenderConfig { session_id: recovered.session_id, allowed_requesters, ..SenderConfig::default() },
         recovered.next_sequence,
-        loopback,
-        Targets::Unicast(vec![target]),
+        control,
+        targets,
         SocketOptions::default(),
     )?;
     let mut core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
@@ -132,8 +164,10 @@ pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::R
     let mut spare = Some(PendingBatch::with_capacity(65_536));
     let start = Instant::now();
     while start.elapsed() < duration || pipeline.in_flight() {
-        // Decide while the previous batch is being synced.
-        if start.elapsed() < duration && batch.len() < 65_536 {
+        // Decide while the previous batch is being synced, within the consumers'
+        // flow-control window.
+        let window = publisher.window_remaining().min(65_536) as usize;
+        if start.elapsed() < duration && batch.len() < window {
             let chunk = if batch.is_empty() && !pipeline.in_flight() {
                 receiver.recv().ok()
             } else {
@@ -150,6 +184,11 @@ pub fn run(dir: &Path, durability: Durability, duration: Duration) -> std::io::R
                 }
                 continue;
             }
+        }
+        if window == 0 && !pipeline.in_flight() {
+            // Consumers are behind: wait for their status messages.
+            publisher.wait(Duration::from_millis(1))?;
+            continue;
         }
         let done = if batch.is_empty() || start.elapsed() >= duration {
             pipeline.wait_complete(Duration::from_millis(100))

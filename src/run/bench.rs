@@ -52,8 +52,32 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
         args.duration,
         dir.path().display()
     );
-    let report =
-        ledgerbus_sequencer::bench::run(dir.path(), durability, Duration::from_secs_f64(args.duration))?;
+    let live = if args.subscribers.is_empty() {
+        None
+    } else {
+        let subscribers = args
+            .subscribers
+            .iter()
+            .map(|a| ledgerbus_transport::driver::socket::ipv4(*a))
+            .collect::<Result<Vec<_>, _>>()?;
+        eprintln!(
+            "publishing to {} live consumer(s); NAKs/status on {}, replay on {}",
+            subscribers.len(),
+            args.control_listen,
+            args.replay_listen
+        );
+        Some(ledgerbus_sequencer::bench::LiveConsumers {
+            subscribers,
+            control: args.control_listen,
+            replay: args.replay_listen,
+        })
+    };
+    let report = ledgerbus_sequencer::bench::run(
+        dir.path(),
+        durability,
+        Duration::from_secs_f64(args.duration),
+        live,
+    )?;
     println!("transfers/s        {:>12.0}", report.transfers_per_sec);
     println!("transfers          {:>12}", report.transfers);
     println!("group commits      {:>12}", report.commits);
