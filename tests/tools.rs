@@ -104,11 +104,7 @@ fn bench_e2e_spawns_the_system_and_writes_hgrm_and_plot() {
 /// Re-encodes an event from its JSON line.
 fn frame_from_json(line: &serde_json::Value) -> Vec<u8> {
     let u128_of = |key: &str| line[key].as_str().unwrap().parse::<u128>().unwrap();
-    let result = ResultCode::ALL
-        .iter()
-        .find(|(code, _)| ledgerbus_gateway::json::result_name(*code) == line["result"].as_str().unwrap())
-        .unwrap()
-        .0;
+    let result = ResultCode::from_snake_name(line["result"].as_str().unwrap()).unwrap();
     if line["type"] == "transfer" {
         let event = TransferEvent {
             sequence: line["sequence"].as_u64().unwrap().into(),

@@ -137,11 +137,46 @@ sbe_enum! {
 }
 
 impl ResultCode {
+    /// The name in the JSON APIs and tools: `InsufficientFunds` → `insufficient_funds`.
+    /// Derived once from the variant names, so the two can never disagree.
+    pub fn snake_name(self) -> &'static str {
+        snake_names().iter().find(|(code, _)| *code == self).map_or("unknown", |(_, name)| name.as_str())
+    }
+
+    /// The code whose [`snake_name`](Self::snake_name) is `name`.
+    pub fn from_snake_name(name: &str) -> Option<ResultCode> {
+        snake_names().iter().find(|(_, snake)| snake == name).map(|(code, _)| *code)
+    }
+
     /// Whether the command took effect or had already taken effect identically.
     #[inline]
     pub fn is_success(self) -> bool {
         matches!(self, ResultCode::Ok | ResultCode::Exists)
     }
+}
+
+/// Every result code with its snake_case name, built on first use.
+fn snake_names() -> &'static [(ResultCode, String)] {
+    static TABLE: std::sync::OnceLock<Vec<(ResultCode, String)>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        ResultCode::ALL
+            .iter()
+            .map(|(code, name)| {
+                let mut snake = String::new();
+                for (index, ch) in name.chars().enumerate() {
+                    if ch.is_ascii_uppercase() {
+                        if index > 0 {
+                            snake.push('_');
+                        }
+                        snake.push(ch.to_ascii_lowercase());
+                    } else {
+                        snake.push(ch);
+                    }
+                }
+                (*code, snake)
+            })
+            .collect()
+    })
 }
 
 /// Bits of `AccountFlags` (schema `<set>`).
@@ -158,4 +193,19 @@ pub mod transfer_flags {
     pub const LINKED: u16 = 1 << 0;
     /// Every bit this version defines; any other bit is `ReservedFlag`.
     pub const ALL: u16 = LINKED;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResultCode;
+
+    #[test]
+    fn snake_names_round_trip() {
+        assert_eq!(ResultCode::InsufficientFunds.snake_name(), "insufficient_funds");
+        assert_eq!(ResultCode::Ok.snake_name(), "ok");
+        for (code, _) in ResultCode::ALL {
+            assert_eq!(ResultCode::from_snake_name(code.snake_name()), Some(*code));
+        }
+        assert_eq!(ResultCode::from_snake_name("InsufficientFunds"), None);
+    }
 }

@@ -151,23 +151,7 @@ pub fn transfers(objects: &[Map<String, Value>], is_array: bool) -> Result<Vec<T
     Ok(commands)
 }
 
-/// `InsufficientFunds` → `insufficient_funds`.
-pub fn result_name(code: ResultCode) -> String {
-    let mut out = String::new();
-    for (index, ch) in code.name().chars().enumerate() {
-        if ch.is_ascii_uppercase() {
-            if index > 0 {
-                out.push('_');
-            }
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
 /// The JSON of one decided command.
 pub fn result_json(id: u128, code: ResultCode, sequence: u64, timestamp_ns: u64) -> Value {
-    json!({ "id": id.to_string(), "result": result_name(code), "sequence": sequence, "timestamp": timestamp_ns })
+    json!({ "id": id.to_string(), "result": code.snake_name(), "sequence": sequence, "timestamp": timestamp_ns })
 }

@@ -3,12 +3,9 @@
 use ledgerbus_codec::{Frame, ResultCode};
 use serde_json::{json, Value};
 
-/// `InsufficientFunds` → `insufficient_funds`.
-fn result_name(result: Result<ResultCode, ledgerbus_codec::DecodeError>) -> String {
-    match result {
-        Ok(code) => ledgerbus_gateway::json::result_name(code),
-        Err(_) => "unknown".into(),
-    }
+/// The result's JSON name, or `unknown` for a value this version does not define.
+fn result_name(result: Result<ResultCode, ledgerbus_codec::DecodeError>) -> &'static str {
+    result.map_or("unknown", ResultCode::snake_name)
 }
 
 /// Nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC).

@@ -243,12 +243,8 @@ impl Sender {
                 let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) else {
                     return vec![None; count];
                 };
-                let code_of = |value: &serde_json::Value| -> Option<ResultCode> {
-                    let name = value["result"].as_str()?;
-                    ResultCode::ALL
-                        .iter()
-                        .find(|(code, _)| ledgerbus_gateway::json::result_name(*code) == name)
-                        .map(|(c, _)| *c)
+                let code_of = |value: &serde_json::Value| {
+                    value["result"].as_str().and_then(ResultCode::from_snake_name)
                 };
                 match (status, json) {
                     (200, serde_json::Value::Array(results)) => results.iter().map(code_of).collect(),
