@@ -298,13 +298,13 @@ impl SequencerCore {
     pub fn recover_batch(&mut self, frames: &[u8], ids: &mut Vec<(u128, u64)>) -> Result<(), String> {
         for frame in ledgerbus_codec::Frames::new(frames) {
             let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
-            if let Ok((Frame::TransferEvent(event), _)) = Frame::decode(frame) {
+            let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
+            if let Frame::TransferEvent(event) = &decoded {
                 if event.result() == Ok(ResultCode::Ok) {
-                    let command = command_of(&event);
-                    ids.push((event.id.get(), ledgerbus_ledger::ledger::fingerprint(&command)));
+                    ids.push((event.id.get(), ledgerbus_ledger::ledger::fingerprint(&command_of(event))));
                 }
             }
-            self.follow(frame)?;
+            self.apply_decoded(&decoded, frame, false)?;
         }
         Ok(())
     }
@@ -317,10 +317,21 @@ impl SequencerCore {
 
     fn apply_event(&mut self, frame: &[u8], remember_ids: bool) -> Result<(), String> {
         let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
-        let (sequence, timestamp_ns, result) = match decoded {
+        self.apply_decoded(&decoded, frame, remember_ids)
+    }
+
+    /// Applies an event already decoded from `frame`. The position is checked before
+    /// anything changes, so an event out of place leaves the state as it was.
+    fn apply_decoded(&mut self, decoded: &Frame<'_>, frame: &[u8], remember_ids: bool) -> Result<(), String> {
+        let Some(sequence) = decoded.event_sequence() else {
+            return Err(format!("template {} is not an event", decoded.template_id()));
+        };
+        if sequence != self.next_sequence {
+            return Err(format!("event {sequence} where {} belongs", self.next_sequence));
+        }
+        let timestamp_ns = match decoded {
             Frame::AccountEvent(event) => {
-                let result = event.result().map_err(|e| e.to_string())?;
-                if result == ResultCode::Ok {
+                if event.result().map_err(|e| e.to_string())? == ResultCode::Ok {
                     let command = CreateAccount {
                         correlation_id: 0.into(),
                         id: event.id,
@@ -330,35 +341,26 @@ impl SequencerCore {
                     };
                     let again = self.ledger.create_account(&command, event.timestamp_ns.get());
                     if again != ResultCode::Ok {
-                        return Err(format!(
-                            "account event {} no longer applies: {again:?}",
-                            event.sequence.get()
-                        ));
+                        return Err(format!("account event {sequence} no longer applies: {again:?}"));
                     }
                 }
-                (event.sequence.get(), event.timestamp_ns.get(), result)
+                event.timestamp_ns.get()
             }
             Frame::TransferEvent(event) => {
-                let result = event.result().map_err(|e| e.to_string())?;
-                if result == ResultCode::Ok {
-                    let command = command_of(&event);
+                if event.result().map_err(|e| e.to_string())? == ResultCode::Ok {
+                    let command = command_of(event);
                     let applied = if remember_ids {
                         self.ledger.replay_transfer(&command)
                     } else {
                         self.ledger.post_transfer(&command)
                     };
-                    applied.map_err(|code| {
-                        format!("transfer event {} no longer applies: {code:?}", event.sequence.get())
-                    })?;
+                    applied
+                        .map_err(|code| format!("transfer event {sequence} no longer applies: {code:?}"))?;
                 }
-                (event.sequence.get(), event.timestamp_ns.get(), result)
+                event.timestamp_ns.get()
             }
-            other => return Err(format!("template {} is not an event", other.template_id())),
+            _ => unreachable!("event_sequence is Some only for events"),
         };
-        let _ = result;
-        if sequence != self.next_sequence {
-            return Err(format!("event {sequence} where {} belongs", self.next_sequence));
-        }
         self.hash.update(frame);
         self.next_sequence += 1;
         self.last_timestamp_ns = self.last_timestamp_ns.max(timestamp_ns);
