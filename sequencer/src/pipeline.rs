@@ -130,42 +130,41 @@ impl CommitPipeline {
     /// The in-flight batch, if it is done; never blocks.
     pub fn try_complete(&mut self) -> Option<Result<Committed, JournalError>> {
         self.drain_wake();
-        if !self.in_flight {
-            return None;
-        }
-        if let Some(ready) = self.ready.take() {
-            self.in_flight = false;
-            return Some(ready);
-        }
-        let done = self.done.as_ref().expect("threaded pipeline");
-        match done.try_recv() {
-            Ok(result) => {
-                self.in_flight = false;
-                Some(result)
-            }
+        self.collect(|done| match done.try_recv() {
+            Ok(result) => Some(result),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => panic!("journal thread died"),
-        }
+        })
     }
 
     /// Waits up to `timeout` for the in-flight batch.
     pub fn wait_complete(&mut self, timeout: Duration) -> Option<Result<Committed, JournalError>> {
+        self.collect(|done| match done.recv_timeout(timeout) {
+            Ok(result) => Some(result),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => panic!("journal thread died"),
+        })
+    }
+
+    /// The in-flight batch's result: ready at once in inline mode, else from the
+    /// journal thread through `receive`.
+    fn collect(
+        &mut self,
+        receive: impl FnOnce(
+            &Receiver<Result<Committed, JournalError>>,
+        ) -> Option<Result<Committed, JournalError>>,
+    ) -> Option<Result<Committed, JournalError>> {
         if !self.in_flight {
             return None;
         }
-        if let Some(ready) = self.ready.take() {
+        let result = match self.ready.take() {
+            Some(ready) => Some(ready),
+            None => receive(self.done.as_ref().expect("threaded pipeline")),
+        };
+        if result.is_some() {
             self.in_flight = false;
-            return Some(ready);
         }
-        let done = self.done.as_ref().expect("threaded pipeline");
-        match done.recv_timeout(timeout) {
-            Ok(result) => {
-                self.in_flight = false;
-                Some(result)
-            }
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => panic!("journal thread died"),
-        }
+        result
     }
 }
 
