@@ -182,12 +182,6 @@ impl Sink for DiskSink {
     }
 }
 
-/// Asks the sequencer's replay service for its session (a replay of nothing).
-pub fn sequencer_session(replay: std::net::SocketAddr) -> std::io::Result<u64> {
-    let (_, session) = ledgerbus_sequencer::client::replay(replay, 0, u64::MAX, u64::MAX, |_, _| Ok(()))?;
-    Ok(session)
-}
-
 /// Runs the disk consumer: `/status` on `http`, the follower on this thread.
 pub fn run(
     config: DiskConfig,
@@ -198,7 +192,11 @@ pub fn run(
     let progress = Arc::new(Progress::default());
     let has_journal =
         !list_segments(&journal_dir(&config.data_dir)).map_err(std::io::Error::other)?.is_empty();
-    let session = if has_journal { 0 } else { sequencer_session(follow_config.sequencer_replay)? };
+    let session = if has_journal {
+        0
+    } else {
+        ledgerbus_sequencer::client::sequencer_session(follow_config.sequencer_replay)?
+    };
     let (mut sink, resumed) =
         DiskSink::open(config, session, Arc::clone(&progress)).map_err(FollowError::Apply)?;
     tracing::info!(

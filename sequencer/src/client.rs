@@ -100,6 +100,13 @@ impl SequencerClient {
     }
 }
 
+/// The session a sequencer's replay service serves: a replay of an empty range, so
+/// the service only reads a segment header.
+pub fn sequencer_session(address: SocketAddr) -> io::Result<u64> {
+    let (_, session) = replay(address, 0, u64::MAX, u64::MAX - 1, |_, _| Ok(()))?;
+    Ok(session)
+}
+
 /// Replays `from..=to` (`to` 0: up to the head) from a sequencer's replay service,
 /// calling `event(sequence, frame)` for each event. Returns the ReplayEnd's next
 /// sequence and session.

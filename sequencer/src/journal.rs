@@ -471,16 +471,23 @@ impl JournalReader {
         let segments = list_segments(dir)?;
         // Start in the last segment whose first sequence is at or before `from`.
         let start = segments.iter().rposition(|(first, _)| *first <= from_sequence).unwrap_or(0);
+        // Open the starting segment now: its header gives the session at once, even
+        // to a caller that reads no event.
+        let current = match segments.get(start) {
+            Some((_, path)) => Some(SegmentReader::open(path)?),
+            None => None,
+        };
+        let session_id = current.as_ref().map(SegmentReader::session_id);
         Ok(JournalReader {
+            next_segment: start + usize::from(current.is_some()),
             segments,
-            next_segment: start,
-            current: None,
+            current,
             next_sequence: from_sequence,
-            session_id: None,
+            session_id,
         })
     }
 
-    /// The session of the segments read so far.
+    /// The session of the journal (known once a segment is open).
     pub fn session_id(&self) -> Option<u64> {
         self.session_id
     }

@@ -96,14 +96,9 @@ fn progress_bar(visible: bool) -> ProgressBar {
 fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyhow::Result<()> {
     let target = socket::ipv4(subscriber)?;
     let session = match source {
-        Source::Sequencer(address) => {
-            ledgerbus_sequencer::client::replay(*address, 0, u64::MAX, u64::MAX, |_, _| Ok(()))?.1
-        }
+        Source::Sequencer(address) => ledgerbus_sequencer::client::sequencer_session(*address)?,
         Source::Journal(dir) => {
-            let mut reader = ledgerbus_sequencer::journal::JournalReader::open(dir, u64::MAX)?;
-            let mut frame = Vec::new();
-            let _ = reader.next_frame(&mut frame)?;
-            reader.session_id().unwrap_or(0)
+            ledgerbus_sequencer::journal::JournalReader::open(dir, u64::MAX)?.session_id().unwrap_or(0)
         }
     };
     let mut publisher = Publisher::new(
@@ -147,11 +142,8 @@ fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyh
 fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
     let session = match &args.session {
         Some(hex) => u64::from_str_radix(hex, 16)?,
-        None => {
-            ledgerbus_sequencer::client::replay(args.replay, 0, u64::MAX, u64::MAX, |_, _| Ok(()))
-                .with_context(|| format!("asking {} for the session id (or give --session)", args.replay))?
-                .1
-        }
+        None => ledgerbus_sequencer::client::sequencer_session(args.replay)
+            .with_context(|| format!("asking {} for the session id (or give --session)", args.replay))?,
     };
     println!(
         "NAK {}..{} to {} (session {session:016x})",
