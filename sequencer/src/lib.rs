@@ -9,9 +9,11 @@
 //! - [`recovery`]: restart: journal replay with the transfer index rebuilt in parallel.
 //! - [`server`]: the process: recovery, the hot thread, gateway connections.
 //! - [`replay`]: the bulk replay service over TCP.
+//! - [`archive`]: NAKs older than the ring, answered from the journal off the hot thread.
 //! - [`metrics`]: counters and the Prometheus endpoint.
 //! - [`client`]: a minimal blocking gateway-side client (tests, benchmarks, tools).
 
+pub mod archive;
 pub mod auth;
 pub mod bench;
 pub mod client;

@@ -23,6 +23,7 @@ use ledgerbus_ledger::Ledger;
 use ledgerbus_transport::driver::{Publisher, SocketOptions, Targets};
 use ledgerbus_transport::SenderConfig;
 
+use crate::archive::{Archive, ArchiveConfig};
 use crate::auth;
 use crate::core::{PendingBatch, SequencerCore};
 use crate::journal::{Durability, JournalError};
@@ -266,6 +267,14 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     .map_err(io_err("replay thread"))?;
     // fsync takes ~100 µs or more: overlap it with deciding on a journal thread. A
     // page-cache write takes a few: do it inline and save two thread hand-offs.
+    let archive = Archive::start(ArchiveConfig {
+        dir: config.data_dir.clone(),
+        stream_id: config.sender.stream_id,
+        session_id: recovered.session_id,
+        datagram_size_max: config.sender.datagram_size_max,
+        bind: config.control_listen,
+    })
+    .map_err(io_err("archive thread"))?;
     let pipeline = match config.durability {
         Durability::Fsync => CommitPipeline::start(journal).map_err(io_err("journal thread"))?,
         Durability::Os => CommitPipeline::inline(journal),
@@ -285,8 +294,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         shutdown: Arc::clone(&running.shutdown),
         session_id: recovered.session_id,
         last_metrics_refresh: Instant::now(),
-        data_dir: config.data_dir.clone(),
-        archive: Vec::new(),
+        archive,
     };
     let thread = std::thread::Builder::new()
         .name("sequencer-hot".into())
@@ -387,10 +395,8 @@ struct HotLoop {
     shutdown: Arc<AtomicBool>,
     session_id: u64,
     last_metrics_refresh: Instant,
-    /// The journal directory, read to answer NAKs older than the retransmit ring.
-    data_dir: PathBuf,
-    /// Reused buffer of archived frames.
-    archive: Vec<u8>,
+    /// Answers NAKs older than the retransmit ring from the journal, off this thread.
+    archive: Archive,
 }
 
 fn wall_clock_ns() -> u64 {
@@ -682,38 +688,13 @@ impl HotLoop {
         Ok(())
     }
 
-    /// Answers NAKs older than the retransmit ring from the journal, a bounded number
-    /// of events per request (a receiver further behind uses bulk replay).
+    /// Hands NAKs older than the retransmit ring to the archive thread, which answers
+    /// them from the journal; a request that does not fit its queue is dropped and
+    /// asked for again by the receiver's NAK retry.
     fn serve_archive(&mut self) {
-        const ARCHIVE_EVENTS_MAX: u64 = 4_096;
         while let Some(request) = self.publisher.poll_archive_request() {
-            let end = request.end_sequence.min(request.from_sequence + ARCHIVE_EVENTS_MAX);
-            self.archive.clear();
-            let read = (|| -> Result<u64, JournalError> {
-                let mut reader = crate::journal::JournalReader::open(&self.data_dir, request.from_sequence)?;
-                let mut frame = Vec::with_capacity(128);
-                let mut count = 0;
-                while let Some(sequence) = reader.next_frame(&mut frame)? {
-                    if sequence >= end {
-                        break;
-                    }
-                    self.archive.extend_from_slice(&frame);
-                    count += 1;
-                }
-                Ok(count)
-            })();
-            let served = match read {
-                Ok(count) if count > 0 => {
-                    self.publisher.send_archived(request.to, request.from_sequence, &self.archive)
-                }
-                Ok(_) => self.publisher.reply_unavailable(request),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot serve a NAK from the journal");
-                    self.publisher.reply_unavailable(request)
-                }
-            };
-            if let Err(error) = served {
-                tracing::warn!(%error, to = %request.to, "sending archived events failed");
+            if !self.archive.submit(request) {
+                tracing::debug!(to = %request.to, "archive queue full; the receiver will NAK again");
             }
         }
     }

@@ -321,24 +321,10 @@ impl Sender {
     }
 
     /// The next NAK the ring cannot serve, for a driver with an archive
-    /// (`archive_fallback`). The driver sends the events itself, or calls
-    /// [`Sender::reply_unavailable`] if it cannot.
+    /// (`archive_fallback`). The driver sends the events itself, or says they are not
+    /// retransmittable (NakUnavailable) if it cannot.
     pub fn poll_archive_request(&mut self) -> Option<ArchiveRequest> {
         self.archive_requests.pop_front()
-    }
-
-    /// Tells `to` that `from..end` cannot be retransmitted (use bulk replay).
-    pub fn reply_unavailable(&mut self, to: SocketAddr, from_sequence: u64, end_sequence: u64) {
-        if self.control.len() < self.config.control_queue_max {
-            let count = u32::try_from(end_sequence.saturating_sub(from_sequence)).unwrap_or(u32::MAX);
-            let oldest_retained_sequence = self.oldest_retained_sequence();
-            self.control.push_back(ControlOut::NakUnavailable {
-                to,
-                from_sequence,
-                count,
-                oldest_retained_sequence,
-            });
-        }
     }
 
     // ----- internals -----------------------------------------------------------------

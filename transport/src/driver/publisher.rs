@@ -216,46 +216,6 @@ impl Publisher {
         self.core.poll_archive_request()
     }
 
-    /// Sends archived event frames (consecutive, from `first_sequence`) to one peer,
-    /// packed into datagrams like live data.
-    pub fn send_archived(&mut self, to: SocketAddr, first_sequence: u64, frames: &[u8]) -> io::Result<()> {
-        let to = socket::ipv4(to)?;
-        let config = self.core.config();
-        let (stream_id, session_id, size_max) =
-            (config.stream_id, config.session_id, config.datagram_size_max);
-        let mut sequence = first_sequence;
-        let mut frames_iter = ledgerbus_codec::Frames::new(frames).map_while(Result::ok).peekable();
-        while frames_iter.peek().is_some() {
-            if self.send_batch.is_full() {
-                self.send_queued()?;
-            }
-            let buffer = &mut self.send_batch.next_buffer()[..size_max];
-            let mut writer = ledgerbus_codec::PacketWriter::data(buffer, stream_id, session_id, sequence);
-            while let Some(frame) = frames_iter.peek() {
-                if writer.push_frame(frame).is_err() {
-                    break;
-                }
-                frames_iter.next();
-                sequence += 1;
-            }
-            if writer.message_count() == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "an archived frame does not fit a datagram",
-                ));
-            }
-            let size = writer.finish(monotonic_now().as_nanos());
-            self.send_batch.push(size, to);
-        }
-        self.send_queued()
-    }
-
-    /// Answers an archive request the driver cannot serve.
-    pub fn reply_unavailable(&mut self, request: crate::ArchiveRequest) -> io::Result<()> {
-        self.core.reply_unavailable(request.to, request.from_sequence, request.end_sequence);
-        self.flush()
-    }
-
     /// Current time on the driver's clock.
     pub fn now(&self) -> MonoTime {
         monotonic_now()
