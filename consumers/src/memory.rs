@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
+use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
 use crate::readmodel::{ReadModel, TransferRecord};
 
 /// How long a query waits for the model to reach `X-Min-Sequence`.
@@ -53,12 +53,10 @@ impl Sink for MemorySink {
 
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
         let mut model = self.model.write().map_err(|_| "read model lock poisoned".to_string())?;
-        for frame in split_frames(frames) {
-            model.apply(frame)?;
-        }
+        let applied = model.apply_batch(frames);
         self.next = model.next_sequence();
         self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
-        Ok(())
+        applied
     }
 
     fn commit(&mut self) -> Result<(), String> {

@@ -315,6 +315,11 @@ impl SequencerCore {
         self.apply_event(frame, false)
     }
 
+    /// [`follow`](Self::follow) for a caller that has decoded `frame` already.
+    pub fn follow_decoded(&mut self, decoded: &Frame<'_>, frame: &[u8]) -> Result<(), String> {
+        self.apply_decoded(decoded, frame, false)
+    }
+
     fn apply_event(&mut self, frame: &[u8], remember_ids: bool) -> Result<(), String> {
         let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
         self.apply_decoded(&decoded, frame, remember_ids)
