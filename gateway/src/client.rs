@@ -1,23 +1,29 @@
 //! The async Rust client of the gateway's TCP API.
 //!
 //! `submit` sends a group of commands (a linked chain stays one group) and resolves
-//! to one [`Outcome`] per command. Groups from many callers are pipelined over one
-//! connection and written in batches. If the connection drops, the client
+//! to one [`Outcome`] per command; [`Client::send`] does the same without waiting,
+//! from any thread. Groups from many callers are pipelined over one connection: the
+//! caller writes its group to the socket itself, and one task reads the results and
+//! completes the callers' futures, so a request crosses no task on its way out and
+//! one on its way back. If the connection drops, the client
 //! reconnects and sends every unanswered group again, with the same ids: the ledger
 //! answers `exists` for what had already applied, so nothing applies twice.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{
     ClientHello, CreateAccount, CreateAccountResult, Transfer, TransferResult, Welcome,
 };
-use ledgerbus_codec::{decode, encode, DecodeError, Message, MessageHeader, ResultCode, MESSAGE_HEADER_SIZE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use ledgerbus_codec::{decode, encode, Message, ResultCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing};
 
 /// A command to send.
 #[derive(Debug, Clone, Copy)]
@@ -43,23 +49,72 @@ pub struct Outcome {
     pub timestamp_ns: u64,
 }
 
-struct Group {
+/// A group written (or to be written) and not fully answered.
+struct Unanswered {
+    /// Kept to send again after a reconnect.
     frames: Vec<u8>,
     count: usize,
-    reply: oneshot::Sender<io::Result<Vec<Outcome>>>,
-}
-
-struct Unanswered {
-    frames: Vec<u8>,
-    remaining: usize,
     outcomes: Vec<Outcome>,
     reply: oneshot::Sender<io::Result<Vec<Outcome>>>,
+    _permit: OwnedSemaphorePermit,
 }
 
-/// A connection to a gateway's TCP API; cheap to clone, usable from many tasks.
+/// Groups that may be unanswered at once per client.
+const UNANSWERED_MAX: usize = 65_536;
+
+/// The connection as callers and the connection task share it.
+#[derive(Default)]
+struct ConnState {
+    /// None while reconnecting.
+    stream: Option<Arc<TcpStream>>,
+    out: Outgoing,
+    unanswered: VecDeque<Unanswered>,
+    /// Every `Client` handle is gone: finish what is unanswered, then stop.
+    closed: bool,
+}
+
+struct Conn {
+    state: Mutex<ConnState>,
+    /// Bytes were left queued, or the handles are gone.
+    wake: Notify,
+    room: Arc<Semaphore>,
+}
+
+impl Conn {
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Tells the connection task when the last `Client` clone is dropped.
+struct Handle {
+    conn: Arc<Conn>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.conn.lock().closed = true;
+        self.conn.wake.notify_one();
+    }
+}
+
+/// A connection to a gateway's TCP API; cheap to clone, usable from many tasks and
+/// threads.
 #[derive(Clone)]
 pub struct Client {
-    groups: mpsc::Sender<Group>,
+    handle: Arc<Handle>,
+}
+
+/// The outcomes of a group sent with [`Client::send`], to be awaited.
+pub struct Pending {
+    outcomes: oneshot::Receiver<io::Result<Vec<Outcome>>>,
+}
+
+impl Pending {
+    /// Waits for the group's outcomes, in command order.
+    pub async fn outcomes(self) -> io::Result<Vec<Outcome>> {
+        self.outcomes.await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client closed"))?
+    }
 }
 
 impl Client {
@@ -67,30 +122,71 @@ impl Client {
     /// re-established) by a background task on the current runtime.
     pub async fn connect(address: SocketAddr, api_key: &str) -> io::Result<Client> {
         let stream = handshake(address, api_key).await?;
-        let (groups, receiver) = mpsc::channel(4096);
-        tokio::spawn(drive(address, api_key.to_string(), stream, receiver));
-        Ok(Client { groups })
+        let conn = Arc::new(Conn {
+            state: Mutex::new(ConnState { stream: Some(Arc::new(stream)), ..ConnState::default() }),
+            wake: Notify::new(),
+            room: Arc::new(Semaphore::new(UNANSWERED_MAX)),
+        });
+        tokio::spawn(drive(address, api_key.to_string(), Arc::clone(&conn)));
+        Ok(Client { handle: Arc::new(Handle { conn }) })
     }
 
-    /// Sends commands as one group and waits for their outcomes, in order.
+    /// Sends commands as one group and waits for their outcomes, in order; waits for
+    /// room first when many groups are unanswered.
     pub async fn submit(&self, commands: &[Command]) -> io::Result<Vec<Outcome>> {
-        let mut frames = Vec::with_capacity(commands.len() * Transfer::FRAME_SIZE);
-        for command in commands {
-            let mut bytes = [0u8; Transfer::FRAME_SIZE];
-            let size = match command {
-                Command::CreateAccount(a) => encode(a, &mut bytes),
-                Command::Transfer(t) => encode(t, &mut bytes),
-            }
-            .expect("commands fit their frames");
-            frames.extend_from_slice(&bytes[..size]);
-        }
-        let (reply, outcome) = oneshot::channel();
-        self.groups
-            .send(Group { frames, count: commands.len(), reply })
+        let conn = &self.handle.conn;
+        let permit = Arc::clone(&conn.room)
+            .acquire_owned()
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client closed"))?;
-        outcome.await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client closed"))?
+        self.send_with(commands, permit).outcomes().await
     }
+
+    /// Sends commands as one group now, from any thread, without waiting: the bytes
+    /// go to the socket from the caller (no task hand-off on the way out). Fails
+    /// with `WouldBlock` when too many groups are unanswered.
+    pub fn send(&self, commands: &[Command]) -> io::Result<Pending> {
+        let permit = Arc::clone(&self.handle.conn.room).try_acquire_owned().map_err(|_| {
+            io::Error::new(io::ErrorKind::WouldBlock, format!("{UNANSWERED_MAX} groups are unanswered"))
+        })?;
+        Ok(self.send_with(commands, permit))
+    }
+
+    fn send_with(&self, commands: &[Command], permit: OwnedSemaphorePermit) -> Pending {
+        let frames = encode_commands(commands);
+        let (reply, outcomes) = oneshot::channel();
+        let conn = &self.handle.conn;
+        let mut state = conn.lock();
+        // While reconnecting, the group waits in `unanswered` and is sent with the
+        // others once connected.
+        if let Some(stream) = state.stream.clone() {
+            if !matches!(state.out.send(&stream, &frames), Ok(false)) {
+                conn.wake.notify_one();
+            }
+        }
+        state.unanswered.push_back(Unanswered {
+            frames,
+            count: commands.len(),
+            outcomes: Vec::with_capacity(commands.len()),
+            reply,
+            _permit: permit,
+        });
+        Pending { outcomes }
+    }
+}
+
+fn encode_commands(commands: &[Command]) -> Vec<u8> {
+    let mut frames = Vec::with_capacity(commands.len() * Transfer::FRAME_SIZE);
+    for command in commands {
+        let mut bytes = [0u8; Transfer::FRAME_SIZE];
+        let size = match command {
+            Command::CreateAccount(a) => encode(a, &mut bytes),
+            Command::Transfer(t) => encode(t, &mut bytes),
+        }
+        .expect("commands fit their frames");
+        frames.extend_from_slice(&bytes[..size]);
+    }
+    frames
 }
 
 async fn handshake(address: SocketAddr, api_key: &str) -> io::Result<TcpStream> {
@@ -125,113 +221,104 @@ fn outcome(frame: &[u8]) -> Option<Outcome> {
     Some(Outcome { correlation_id, id, result, sequence, timestamp_ns })
 }
 
-/// Runs the connection: writes groups, matches results in order, reconnects and
-/// re-sends what was not answered.
-async fn drive(address: SocketAddr, api_key: String, stream: TcpStream, mut groups: mpsc::Receiver<Group>) {
-    let mut unanswered: VecDeque<Unanswered> = VecDeque::new();
-    let mut stream = Some(stream);
+/// Keeps the connection: hands out results, drains queued bytes, and after a drop
+/// reconnects and sends every unanswered group again, in order.
+async fn drive(address: SocketAddr, api_key: String, conn: Arc<Conn>) {
     let mut backoff = Duration::from_millis(20);
     loop {
-        let Some(connected) = stream.take() else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            match handshake(address, &api_key).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    backoff = Duration::from_millis(20);
-                }
+        let stream = conn.lock().stream.clone();
+        if let Some(stream) = stream {
+            match serve(&conn, &stream).await {
+                Ok(()) => return,
                 Err(error) => {
-                    tracing::warn!(%address, %error, "gateway reconnect failed");
-                    if groups.is_closed() && unanswered.is_empty() {
-                        return;
-                    }
-                }
-            }
-            continue;
-        };
-        let (read_half, write_half) = connected.into_split();
-        // Reading runs on its own task: `read_exact` is not cancel-safe, so it must
-        // never be a branch of the select below; a channel receive is.
-        let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(4096);
-        let reader_task = tokio::spawn(async move {
-            let mut reader = BufReader::with_capacity(1 << 20, read_half);
-            loop {
-                let mut frame = Vec::with_capacity(64);
-                if read_result(&mut reader, &mut frame).await.is_err() || frames_tx.send(frame).await.is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let mut writer = BufWriter::with_capacity(1 << 20, write_half);
-        // Re-send everything not yet answered, in order, before anything new.
-        let mut ok = true;
-        for group in unanswered.iter_mut() {
-            group.outcomes.clear();
-            group.remaining = ledgerbus_codec::Frames::new(&group.frames).count();
-            ok &= writer.write_all(&group.frames).await.is_ok();
-        }
-        if !ok || writer.flush().await.is_err() {
-            reader_task.abort();
-            continue;
-        }
-        loop {
-            tokio::select! {
-                group = groups.recv(), if unanswered.len() < 65_536 => {
-                    let Some(group) = group else {
-                        if unanswered.is_empty() { return; }
-                        continue;
-                    };
-                    let mut batch = vec![group];
-                    while batch.len() < 1024 {
-                        match groups.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut failed = false;
-                    for group in batch {
-                        failed |= writer.write_all(&group.frames).await.is_err();
-                        unanswered.push_back(Unanswered {
-                            frames: group.frames,
-                            remaining: group.count,
-                            outcomes: Vec::with_capacity(group.count),
-                            reply: group.reply,
-                        });
-                    }
-                    if failed || writer.flush().await.is_err() {
-                        break;
-                    }
-                }
-                frame = frames.recv() => {
-                    let Some(frame) = frame else { break };
-                    let Some(front) = unanswered.front_mut() else { break };
-                    match outcome(&frame) {
-                        Some(result) => front.outcomes.push(result),
-                        None => break,
-                    }
-                    front.remaining -= 1;
-                    if front.remaining == 0 {
-                        let done = unanswered.pop_front().expect("front exists");
-                        let _ = done.reply.send(Ok(done.outcomes));
-                    }
+                    let mut state = conn.lock();
+                    state.stream = None;
+                    state.out.clear();
+                    tracing::warn!(%address, %error, unanswered = state.unanswered.len(),
+                        "gateway connection lost; reconnecting and re-sending");
                 }
             }
         }
-        reader_task.abort();
-        tracing::warn!(%address, unanswered = unanswered.len(), "gateway connection lost; reconnecting and re-sending");
+        {
+            let state = conn.lock();
+            if state.closed && state.unanswered.is_empty() {
+                return;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        match handshake(address, &api_key).await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(20);
+                let stream = Arc::new(stream);
+                let mut state = conn.lock();
+                let state = &mut *state;
+                for group in state.unanswered.iter_mut() {
+                    group.outcomes.clear();
+                    state.out.queue(&group.frames);
+                }
+                state.stream = Some(stream);
+                conn.wake.notify_one();
+            }
+            Err(error) => tracing::warn!(%address, %error, "gateway reconnect failed"),
+        }
     }
 }
 
-async fn read_result(reader: &mut (impl AsyncReadExt + Unpin), frame: &mut Vec<u8>) -> io::Result<()> {
-    frame.resize(MESSAGE_HEADER_SIZE, 0);
-    reader.read_exact(frame).await?;
-    let size = match MessageHeader::frame_size(frame) {
-        Ok(size) => size,
-        Err(DecodeError::Truncated { needed, .. }) => needed,
-        Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error.to_string())),
+/// Until the connection fails (`Err`) or every handle is gone and every group is
+/// answered (`Ok`).
+async fn serve(conn: &Conn, stream: &TcpStream) -> io::Result<()> {
+    let reading = async {
+        let mut incoming = Incoming::with_capacity(1 << 20);
+        loop {
+            stream.readable().await?;
+            match incoming.fill(stream)? {
+                Filled::Closed => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "gateway closed"))
+                }
+                Filled::Nothing => continue,
+                Filled::Bytes => {}
+            }
+            let (length, _) = whole_frames(incoming.bytes())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            answer(conn, &incoming.bytes()[..length])?;
+            incoming.consume(length);
+        }
     };
-    frame.resize(size, 0);
-    reader.read_exact(&mut frame[MESSAGE_HEADER_SIZE..]).await?;
+    let draining = async {
+        loop {
+            conn.wake.notified().await;
+            {
+                let state = conn.lock();
+                if state.closed && state.unanswered.is_empty() {
+                    return Ok(());
+                }
+            }
+            drain(stream, || conn.lock().out.flush(stream)).await?;
+        }
+    };
+    tokio::select! {
+        outcome = reading => outcome,
+        outcome = draining => outcome,
+    }
+}
+
+/// Matches result frames to the unanswered groups, in order.
+fn answer(conn: &Conn, results: &[u8]) -> io::Result<()> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let mut state = conn.lock();
+    for frame in ledgerbus_codec::Frames::new(results) {
+        let frame = frame.map_err(|e| invalid(&e.to_string()))?;
+        let result = outcome(frame).ok_or_else(|| invalid("not a result frame"))?;
+        let front = state.unanswered.front_mut().ok_or_else(|| invalid("a result nobody asked for"))?;
+        front.outcomes.push(result);
+        if front.outcomes.len() == front.count {
+            let done = state.unanswered.pop_front().expect("front exists");
+            let _ = done.reply.send(Ok(done.outcomes));
+        }
+    }
+    if state.closed && state.unanswered.is_empty() {
+        conn.wake.notify_one();
+    }
     Ok(())
 }

@@ -8,12 +8,14 @@
 //! - [`http`]: the HTTP/JSON API and its OpenAPI document (`openapi.json`).
 //! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
 //! - [`client`]: the async Rust client of the TCP API.
+//! - [`wire`]: non-blocking frame reading and writing shared by the connections.
 
 pub mod client;
 pub mod http;
 pub mod json;
 pub mod tcp;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

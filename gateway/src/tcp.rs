@@ -3,23 +3,32 @@
 //! correlation ids; results come back in the same order with those ids. Commands
 //! are forwarded in groups that never split a linked chain. A full gateway queue or
 //! an unreachable sequencer answers each command with a `busy` result (retry with
-//! the same ids is safe).
+//! the same ids is safe). If the sequencer link drops while commands of a client are
+//! in flight, that client's connection is closed: their outcome is unknown, and the
+//! client re-sends them with the same ids, which never applies anything twice.
+//!
+//! One task per connection reads commands and writes them to the sequencer itself;
+//! results are written into the client's socket by the task that reads them from the
+//! sequencer. No other task sits on the path (see [`crate::wire`]).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{ClientHello, CreateAccountResult, TransferResult, Welcome};
 use ledgerbus_codec::{decode, encode, transfer_flags, DecodeError, Frame, Message, ResultCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-use crate::upstream::{SubmitError, Ticket, Upstream};
+use crate::upstream::{ReplyTo, ResultSink, Upstream};
+use crate::wire::{drain, Filled, Incoming, Outgoing};
 
-/// Submissions in flight per client connection before we stop reading from it.
-const IN_FLIGHT_MAX: usize = 256;
-/// Read buffer per client.
+/// Submissions (one per read of a client's bytes) in flight per client connection
+/// before we stop reading from it.
+const IN_FLIGHT_MAX: usize = 4096;
+/// Unwritten result bytes per client before we stop reading from it.
+const UNWRITTEN_MAX: usize = 4 << 20;
+/// Read buffer per client: a linked chain must fit in it.
 const BUFFER_SIZE: usize = 1 << 20;
 
 /// Accepts TCP clients forever.
@@ -43,14 +52,110 @@ pub async fn serve(listener: TcpListener, upstream: Upstream, api_keys: Arc<Hash
     }
 }
 
-/// Results of one submission (or why there are none).
-type Pending = Result<Ticket, SubmitError>;
+/// A client connection's answers, in the order of its commands.
+struct Outbox {
+    stream: Arc<TcpStream>,
+    state: Mutex<OutboxState>,
+    /// Bytes were left queued, the sequencer link dropped, or reading may resume.
+    wake: Notify,
+}
+
+struct OutboxState {
+    out: Outgoing,
+    /// Answers not written yet, in command order.
+    slots: VecDeque<Slot>,
+    /// Commands of ours were unanswered when the sequencer link dropped.
+    lost: Option<usize>,
+    /// The connection task stopped reading and waits for room.
+    paused: bool,
+}
+
+enum Slot {
+    /// This many commands are at the sequencer; their results come through the link.
+    AtSequencer(usize),
+    /// Answers decided here (busy), to be written once everything before is.
+    Ready(Vec<u8>),
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn has_room(state: &OutboxState) -> bool {
+        state.slots.len() < IN_FLIGHT_MAX && state.out.queued() < UNWRITTEN_MAX
+    }
+
+    /// Writes `answers` in their place: now if nothing is pending before them.
+    fn answer_here(&self, answers: Vec<u8>) {
+        let mut state = self.lock();
+        if state.slots.is_empty() {
+            if !matches!(state.out.send(&self.stream, &answers), Ok(false)) {
+                self.wake.notify_one();
+            }
+        } else {
+            state.slots.push_back(Slot::Ready(answers));
+        }
+    }
+}
+
+impl ResultSink for Outbox {
+    fn deliver(&self, results: &[u8], count: usize) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        match state.slots.front_mut() {
+            Some(Slot::AtSequencer(remaining)) if *remaining >= count => {
+                state.out.queue(results);
+                *remaining -= count;
+                if *remaining == 0 {
+                    state.slots.pop_front();
+                }
+            }
+            _ => {
+                // The link hands each submission exactly its own results; anything
+                // else is a bug. Close the connection rather than answer wrongly.
+                debug_assert!(false, "results for a client that expects none");
+                state.lost = Some(count);
+            }
+        }
+        while let Some(Slot::Ready(_)) = state.slots.front() {
+            let Some(Slot::Ready(answers)) = state.slots.pop_front() else { unreachable!() };
+            state.out.queue(&answers);
+        }
+    }
+
+    fn flush(&self) {
+        let mut state = self.lock();
+        let drained = state.out.flush(&self.stream);
+        if !matches!(drained, Ok(true)) || (state.paused && Outbox::has_room(&state)) || state.lost.is_some()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    fn lost(&self, unanswered: usize) {
+        self.lock().lost = Some(unanswered);
+        self.wake.notify_one();
+    }
+}
 
 async fn client(stream: TcpStream, upstream: Upstream, keys: Arc<HashSet<String>>) -> Result<(), String> {
+    let stream = Arc::new(stream);
+    let outcome = serve_client(&stream, upstream, keys).await;
+    // Send FIN before the socket closes: closing with unread input would otherwise
+    // reset the connection, and the client could not tell a refusal from a crash.
+    let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write);
+    outcome
+}
+
+async fn serve_client(
+    stream: &Arc<TcpStream>,
+    upstream: Upstream,
+    keys: Arc<HashSet<String>>,
+) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut reader, writer) = stream.into_split();
     let mut hello = [0u8; ClientHello::FRAME_SIZE];
-    tokio::time::timeout(Duration::from_secs(5), reader.read_exact(&mut hello))
+    tokio::time::timeout(Duration::from_secs(5), read_exact(stream, &mut hello))
         .await
         .map_err(|_| "no ClientHello within 5 s".to_string())?
         .map_err(|e| e.to_string())?;
@@ -60,38 +165,90 @@ async fn client(stream: TcpStream, upstream: Upstream, keys: Arc<HashSet<String>
     if !keys.contains(key) {
         return Err("invalid API key".into());
     }
-    let (results_tx, results_rx) = mpsc::channel::<(Pending, Vec<u8>)>(IN_FLIGHT_MAX);
-    let writer_task = tokio::spawn(write_results(writer, results_rx, upstream.session()));
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    let mut len = 0;
-    let outcome = loop {
-        let read = match reader.read(&mut buf[len..]).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => n,
-            Err(e) => break Err(e.to_string()),
-        };
-        len += read;
-        let (group_end, error) = complete_groups(&buf[..len]);
-        if let Some(error) = error {
-            break Err(format!("malformed frame: {error}"));
-        }
-        if group_end > 0 {
-            let frames = buf[..group_end].to_vec();
-            let count = ledgerbus_codec::Frames::new(&frames).count();
-            // Enqueue in order; the writer awaits the results in the same order.
-            let ticket = upstream.enqueue(frames.clone(), count).await;
-            if results_tx.send((ticket, frames)).await.is_err() {
-                break Err("writer closed".into());
+    let mut welcome = [0u8; Welcome::FRAME_SIZE];
+    let session = upstream.session();
+    encode(&Welcome { session_id: session.into(), next_sequence: 0.into() }, &mut welcome).expect("sized");
+    let mut out = Outgoing::default();
+    if out.send(stream, &welcome).map_err(|e| e.to_string())? {
+        drain(stream, || out.flush(stream)).await.map_err(|e| e.to_string())?;
+    }
+    let outbox = Arc::new(Outbox {
+        stream: Arc::clone(stream),
+        state: Mutex::new(OutboxState {
+            out: Outgoing::default(),
+            slots: VecDeque::new(),
+            lost: None,
+            paused: false,
+        }),
+        wake: Notify::new(),
+    });
+    let sink: Arc<dyn ResultSink> = outbox.clone();
+    let mut incoming = Incoming::with_capacity(BUFFER_SIZE);
+    loop {
+        let reading = {
+            let mut state = outbox.lock();
+            if let Some(unanswered) = state.lost {
+                // Their outcome is unknown: closing makes the client re-send them
+                // with the same ids, which the ledger answers without applying twice.
+                return Err(format!(
+                    "the sequencer link dropped with {unanswered} of this client's commands unanswered"
+                ));
             }
-            buf.copy_within(group_end..len, 0);
-            len -= group_end;
-        } else if len == buf.len() {
-            break Err("a linked chain longer than the read buffer".into());
+            state.paused = !Outbox::has_room(&state);
+            !state.paused
+        };
+        tokio::select! {
+            ready = stream.readable(), if reading => {
+                ready.map_err(|e| e.to_string())?;
+                match incoming.fill(stream).map_err(|e| e.to_string())? {
+                    Filled::Closed => return Ok(()),
+                    Filled::Nothing => continue,
+                    Filled::Bytes => {}
+                }
+                let (group_end, error) = complete_groups(incoming.bytes());
+                if group_end > 0 {
+                    submit(&upstream, &outbox, &sink, &incoming.bytes()[..group_end]);
+                    incoming.consume(group_end);
+                }
+                if let Some(error) = error {
+                    return Err(format!("malformed frame: {error}"));
+                }
+            }
+            _ = outbox.wake.notified() => {
+                drain(stream, || outbox.lock().out.flush(stream)).await.map_err(|e| e.to_string())?;
+            }
         }
-    };
-    drop(results_tx);
-    let _ = writer_task.await;
-    outcome
+    }
+}
+
+/// Fills `buf` from a shared stream.
+async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        stream.readable().await.map_err(|e| e.to_string())?;
+        match stream.try_read(&mut buf[filled..]) {
+            Ok(0) => return Err("closed before the handshake".into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends one read's whole groups to the sequencer, or answers them `busy` here.
+fn submit(upstream: &Upstream, outbox: &Outbox, sink: &Arc<dyn ResultSink>, commands: &[u8]) {
+    let count = ledgerbus_codec::Frames::new(commands).count();
+    // The slot exists before the submission, so its results always find it.
+    outbox.lock().slots.push_back(Slot::AtSequencer(count));
+    if upstream.submit_to(commands, count, ReplyTo::Sink(Arc::clone(sink))).is_err() {
+        // Nothing was sent, so no result can have taken the slot: it is still last.
+        let mut state = outbox.lock();
+        debug_assert!(matches!(state.slots.back(), Some(Slot::AtSequencer(n)) if *n == count));
+        state.slots.pop_back();
+        drop(state);
+        outbox.answer_here(busy_answers(commands));
+    }
 }
 
 /// How many leading bytes of `bytes` are whole commands that do not end inside a
@@ -121,42 +278,9 @@ fn complete_groups(bytes: &[u8]) -> (usize, Option<String>) {
     (group_end, None)
 }
 
-async fn write_results(
-    writer: tokio::net::tcp::OwnedWriteHalf,
-    mut results: mpsc::Receiver<(Pending, Vec<u8>)>,
-    session: u64,
-) {
-    let mut writer = BufWriter::with_capacity(1 << 20, writer);
-    let mut welcome = [0u8; Welcome::FRAME_SIZE];
-    encode(&Welcome { session_id: session.into(), next_sequence: 0.into() }, &mut welcome).expect("sized");
-    if writer.write_all(&welcome).await.is_err() || writer.flush().await.is_err() {
-        return;
-    }
-    while let Some((pending, commands)) = results.recv().await {
-        let outcome = match pending {
-            Ok(ticket) => ticket.results().await,
-            Err(error) => Err(error),
-        };
-        let written = match outcome {
-            Ok(replies) => {
-                let mut ok = true;
-                for reply in &replies {
-                    ok &= writer.write_all(reply).await.is_ok();
-                }
-                ok
-            }
-            Err(_) => write_busy(&mut writer, &commands).await,
-        };
-        // Flush when nothing else is ready, so results of a pipelined burst share writes.
-        if !written || (results.is_empty() && writer.flush().await.is_err()) {
-            return;
-        }
-    }
-    let _ = writer.flush().await;
-}
-
 /// Answers every command in `commands` with a `busy` result.
-async fn write_busy(writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, commands: &[u8]) -> bool {
+fn busy_answers(commands: &[u8]) -> Vec<u8> {
+    let mut answers = Vec::with_capacity(commands.len());
     for frame in ledgerbus_codec::Frames::new(commands).map_while(Result::ok) {
         let mut reply = [0u8; TransferResult::FRAME_SIZE];
         match Frame::decode(frame) {
@@ -184,9 +308,7 @@ async fn write_busy(writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>, com
             }
             _ => continue,
         }
-        if writer.write_all(&reply).await.is_err() {
-            return false;
-        }
+        answers.extend_from_slice(&reply);
     }
-    true
+    answers
 }

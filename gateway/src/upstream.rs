@@ -3,24 +3,32 @@
 //! stay together, like a linked chain) and bringing back one result per command.
 //!
 //! The sequencer answers a connection's commands in order, so results are matched
-//! to submissions first-in first-out; no correlation table is needed. The queue of
-//! commands waiting for results is bounded: beyond it, callers get `Busy` at once
-//! instead of buffering without limit. If the connection drops, every waiting
-//! submission fails with `Unavailable` (its outcome is unknown; clients retry with
-//! the same ids, which is safe) and the link reconnects with back-off.
+//! to submissions first-in first-out; no correlation table is needed. Submitting
+//! writes to the socket from the caller's own task, under the lock that also queues
+//! the submission for its results, so order is kept without a writer task in
+//! between (see [`crate::wire`]). Results are handed over by the one task reading
+//! the socket: gathered for the HTTP API, or written straight into a TCP client's
+//! connection as they arrive.
+//!
+//! The commands waiting for results are bounded: beyond `queue_max`, callers get
+//! `Busy` at once instead of buffering without limit. If the connection drops, every
+//! waiting submission fails (its outcome is unknown; clients retry with the same
+//! ids, which is safe) and the link reconnects with back-off.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{Authenticate, Challenge, Welcome};
 use ledgerbus_codec::{decode, encode, DecodeError, Message, MessageHeader, MESSAGE_HEADER_SIZE};
 use ledgerbus_sequencer::core::REPLY_FRAME_SIZE;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
+
+use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing};
 
 /// One result frame (CreateAccountResult or TransferResult).
 pub type ReplyFrame = [u8; REPLY_FRAME_SIZE];
@@ -36,24 +44,58 @@ pub enum SubmitError {
     Unavailable,
 }
 
-/// A group of encoded commands and where their results go.
-struct Submission {
-    frames: Vec<u8>,
-    count: usize,
-    reply: oneshot::Sender<Result<Vec<ReplyFrame>, SubmitError>>,
+/// Takes results as they arrive, for a TCP client connection.
+pub trait ResultSink: Send + Sync {
+    /// `count` whole result frames for this sink's commands, in order.
+    fn deliver(&self, results: &[u8], count: usize);
+    /// Called once after the deliveries of one read from the sequencer: write them.
+    fn flush(&self);
+    /// The sequencer connection dropped with `unanswered` of this sink's commands
+    /// without results: their outcome is unknown.
+    fn lost(&self, unanswered: usize);
 }
 
-/// Results being gathered for a submission already written.
+/// Where a submission's results go.
+pub enum ReplyTo {
+    /// Gathered and sent whole with the last one (the HTTP API).
+    Gather(oneshot::Sender<Result<Vec<ReplyFrame>, SubmitError>>),
+    /// Passed on as they arrive.
+    Sink(Arc<dyn ResultSink>),
+}
+
+/// A submission written to the sequencer and not fully answered.
 struct Waiting {
     remaining: usize,
-    results: Vec<ReplyFrame>,
-    reply: oneshot::Sender<Result<Vec<ReplyFrame>, SubmitError>>,
+    gathered: Vec<ReplyFrame>,
+    reply: ReplyTo,
+}
+
+/// The connection as submitters and the reading task share it.
+#[derive(Default)]
+struct LinkState {
+    stream: Option<Arc<TcpStream>>,
+    out: Outgoing,
+    waiting: VecDeque<Waiting>,
+}
+
+struct Link {
+    state: Mutex<LinkState>,
+    /// Bytes were left queued: the connection task must drain them.
+    backlog: Notify,
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        // A panic while holding the lock is a bug; the state is still consistent
+        // enough to fail waiting submissions, so keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Handle to the link; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
-    submissions: mpsc::Sender<Submission>,
+    link: Arc<Link>,
     /// Commands submitted and not yet answered.
     outstanding: Arc<AtomicUsize>,
     queue_max: usize,
@@ -66,19 +108,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Starts the link task on the current runtime.
+    /// Starts the link task on the current runtime; it runs as long as the runtime.
     pub fn start(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, queue_max: usize) -> Upstream {
-        let (submissions, receiver) = mpsc::channel(1024);
         let upstream = Upstream {
-            submissions,
+            link: Arc::new(Link { state: Mutex::new(LinkState::default()), backlog: Notify::new() }),
             outstanding: Arc::new(AtomicUsize::new(0)),
             queue_max,
             highest_sequence: Arc::new(AtomicU64::new(0)),
             connected: Arc::new(AtomicBool::new(false)),
             session: Arc::new(AtomicU64::new(0)),
         };
-        let link = upstream.clone();
-        tokio::spawn(run_link(sequencer, secret, gateway_id, receiver, link));
+        tokio::spawn(run_link(sequencer, secret, gateway_id, upstream.clone()));
         upstream
     }
 
@@ -89,75 +129,103 @@ impl Upstream {
 
     /// Sends `count` encoded commands as one group and waits for their results.
     pub async fn submit(&self, frames: Vec<u8>, count: usize) -> Result<Vec<ReplyFrame>, SubmitError> {
-        self.enqueue(frames, count).await?.results().await
+        let (reply, results) = oneshot::channel();
+        self.submit_to(&frames, count, ReplyTo::Gather(reply))?;
+        results.await.unwrap_or(Err(SubmitError::Unavailable))
     }
 
-    /// Queues a group in order behind earlier ones and returns a ticket for its
-    /// results; one caller's groups reach the sequencer in the order enqueued.
-    pub async fn enqueue(&self, frames: Vec<u8>, count: usize) -> Result<Ticket, SubmitError> {
-        assert!(count > 0);
+    /// Writes a group of `count` commands to the sequencer now (or queues it behind
+    /// bytes the socket has not taken yet); its results go to `reply`. One caller's
+    /// groups reach the sequencer in the order submitted. Nothing is sent on error.
+    pub fn submit_to(&self, frames: &[u8], count: usize, reply: ReplyTo) -> Result<(), SubmitError> {
+        assert!(count > 0, "a submission holds at least one command");
         let before = self.outstanding.fetch_add(count, Ordering::AcqRel);
-        let ticket_guard = Outstanding { counter: Arc::clone(&self.outstanding), count };
         if before + count > self.queue_max {
+            self.outstanding.fetch_sub(count, Ordering::AcqRel);
             return Err(SubmitError::Busy);
         }
-        if !self.connected.load(Ordering::Acquire) {
+        let mut state = self.link.lock();
+        let Some(stream) = state.stream.clone() else {
+            drop(state);
+            self.outstanding.fetch_sub(count, Ordering::AcqRel);
             return Err(SubmitError::Unavailable);
+        };
+        let gathered = match reply {
+            ReplyTo::Gather(_) => Vec::with_capacity(count),
+            ReplyTo::Sink(_) => Vec::new(),
+        };
+        state.waiting.push_back(Waiting { remaining: count, gathered, reply });
+        // A write error is noticed by the connection task when it drains, which ends
+        // the connection and fails this submission with the others.
+        if !matches!(state.out.send(&stream, frames), Ok(false)) {
+            self.link.backlog.notify_one();
         }
-        let (reply, result) = oneshot::channel();
-        self.submissions
-            .send(Submission { frames, count, reply })
-            .await
-            .map_err(|_| SubmitError::Unavailable)?;
-        Ok(Ticket {
-            result,
-            _outstanding: ticket_guard,
-            highest_sequence: Arc::clone(&self.highest_sequence),
-        })
+        Ok(())
     }
-}
 
-/// Gives back queue room when a submission is answered or abandoned.
-struct Outstanding {
-    counter: Arc<AtomicUsize>,
-    count: usize,
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(self.count, Ordering::AcqRel);
+    /// Hands `bytes` (whole result frames) to the waiting submissions in order.
+    fn deliver(&self, bytes: &[u8], touched: &mut Vec<Arc<dyn ResultSink>>) -> Result<(), String> {
+        if bytes.len() % REPLY_FRAME_SIZE != 0 {
+            return Err("a result frame of an unexpected size".into());
+        }
+        let highest = bytes
+            .chunks_exact(REPLY_FRAME_SIZE)
+            .filter_map(|r| ledgerbus_sequencer::core::read_reply(r).map(|r| r.1))
+            .max();
+        let mut state = self.link.lock();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some(front) = state.waiting.front_mut() else {
+                return Err("a result nobody asked for".into());
+            };
+            let count = front.remaining.min(rest.len() / REPLY_FRAME_SIZE);
+            let (results, after) = rest.split_at(count * REPLY_FRAME_SIZE);
+            match &front.reply {
+                ReplyTo::Gather(_) => front.gathered.extend(
+                    results.chunks_exact(REPLY_FRAME_SIZE).map(|r| <ReplyFrame>::try_from(r).expect("exact")),
+                ),
+                ReplyTo::Sink(sink) => {
+                    sink.deliver(results, count);
+                    if !touched.last().is_some_and(|last| Arc::ptr_eq(last, sink)) {
+                        touched.push(Arc::clone(sink));
+                    }
+                }
+            }
+            front.remaining -= count;
+            self.outstanding.fetch_sub(count, Ordering::AcqRel);
+            if front.remaining == 0 {
+                let done = state.waiting.pop_front().expect("front exists");
+                if let ReplyTo::Gather(reply) = done.reply {
+                    let _ = reply.send(Ok(done.gathered));
+                }
+            }
+            rest = after;
+        }
+        drop(state);
+        if let Some(highest) = highest {
+            self.highest_sequence.fetch_max(highest, Ordering::AcqRel);
+        }
+        Ok(())
     }
-}
 
-/// The results of one enqueued group, to be awaited.
-pub struct Ticket {
-    result: oneshot::Receiver<Result<Vec<ReplyFrame>, SubmitError>>,
-    _outstanding: Outstanding,
-    highest_sequence: Arc<AtomicU64>,
-}
-
-impl Ticket {
-    /// Waits for the group's results.
-    pub async fn results(self) -> Result<Vec<ReplyFrame>, SubmitError> {
-        let outcome = self.result.await.unwrap_or(Err(SubmitError::Unavailable));
-        if let Ok(results) = &outcome {
-            let highest =
-                results.iter().filter_map(|r| ledgerbus_sequencer::core::read_reply(r)).map(|r| r.1).max();
-            if let Some(highest) = highest {
-                self.highest_sequence.fetch_max(highest, Ordering::AcqRel);
+    /// The connection is gone: fail everything waiting and refuse new submissions.
+    fn disconnect(&self) {
+        let mut state = self.link.lock();
+        state.stream = None;
+        state.out.clear();
+        for waiting in state.waiting.drain(..) {
+            self.outstanding.fetch_sub(waiting.remaining, Ordering::AcqRel);
+            match waiting.reply {
+                ReplyTo::Gather(reply) => {
+                    let _ = reply.send(Err(SubmitError::Unavailable));
+                }
+                ReplyTo::Sink(sink) => sink.lost(waiting.remaining),
             }
         }
-        outcome
     }
 }
 
-async fn run_link(
-    sequencer: SocketAddr,
-    secret: Vec<u8>,
-    gateway_id: u32,
-    mut submissions: mpsc::Receiver<Submission>,
-    link: Upstream,
-) {
+async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link: Upstream) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match connect(sequencer, &secret, gateway_id).await {
@@ -165,26 +233,56 @@ async fn run_link(
                 tracing::info!(%sequencer, session = format_args!("{:#018x}", welcome.session_id.get()),
                     next_sequence = welcome.next_sequence.get(), "connected to the sequencer");
                 backoff = Duration::from_millis(50);
+                let stream = Arc::new(stream);
+                link.link.lock().stream = Some(Arc::clone(&stream));
                 link.session.store(welcome.session_id.get(), Ordering::Release);
                 link.connected.store(true, Ordering::Release);
-                let reason = serve(stream, &mut submissions).await;
+                let reason = serve(&link, &stream).await;
                 link.connected.store(false, Ordering::Release);
+                link.disconnect();
                 tracing::warn!(%sequencer, %reason, "lost the sequencer; reconnecting");
             }
             Err(error) => {
                 tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "cannot reach the sequencer");
             }
         }
-        // While disconnected, fail what arrives instead of queueing it.
-        let deadline = tokio::time::Instant::now() + backoff;
-        while let Ok(Some(submission)) = tokio::time::timeout_at(deadline, submissions.recv()).await {
-            let _ = submission.reply.send(Err(SubmitError::Unavailable));
-        }
-        if submissions.is_closed() {
-            return;
-        }
+        // While disconnected, submissions fail at once (`stream` is None).
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Reads results and drains queued bytes until the connection fails.
+async fn serve(link: &Upstream, stream: &TcpStream) -> String {
+    let reading = async {
+        let mut incoming = Incoming::with_capacity(1 << 20);
+        let mut touched: Vec<Arc<dyn ResultSink>> = Vec::new();
+        loop {
+            stream.readable().await.map_err(|e| e.to_string())?;
+            match incoming.fill(stream).map_err(|e| e.to_string())? {
+                Filled::Closed => return Err("connection closed by the sequencer".to_string()),
+                Filled::Nothing => continue,
+                Filled::Bytes => {}
+            }
+            let (length, _) = whole_frames(incoming.bytes()).map_err(|e| format!("malformed result: {e}"))?;
+            link.deliver(&incoming.bytes()[..length], &mut touched)?;
+            incoming.consume(length);
+            for sink in touched.drain(..) {
+                sink.flush();
+            }
+        }
+    };
+    let draining = async {
+        loop {
+            link.link.backlog.notified().await;
+            drain(stream, || link.link.lock().out.flush(stream)).await.map_err(|e| e.to_string())?;
+        }
+    };
+    let outcome: Result<(), String> = tokio::select! {
+        outcome = reading => outcome,
+        outcome = draining => outcome,
+    };
+    outcome.err().unwrap_or_default()
 }
 
 async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> std::io::Result<()> {
@@ -226,78 +324,4 @@ async fn connect(
     })?;
     let (welcome, _) = decode::<Welcome>(&buf).map_err(|_| invalid("expected welcome"))?;
     Ok((stream, welcome.to_block()))
-}
-
-/// Moves submissions to the sequencer and results back until the connection fails.
-async fn serve(stream: TcpStream, submissions: &mut mpsc::Receiver<Submission>) -> String {
-    let (read_half, write_half) = stream.into_split();
-    let waiting: Arc<Mutex<VecDeque<Waiting>>> = Arc::new(Mutex::new(VecDeque::new()));
-    let failed = Arc::new(Notify::new());
-    let reader_waiting = Arc::clone(&waiting);
-    let reader_failed = Arc::clone(&failed);
-    let reader = tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(1 << 20, read_half);
-        let mut buf = Vec::with_capacity(REPLY_FRAME_SIZE);
-        let reason = loop {
-            if let Err(error) = read_frame(&mut reader, &mut buf).await {
-                break error.to_string();
-            }
-            let Ok(frame) = <ReplyFrame>::try_from(buf.as_slice()) else {
-                break "unexpected reply size".into();
-            };
-            let mut queue = reader_waiting.lock().expect("waiting queue lock");
-            let Some(front) = queue.front_mut() else { break "a result nobody asked for".into() };
-            front.results.push(frame);
-            front.remaining -= 1;
-            if front.remaining == 0 {
-                let done = queue.pop_front().expect("front exists");
-                let _ = done.reply.send(Ok(done.results));
-            }
-        };
-        reader_failed.notify_one();
-        reason
-    });
-    let mut writer = BufWriter::with_capacity(1 << 20, write_half);
-    let reason = loop {
-        let submission = tokio::select! {
-            submission = submissions.recv() => submission,
-            _ = failed.notified() => break "connection closed by the sequencer".to_string(),
-        };
-        let Some(first) = submission else { break "gateway shutting down".into() };
-        // Batch whatever else is ready into the same write.
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match submissions.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut failed_write = None;
-        for submission in batch {
-            {
-                let mut queue = waiting.lock().expect("waiting queue lock");
-                queue.push_back(Waiting {
-                    remaining: submission.count,
-                    results: Vec::with_capacity(submission.count),
-                    reply: submission.reply,
-                });
-            }
-            if let Err(error) = writer.write_all(&submission.frames).await {
-                failed_write = Some(error.to_string());
-                break;
-            }
-        }
-        if let Some(reason) = failed_write {
-            break reason;
-        }
-        if let Err(error) = writer.flush().await {
-            break error.to_string();
-        }
-    };
-    reader.abort();
-    let mut queue = waiting.lock().expect("waiting queue lock");
-    for waiting in queue.drain(..) {
-        let _ = waiting.reply.send(Err(SubmitError::Unavailable));
-    }
-    reason
 }

@@ -293,8 +293,21 @@ pub async fn run(
             Some(rate) => {
                 let per_connection = (rate as f64 / f64::from(options.connections)).max(1e-9);
                 let interval = Duration::from_secs_f64(f64::from(batch) / per_connection);
-                Box::pin(open_loop(sender, workload, batch, interval, deadline, counters, histogram))
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+                let schedule = Schedule { interval, deadline };
+                match &*sender {
+                    Sender::Tcp(client) => Box::pin(open_loop_tcp(
+                        client.clone(),
+                        workload,
+                        batch,
+                        schedule,
+                        counters,
+                        histogram,
+                    ))
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+                    Sender::Http { .. } => {
+                        Box::pin(open_loop(sender, workload, batch, schedule, counters, histogram))
+                    }
+                }
             }
             None => Box::pin(closed_loop(sender, workload, batch, deadline, counters, histogram)),
         }));
@@ -365,25 +378,78 @@ async fn closed_loop(
     }
 }
 
+/// When an open-loop connection sends.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    interval: Duration,
+    deadline: Instant,
+}
+
 /// Paces one connection's requests from a dedicated OS thread: `std::thread::sleep`
 /// wakes within tens of microseconds, where the async timer ticks by the millisecond
 /// and would add up to a millisecond of the generator's own lateness to every request.
-fn pacer(interval: Duration, deadline: Instant, ticks: tokio::sync::mpsc::UnboundedSender<Instant>) {
+/// Calls `due` with each intended send time until the deadline or until it says stop.
+fn pace(schedule: Schedule, mut due: impl FnMut(Instant) -> bool) {
+    // Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by
+    // default) to batch wake-ups; every µs of that would count as request latency.
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
     let start = Instant::now();
     let mut k: u32 = 0;
     loop {
-        let intended = start + interval * k;
-        if intended >= deadline {
+        let intended = start + schedule.interval * k;
+        if intended >= schedule.deadline {
             return;
         }
         let now = Instant::now();
         if intended > now {
             std::thread::sleep(intended - now);
         }
-        if ticks.send(intended).is_err() {
+        if !due(intended) {
             return;
         }
         k += 1;
+    }
+}
+
+/// The TCP open loop: the pacing thread writes each request to the socket itself
+/// (`Client::send`), so the generator adds no task hand-off before the request
+/// leaves; a task collects the outcomes in order.
+async fn open_loop_tcp(
+    client: Client,
+    mut workload: Workload,
+    batch: u32,
+    schedule: Schedule,
+    counters: Arc<Counters>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+) {
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let pacer_thread = std::thread::spawn(move || {
+        pace(schedule, |intended| {
+            let commands: Vec<Command> = workload.batch(batch).into_iter().map(Command::Transfer).collect();
+            let pending = client.send(&commands).map_err(|_| commands.len());
+            sent_tx.send((intended, pending)).is_ok()
+        })
+    });
+    let mut local = new_histogram();
+    while let Some((intended, pending)) = sent.recv().await {
+        let results: Vec<Option<ResultCode>> = match pending {
+            Ok(pending) => match pending.outcomes().await {
+                Ok(outcomes) => outcomes.iter().map(|o| Some(o.result)).collect(),
+                Err(_) => vec![None; batch as usize],
+            },
+            Err(count) => vec![None; count],
+        };
+        // Latency from when the request was due, not when it left.
+        let _ = local.record(intended.elapsed().as_micros().max(1) as u64);
+        count(&counters, results.into_iter());
+    }
+    let _ = pacer_thread.join();
+    if let Ok(mut shared) = histogram.lock() {
+        let _ = shared.add(&local);
     }
 }
 
@@ -391,13 +457,12 @@ async fn open_loop(
     sender: Arc<Sender>,
     mut workload: Workload,
     batch: u32,
-    interval: Duration,
-    deadline: Instant,
+    schedule: Schedule,
     counters: Arc<Counters>,
     histogram: Arc<Mutex<Histogram<u64>>>,
 ) {
     let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
-    let pacer_thread = std::thread::spawn(move || pacer(interval, deadline, tick_tx));
+    let pacer_thread = std::thread::spawn(move || pace(schedule, |intended| tick_tx.send(intended).is_ok()));
     let mut in_flight: tokio::task::JoinSet<(u64, Vec<Option<ResultCode>>)> = tokio::task::JoinSet::new();
     let mut local = new_histogram();
     while let Some(intended) = ticks.recv().await {

@@ -1,0 +1,160 @@
+//! Non-blocking reading and writing of SBE frames on the gateway's TCP connections.
+//!
+//! Every hand-off between tasks costs a wake-up (tens of microseconds in a VM), so
+//! the request path has none it can avoid: whoever has bytes to send writes them to
+//! the socket at once, under the lock that orders them ([`Outgoing::send`]), and only
+//! what the socket does not take is left for a flusher that waits for writability.
+//! Reading takes whatever the socket has ([`Incoming::fill`]) and hands over the
+//! whole frames in it, many per wake-up.
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use ledgerbus_codec::{DecodeError, MessageHeader};
+use tokio::net::TcpStream;
+
+/// Bytes on their way to a socket, in order: written directly while the socket keeps
+/// up, queued behind earlier bytes when it does not.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    backlog: BytesMut,
+}
+
+impl Outgoing {
+    /// Sends `bytes` after anything queued before them. Returns `true` when bytes are
+    /// left queued, so that somebody must [`drain`] once the socket is writable.
+    pub fn send(&mut self, stream: &TcpStream, bytes: &[u8]) -> io::Result<bool> {
+        if !self.backlog.is_empty() {
+            self.backlog.extend_from_slice(bytes);
+            return Ok(true);
+        }
+        let mut written = 0;
+        while written < bytes.len() {
+            match stream.try_write(&bytes[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.backlog.extend_from_slice(&bytes[written..]);
+        Ok(!self.backlog.is_empty())
+    }
+
+    /// Queues `bytes` without writing; one [`flush`](Self::flush) then writes many
+    /// queued pieces with one system call.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.backlog.extend_from_slice(bytes);
+    }
+
+    /// Writes what the socket takes now. Returns `true` when nothing is left.
+    pub fn flush(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        while !self.backlog.is_empty() {
+            match stream.try_write(&self.backlog) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.backlog.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn queued(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Forgets what was queued (the connection is gone).
+    pub fn clear(&mut self) {
+        self.backlog.clear();
+    }
+}
+
+/// Waits for writability and calls `flush` (which locks whatever owns the
+/// [`Outgoing`] and calls [`Outgoing::flush`]) until the backlog is gone.
+pub async fn drain(stream: &TcpStream, mut flush: impl FnMut() -> io::Result<bool>) -> io::Result<()> {
+    while !flush()? {
+        stream.writable().await?;
+    }
+    Ok(())
+}
+
+/// A receive buffer that yields whole frames.
+#[derive(Debug)]
+pub struct Incoming {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// What [`Incoming::fill`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// New bytes arrived.
+    Bytes,
+    /// Nothing to read yet (spurious readiness).
+    Nothing,
+    /// The peer closed the connection.
+    Closed,
+}
+
+impl Incoming {
+    /// A buffer of `capacity` bytes: the longest run of bytes that must be kept
+    /// together (a frame, or a linked chain) must fit in it.
+    pub fn with_capacity(capacity: usize) -> Incoming {
+        Incoming { buf: vec![0; capacity], start: 0, end: 0 }
+    }
+
+    /// Reads what the socket has now, after moving unconsumed bytes to the front.
+    pub fn fill(&mut self, stream: &TcpStream) -> io::Result<Filled> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a frame or group larger than the buffer",
+            ));
+        }
+        match stream.try_read(&mut self.buf[self.end..]) {
+            Ok(0) => Ok(Filled::Closed),
+            Ok(n) => {
+                self.end += n;
+                Ok(Filled::Bytes)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The bytes received and not consumed yet.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Marks the first `n` bytes of [`bytes`](Self::bytes) as handled.
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.end - self.start, "consuming more than received");
+        self.start += n;
+    }
+}
+
+/// Length of the longest prefix of `bytes` made of whole frames (by their headers),
+/// and how many frames it holds; an error if a header is not one of ours.
+pub fn whole_frames(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
+    let (mut offset, mut count) = (0, 0);
+    while offset < bytes.len() {
+        match MessageHeader::frame_size(&bytes[offset..]) {
+            Ok(size) if offset + size <= bytes.len() => {
+                offset += size;
+                count += 1;
+            }
+            Ok(_) | Err(DecodeError::Truncated { .. }) => break,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((offset, count))
+}
