@@ -37,6 +37,18 @@ impl Slots {
         Slots { ptr: block.cast::<Slot>(), len }
     }
 
+    /// Writes one byte per 4 KiB so that the kernel backs (and zeroes) every page
+    /// now, on the calling thread, instead of at a first touch on the hot path.
+    fn fault_in(&mut self) {
+        let bytes = self.len * core::mem::size_of::<Slot>();
+        let base = self.ptr.as_ptr().cast::<u8>();
+        for offset in (0..bytes).step_by(4096) {
+            // SAFETY: in bounds of our allocation; writing 0 over zeroed memory keeps
+            // every slot empty; nobody else sees these slots yet.
+            unsafe { base.add(offset).write_volatile(0) };
+        }
+    }
+
     fn layout(&self) -> Layout {
         Layout::array::<Slot>(self.len).expect("layout was valid at allocation")
     }
@@ -98,18 +110,132 @@ pub enum Probe {
 }
 
 /// An id → u64 map; see the module docs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct IdIndex {
     slots: Slots,
-    len: usize,
+    /// Ids in `slots` (not counting those still in `old`).
+    used: usize,
     mask: usize,
     seed: u64,
+    /// While growing: the previous table, moved over a few slots per insert.
+    old: Option<Old>,
+    /// The next, twice larger table, being faulted in on a helper thread.
+    next: Option<Prepared>,
+}
+
+impl Clone for IdIndex {
+    fn clone(&self) -> IdIndex {
+        // A table being prepared is not part of the contents.
+        IdIndex {
+            slots: self.slots.clone(),
+            used: self.used,
+            mask: self.mask,
+            seed: self.seed,
+            old: self.old.clone(),
+            next: None,
+        }
+    }
+}
+
+/// A table faulted in ahead of need. Even with the move spread over inserts, the
+/// new table's pages are touched at random and so nearly all at once, and a VM can
+/// take most of a second to back and zero a few hundred megabytes: that is done on
+/// a helper thread while the current table fills from half to 7/8.
+#[derive(Debug)]
+struct Prepared(std::thread::JoinHandle<Slots>);
+
+/// Tables at least this large are prepared ahead; smaller ones fault in quickly.
+const PREPARE_MIN_SLOTS: usize = 1 << 20;
+
+/// The table being emptied into a larger one. Growing all at once would stop the
+/// caller for as long as it takes to rehash every id and to have the kernel zero
+/// the new table's pages (seconds at tens of millions of ids in a VM), so the move
+/// is spread over the inserts that follow: [`IdIndex::reserve_one`] moves
+/// [`MIGRATE_STEP`] old slots each time, which empties the old table long before
+/// the new one can fill up.
+///
+/// The old table is never reordered: slots below `migrated` have been copied (a
+/// lookup ignores them, the copy is authoritative), slots from `migrated` on are
+/// still live unless their id is in `removed`.
+#[derive(Debug, Clone)]
+struct Old {
+    slots: Slots,
+    mask: usize,
+    migrated: usize,
+    /// Live ids of the old table's unmoved part.
+    live: usize,
+    /// Ids removed while still in the unmoved part. Removals only undo a linked
+    /// chain decided while the table grew, so this holds at most one chain's ids.
+    removed: Vec<u128>,
+}
+
+/// Old slots moved per insert while growing. The new table has twice the slots, so
+/// it grows again only after 7/8 × old-size more inserts; moving 4 per insert
+/// finishes after 1/4 × old-size inserts.
+const MIGRATE_STEP: usize = 4;
+
+/// Removals from the unmoved part tolerated before the move is finished at once (the
+/// ledger removes at most one chain's ids, `CHAIN_MAX`, in that window).
+const REMOVED_MAX: usize = 1024;
+
+/// Where a `Found` index points when the id is still in the old table: past the end
+/// of the new one.
+#[inline]
+fn old_index(new_len: usize, index: usize) -> usize {
+    new_len + index
 }
 
 #[inline]
 fn mix(a: u64, b: u64) -> u64 {
     let product = u128::from(a).wrapping_mul(u128::from(b));
     (product as u64) ^ ((product >> 64) as u64)
+}
+
+#[inline]
+fn split(id: u128) -> (u64, u64) {
+    (id as u64, (id >> 64) as u64)
+}
+
+#[inline]
+fn join(slot: &Slot) -> u128 {
+    u128::from(slot.lo) | (u128::from(slot.hi) << 64)
+}
+
+#[inline]
+fn is_empty_slot(slot: &Slot) -> bool {
+    slot.lo == 0 && slot.hi == 0
+}
+
+#[inline]
+fn home(seed: u64, mask: usize, lo: u64, hi: u64) -> usize {
+    (mix(lo ^ seed, hi ^ 0xA076_1D64_78BD_642F) as usize) & mask
+}
+
+/// Linear probe of one table.
+#[inline]
+fn probe(slots: &[Slot], mask: usize, seed: u64, lo: u64, hi: u64) -> Probe {
+    let mut index = home(seed, mask, lo, hi);
+    loop {
+        let slot = &slots[index];
+        if slot.lo == lo && slot.hi == hi {
+            return Probe::Found(index);
+        }
+        if is_empty_slot(slot) {
+            return Probe::Vacant(index);
+        }
+        index = (index + 1) & mask;
+    }
+}
+
+#[inline]
+fn prefetch_slot(slot: *const Slot) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; callers pass a pointer into a live slot array.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(slot.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
 }
 
 impl IdIndex {
@@ -126,68 +252,62 @@ impl IdIndex {
                 .map_or(0, |d| d.as_nanos() as u64);
             mix(stack ^ 0x9E37_79B9_7F4A_7C15, time | 1)
         };
-        IdIndex { slots, len: 0, mask: slots_len - 1, seed }
+        IdIndex { slots, used: 0, mask: slots_len - 1, seed, old: None, next: None }
     }
 
     /// Ids stored.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.used + self.old.as_ref().map_or(0, |old| old.live)
     }
 
     /// Whether empty.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Bytes allocated.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * core::mem::size_of::<Slot>()
-    }
-
-    #[inline]
-    fn home(&self, lo: u64, hi: u64) -> usize {
-        (mix(lo ^ self.seed, hi ^ 0xA076_1D64_78BD_642F) as usize) & self.mask
+        let old = self.old.as_ref().map_or(0, |old| old.slots.len());
+        (self.slots.len() + old) * core::mem::size_of::<Slot>()
     }
 
     /// Hints the CPU to fetch the slot `id` hashes to; a later `find` then hits cache.
     #[inline]
     pub fn prefetch(&self, id: u128) {
-        let index = self.home(id as u64, (id >> 64) as u64);
-        let slot = &self.slots[index] as *const Slot;
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: prefetching is a hint; the pointer is in bounds of `slots`.
-        unsafe {
-            core::arch::x86_64::_mm_prefetch(slot.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0);
+        let (lo, hi) = split(id);
+        prefetch_slot(&self.slots[home(self.seed, self.mask, lo, hi)]);
+        if let Some(old) = &self.old {
+            prefetch_slot(&old.slots[home(self.seed, old.mask, lo, hi)]);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
     }
 
     /// Looks `id` up (id must not be 0).
     #[inline]
     pub fn find(&self, id: u128) -> Probe {
         debug_assert!(id != 0);
-        let (lo, hi) = (id as u64, (id >> 64) as u64);
-        let mut index = self.home(lo, hi);
-        loop {
-            let slot = &self.slots[index];
-            if slot.lo == lo && slot.hi == hi {
-                return Probe::Found(index);
+        let (lo, hi) = split(id);
+        let vacant = match probe(&self.slots, self.mask, self.seed, lo, hi) {
+            found @ Probe::Found(_) => return found,
+            Probe::Vacant(index) => index,
+        };
+        if let Some(old) = &self.old {
+            if let Probe::Found(index) = probe(&old.slots, old.mask, self.seed, lo, hi) {
+                // Below `migrated` the copy in the new table decides (and it is absent).
+                if index >= old.migrated && !old.removed.contains(&id) {
+                    return Probe::Found(old_index(self.slots.len(), index));
+                }
             }
-            if slot.lo == 0 && slot.hi == 0 {
-                return Probe::Vacant(index);
-            }
-            index = (index + 1) & self.mask;
         }
+        Probe::Vacant(vacant)
     }
 
     /// The value stored for `id`.
     #[inline]
     pub fn get(&self, id: u128) -> Option<u64> {
         match self.find(id) {
-            Probe::Found(index) => Some(self.slots[index].value),
+            Probe::Found(index) => Some(self.value_at(index)),
             Probe::Vacant(_) => None,
         }
     }
@@ -195,16 +315,40 @@ impl IdIndex {
     /// The value at a slot `find` returned as `Found`.
     #[inline]
     pub fn value_at(&self, index: usize) -> u64 {
-        self.slots[index].value
+        match index.checked_sub(self.slots.len()) {
+            None => self.slots[index].value,
+            Some(old) => self.old.as_ref().expect("an old-table index while growing").slots[old].value,
+        }
     }
 
     /// Makes room for one more id; call before `find` when you may insert after it,
-    /// since growing moves every slot.
+    /// since this moves slots.
     #[inline]
     pub fn reserve_one(&mut self) {
-        if (self.len + 1) * LOAD_DENOMINATOR > self.slots.len() * LOAD_NUMERATOR {
-            self.grow();
+        if self.old.is_some() {
+            self.migrate(MIGRATE_STEP);
         }
+        if (self.used + 1) * LOAD_DENOMINATOR > self.slots.len() * LOAD_NUMERATOR {
+            self.grow();
+        } else if self.next.is_none()
+            && self.slots.len() >= PREPARE_MIN_SLOTS
+            && self.used * 2 * LOAD_DENOMINATOR > self.slots.len() * LOAD_NUMERATOR
+        {
+            self.prepare_next();
+        }
+    }
+
+    /// Starts faulting in the next table on a helper thread.
+    #[cold]
+    fn prepare_next(&mut self) {
+        let len = self.slots.len() * 2;
+        let spawned = std::thread::Builder::new().name("index-prepare".into()).spawn(move || {
+            let mut slots = Slots::zeroed(len);
+            slots.fault_in();
+            slots
+        });
+        // Without a thread the table is made when needed, as small ones are.
+        self.next = spawned.ok().map(Prepared);
     }
 
     /// Stores `id` at the slot `find` returned as `Vacant` (no insert in between).
@@ -212,17 +356,21 @@ impl IdIndex {
     pub fn insert_at(&mut self, index: usize, id: u128, value: u64) {
         assert!(id != 0, "id 0 marks empty slots");
         let slot = &mut self.slots[index];
-        assert!(slot.lo == 0 && slot.hi == 0, "insert_at needs a vacant slot");
-        *slot = Slot { lo: id as u64, hi: (id >> 64) as u64, value };
-        self.len += 1;
-        assert!(self.len < self.slots.len());
+        assert!(is_empty_slot(slot), "insert_at needs a vacant slot");
+        let (lo, hi) = split(id);
+        *slot = Slot { lo, hi, value };
+        self.used += 1;
+        assert!(self.used < self.slots.len());
     }
 
     /// Stores or replaces `id`.
     pub fn insert(&mut self, id: u128, value: u64) {
         self.reserve_one();
         match self.find(id) {
-            Probe::Found(index) => self.slots[index].value = value,
+            Probe::Found(index) => match index.checked_sub(self.slots.len()) {
+                None => self.slots[index].value = value,
+                Some(old) => self.old.as_mut().expect("growing").slots[old].value = value,
+            },
             Probe::Vacant(index) => self.insert_at(index, id, value),
         }
     }
@@ -231,14 +379,25 @@ impl IdIndex {
     /// never stop early at the hole (backward-shift deletion).
     pub fn remove(&mut self, id: u128) -> Option<u64> {
         let Probe::Found(mut hole) = self.find(id) else { return None };
+        if let Some(old_slot) = hole.checked_sub(self.slots.len()) {
+            let old = self.old.as_mut().expect("growing");
+            old.removed.push(id);
+            old.live -= 1;
+            let value = old.slots[old_slot].value;
+            if old.removed.len() > REMOVED_MAX {
+                // Lookups scan `removed`; keep it short by finishing the move.
+                self.migrate(usize::MAX);
+            }
+            return Some(value);
+        }
         let value = self.slots[hole].value;
         let mut next = (hole + 1) & self.mask;
         loop {
             let slot = self.slots[next];
-            if slot.lo == 0 && slot.hi == 0 {
+            if is_empty_slot(&slot) {
                 break;
             }
-            let home = self.home(slot.lo, slot.hi);
+            let home = home(self.seed, self.mask, slot.lo, slot.hi);
             // Move `next` into the hole unless its home lies cyclically in (hole, next].
             let distance_to_next = next.wrapping_sub(home) & self.mask;
             let distance_to_hole = hole.wrapping_sub(home) & self.mask;
@@ -249,21 +408,51 @@ impl IdIndex {
             next = (next + 1) & self.mask;
         }
         self.slots[hole] = Slot::default();
-        self.len -= 1;
+        self.used -= 1;
         Some(value)
     }
 
+    /// Starts moving into a table twice the size (finishing any earlier move first,
+    /// which the step rate makes unnecessary in practice).
     fn grow(&mut self) {
-        let mut bigger = IdIndex::with_capacity((self.slots.len() * 2) * LOAD_NUMERATOR / LOAD_DENOMINATOR);
-        bigger.seed = self.seed;
-        for slot in self.slots.iter().filter(|s| s.lo != 0 || s.hi != 0) {
-            let id = u128::from(slot.lo) | (u128::from(slot.hi) << 64);
-            match bigger.find(id) {
-                Probe::Vacant(index) => bigger.insert_at(index, id, slot.value),
-                Probe::Found(_) => unreachable!("ids are unique"),
-            }
+        if let Some(old) = &self.old {
+            self.migrate(old.slots.len());
         }
-        *self = bigger;
+        let len = self.slots.len() * 2;
+        let bigger = match self.next.take().map(|prepared| prepared.0.join()) {
+            Some(Ok(prepared)) if prepared.len == len => prepared,
+            _ => Slots::zeroed(len),
+        };
+        let mask = bigger.len() - 1;
+        let slots = std::mem::replace(&mut self.slots, bigger);
+        let old_mask = std::mem::replace(&mut self.mask, mask);
+        let live = std::mem::replace(&mut self.used, 0);
+        self.old = Some(Old { slots, mask: old_mask, migrated: 0, live, removed: Vec::new() });
+    }
+
+    /// Moves up to `count` old slots into the new table.
+    fn migrate(&mut self, count: usize) {
+        let Some(mut old) = self.old.take() else { return };
+        let end = old.migrated.saturating_add(count).min(old.slots.len());
+        for index in old.migrated..end {
+            let slot = old.slots[index];
+            if is_empty_slot(&slot) || (!old.removed.is_empty() && old.removed.contains(&join(&slot))) {
+                continue;
+            }
+            // Never in the new table too: an id found in the old one is updated there.
+            match probe(&self.slots, self.mask, self.seed, slot.lo, slot.hi) {
+                Probe::Vacant(at) => self.slots[at] = slot,
+                Probe::Found(_) => unreachable!("an id lives in one table"),
+            }
+            self.used += 1;
+            old.live -= 1;
+        }
+        old.migrated = end;
+        if end < old.slots.len() {
+            self.old = Some(old);
+        } else {
+            debug_assert_eq!(old.live, 0, "every live old id moved");
+        }
     }
 
     /// Inserts ids that must be new, prefetching a few ahead (recovery). Returns the
@@ -285,10 +474,13 @@ impl IdIndex {
 
     /// Every (id, value), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
-        self.slots
-            .iter()
-            .filter(|s| s.lo != 0 || s.hi != 0)
-            .map(|s| (u128::from(s.lo) | (u128::from(s.hi) << 64), s.value))
+        let old = self.old.iter().flat_map(|old| {
+            old.slots[old.migrated..]
+                .iter()
+                .filter(|s| !is_empty_slot(s) && !old.removed.contains(&join(s)))
+                .map(|s| (join(s), s.value))
+        });
+        self.slots.iter().filter(|s| !is_empty_slot(s)).map(|s| (join(s), s.value)).chain(old)
     }
 }
 
@@ -315,10 +507,80 @@ mod tests {
                 model.insert(id, step);
             }
             assert_eq!(index.len(), model.len());
+            let probe = u128::from(state.rotate_left(29) % 3_000) + 1 + (u128::from(state % 3) << 64);
+            assert_eq!(index.get(probe), model.get(&probe).copied(), "step {step}");
+            if step % 5_000 == 0 {
+                let mut listed: Vec<(u128, u64)> = index.iter().collect();
+                listed.sort_unstable();
+                let mut expected: Vec<(u128, u64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                expected.sort_unstable();
+                assert_eq!(listed, expected, "step {step}");
+            }
         }
         for (id, value) in &model {
             assert_eq!(index.get(*id), Some(*value));
         }
         assert_eq!(index.iter().count(), model.len());
+    }
+
+    /// Growing moves ids over later inserts; meanwhile every id stays findable,
+    /// removable (as a linked chain's undo does) and insertable again.
+    #[test]
+    fn growing_moves_ids_gradually_without_losing_any() {
+        let mut index = IdIndex::with_capacity(1_000);
+        let slots = index.slots.len();
+        let mut next = 1u128;
+        while index.old.is_none() {
+            index.insert(next, next as u64 * 10);
+            next += 1;
+        }
+        assert_eq!(index.slots.len(), slots * 2, "grew by doubling");
+        let old = index.old.as_ref().unwrap();
+        assert!(old.migrated < old.slots.len(), "the move is spread over later inserts");
+        // A chain of ids inserted before the growth is undone while they are unmoved.
+        let chain: Vec<u128> = (1..next).rev().take(5).collect();
+        for &id in &chain {
+            assert_eq!(index.remove(id), Some(id as u64 * 10));
+            assert_eq!(index.get(id), None);
+        }
+        // One comes back with another value.
+        index.insert(chain[0], 7);
+        while index.old.is_some() {
+            index.insert(next, next as u64 * 10);
+            next += 1;
+        }
+        for id in 1..next {
+            let expected = if id == chain[0] {
+                Some(7)
+            } else if chain.contains(&id) {
+                None
+            } else {
+                Some(id as u64 * 10)
+            };
+            assert_eq!(index.get(id), expected, "id {id}");
+        }
+        assert_eq!(index.len(), (next - 1) as usize - chain.len() + 1);
+        assert_eq!(index.iter().count(), index.len());
+    }
+
+    /// Past a million slots the next table is faulted in on a helper thread; growing
+    /// into it keeps every id.
+    #[test]
+    fn large_tables_grow_into_a_prepared_table() {
+        let mut index = IdIndex::with_capacity(PREPARE_MIN_SLOTS * 7 / 8 - 1);
+        assert_eq!(index.slots.len(), PREPARE_MIN_SLOTS);
+        let count = PREPARE_MIN_SLOTS as u128; // past 7/8: one growth
+        let mut prepared = false;
+        for id in 1..=count {
+            index.insert(id, id as u64);
+            prepared |= index.next.is_some();
+        }
+        assert!(prepared, "the next table was prepared ahead");
+        assert_eq!(index.slots.len(), PREPARE_MIN_SLOTS * 2);
+        assert_eq!(index.len(), count as usize);
+        for id in (1..=count).step_by(97) {
+            assert_eq!(index.get(id), Some(id as u64));
+        }
+        assert_eq!(index.get(count + 1), None);
     }
 }
