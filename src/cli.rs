@@ -246,6 +246,13 @@ pub struct SequencerArgs {
     #[arg(long, env = "LEDGERBUS_SEQUENCER_SECRET", hide_env_values = true, value_name = "SECRET")]
     pub secret: Option<String>,
 
+    /// Transfer ids the idempotency index holds before it grows (the memory
+    /// consumer's id index too). Its memory, about 24–48 bytes per id, is allocated
+    /// and faulted in at start, so that filling it never stalls the hot path; beyond
+    /// it the index still grows, without a pause but at a cost while it moves.
+    #[arg(long, env = "LEDGERBUS_TRANSFER_CAPACITY", default_value_t = 1 << 20, value_name = "IDS")]
+    pub transfer_capacity: usize,
+
     #[command(flatten)]
     pub transport: TransportArgs,
 }
@@ -331,6 +338,13 @@ pub struct ConsumerArgs {
     /// Disk consumer: when a persisted event counts as durable.
     #[arg(long, env = "LEDGERBUS_DURABILITY", default_value = "fsync", value_name = "MODE")]
     pub durability: Durability,
+
+    /// Transfer ids the memory consumer's id index holds before it grows
+    /// (as the sequencer's). Its memory, about 24–48 bytes per id, is allocated
+    /// and faulted in at start, so that filling it never stalls the hot path; beyond
+    /// it the index still grows, without a pause but at a cost while it moves.
+    #[arg(long, env = "LEDGERBUS_TRANSFER_CAPACITY", default_value_t = 1 << 20, value_name = "IDS")]
+    pub transfer_capacity: usize,
 
     /// Disk consumer: events between ledger snapshots.
     #[arg(long, env = "LEDGERBUS_SNAPSHOT_EVERY", default_value_t = 1_000_000, value_name = "EVENTS")]
@@ -444,6 +458,11 @@ pub struct BenchE2eArgs {
     /// With --spawn: durability of the sequencer and disk consumer.
     #[arg(long, default_value = "fsync", value_name = "MODE")]
     pub durability: Durability,
+    /// With --spawn: transfer ids the sequencer's and the memory consumer's indexes
+    /// are sized for (see `sequencer --transfer-capacity`). Default: enough for the
+    /// run, 1.25 × duration × rate (2,000,000/s for `max`), at least 1,048,576.
+    #[arg(long, value_name = "IDS")]
+    pub transfer_capacity: Option<usize>,
     /// tcp or http.
     #[arg(long, default_value = "tcp", value_name = "PROTO")]
     pub protocol: BenchProtocol,

@@ -66,13 +66,14 @@ impl Sink for MemorySink {
 }
 
 /// Runs the memory consumer: the query API on `http` and the follower on this thread,
-/// until `stop` is set.
+/// until `stop` is set. The transfer-id index is sized for `transfer_capacity` ids.
 pub fn run(
     config: FollowConfig,
+    transfer_capacity: usize,
     http: std::net::TcpListener,
     stop: Arc<AtomicBool>,
 ) -> Result<(), FollowError> {
-    let model = Arc::new(RwLock::new(ReadModel::new()));
+    let model = Arc::new(RwLock::new(ReadModel::with_capacity(transfer_capacity)));
     let progress = Arc::new(Progress::default());
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let shared = Shared { model: Arc::clone(&model), progress: Arc::clone(&progress), applied: applied_rx };

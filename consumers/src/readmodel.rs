@@ -74,11 +74,19 @@ impl Default for ReadModel {
 impl ReadModel {
     /// An empty model, before event 1.
     pub fn new() -> ReadModel {
+        ReadModel::with_capacity(CHUNK_LEN)
+    }
+
+    /// An empty model whose id index holds `transfers` ids before it grows; its
+    /// memory is faulted in now, so that applying never waits for it.
+    pub fn with_capacity(transfers: usize) -> ReadModel {
+        let by_id = IdIndex::with_capacity(transfers);
+        by_id.populate();
         ReadModel {
             core: SequencerCore::new(Ledger::new()),
             chunks: Vec::new(),
             len: 0,
-            by_id: IdIndex::with_capacity(CHUNK_LEN),
+            by_id,
             history: HashMap::new(),
         }
     }

@@ -101,8 +101,9 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     let memory_addr = memory_http.local_addr().unwrap();
     let memory_config = follow_config(memory_udp, &sequencer, 1);
     let memory_stop = Arc::clone(&stop);
-    let memory =
-        std::thread::spawn(move || ledgerbus_consumers::memory::run(memory_config, memory_http, memory_stop));
+    let memory = std::thread::spawn(move || {
+        ledgerbus_consumers::memory::run(memory_config, 1 << 16, memory_http, memory_stop)
+    });
 
     let disk_http = TcpListener::bind("127.0.0.1:0").unwrap();
     let disk_addr = disk_http.local_addr().unwrap();
@@ -150,8 +151,9 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     let late_addr = late_http.local_addr().unwrap();
     let late_config = follow_config(late_udp, &sequencer, 3);
     let late_stop = Arc::clone(&stop);
-    let late =
-        std::thread::spawn(move || ledgerbus_consumers::memory::run(late_config, late_http, late_stop));
+    let late = std::thread::spawn(move || {
+        ledgerbus_consumers::memory::run(late_config, 1 << 16, late_http, late_stop)
+    });
     wait_for(late_addr, head);
     send_transfers(&mut client, 200_000, 1_000);
     let sequencer_status = wait_for(metrics, head + 1_000);

@@ -37,14 +37,33 @@ impl Slots {
         Slots { ptr: block.cast::<Slot>(), len }
     }
 
-    /// Writes one byte per 4 KiB so that the kernel backs (and zeroes) every page
-    /// now, on the calling thread, instead of at a first touch on the hot path.
+    /// Has the kernel back (and zero) every page now, on the calling thread, instead
+    /// of at a first touch on the hot path. Contents do not change, so this is safe
+    /// while the table is in use. Returns false where the kernel cannot do it
+    /// (before Linux 5.14, or a table small enough to live in the heap).
+    fn populate(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            let bytes = self.len * core::mem::size_of::<Slot>();
+            // SAFETY: MADV_POPULATE_WRITE only faults pages in; it never changes data.
+            let result = unsafe { libc::madvise(self.ptr.as_ptr().cast(), bytes, libc::MADV_POPULATE_WRITE) };
+            result == 0
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// [`populate`](Self::populate), or writing a zero byte per page where that is
+    /// not available; needs exclusive access for the fallback.
     fn fault_in(&mut self) {
+        if self.populate() {
+            return;
+        }
         let bytes = self.len * core::mem::size_of::<Slot>();
         let base = self.ptr.as_ptr().cast::<u8>();
         for offset in (0..bytes).step_by(4096) {
             // SAFETY: in bounds of our allocation; writing 0 over zeroed memory keeps
-            // every slot empty; nobody else sees these slots yet.
+            // every slot empty; `&mut self` means nobody else touches it.
             unsafe { base.add(offset).write_volatile(0) };
         }
     }
@@ -253,6 +272,17 @@ impl IdIndex {
             mix(stack ^ 0x9E37_79B9_7F4A_7C15, time | 1)
         };
         IdIndex { slots, used: 0, mask: slots_len - 1, seed, old: None, next: None }
+    }
+
+    /// Has the kernel back the whole table now, so that inserts up to the capacity
+    /// never wait for a page to be zeroed (best effort; a no-op where unsupported).
+    pub fn populate(&self) {
+        self.slots.populate();
+    }
+
+    /// Ids the table holds before it grows.
+    pub fn capacity(&self) -> usize {
+        self.slots.len() * LOAD_NUMERATOR / LOAD_DENOMINATOR
     }
 
     /// Ids stored.

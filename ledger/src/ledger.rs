@@ -99,6 +99,17 @@ impl Ledger {
         }
     }
 
+    /// Has the kernel back the transfer-id index's memory now (see
+    /// [`IdIndex::populate`]); call at start, before deciding.
+    pub fn populate_transfer_index(&self) {
+        self.transfers.populate();
+    }
+
+    /// Transfer ids the index holds before it grows.
+    pub fn transfer_capacity(&self) -> usize {
+        self.transfers.capacity()
+    }
+
     /// The account with `id`.
     pub fn account(&self, id: u128) -> Option<&Account> {
         self.accounts.get(&key(id))

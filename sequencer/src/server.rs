@@ -58,7 +58,13 @@ pub struct SequencerConfig {
     pub segment_size_max: u64,
     /// Most events decided per group commit.
     pub batch_events_max: usize,
+    /// Transfer ids the idempotency index holds before it grows; its memory is
+    /// allocated and faulted in at start.
+    pub transfer_capacity: usize,
 }
+
+/// Default [`SequencerConfig::transfer_capacity`]: about 48 MiB.
+pub const TRANSFER_CAPACITY_DEFAULT: usize = 1 << 20;
 
 impl SequencerConfig {
     /// A configuration with every default for `data_dir`, listening on ephemeral
@@ -82,6 +88,7 @@ impl SequencerConfig {
             secret: secret.to_vec(),
             segment_size_max: 256 << 20,
             batch_events_max: 65_536,
+            transfer_capacity: TRANSFER_CAPACITY_DEFAULT,
         }
     }
 }
@@ -183,7 +190,17 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         .map(|meta| meta.len())
         .sum();
     let expected_events = (journal_bytes / 100) as usize;
-    let ledger = Ledger::with_capacity(1_024, expected_events + expected_events / 4 + 1_024);
+    let transfers = config.transfer_capacity.max(expected_events + expected_events / 4 + 1_024);
+    let ledger = Ledger::with_capacity(1_024, transfers);
+    // Back the index now: faulting its pages in later would stall deciding (a VM
+    // can take most of a second per few hundred megabytes).
+    ledger.populate_transfer_index();
+    tracing::info!(
+        transfer_capacity = ledger.transfer_capacity(),
+        mib = ledger.memory_bytes() >> 20,
+        ms = started.elapsed().as_millis() as u64,
+        "transfer index allocated"
+    );
     let mut core = SequencerCore::new(ledger);
     let new_session = auth::random_u64().map_err(io_err("random session id"))?;
     let (journal, recovered) = crate::recovery::recover(

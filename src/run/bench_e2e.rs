@@ -11,10 +11,25 @@ use crate::cli::{BenchE2eArgs, BenchProtocol};
 
 /// Runs the load generator, against `--gateway` or a system it spawns.
 pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
+    let rate = if args.rate == "max" { None } else { Some(args.rate.parse::<u64>().context("--rate")?) };
     let system = if args.spawn {
-        eprintln!("starting the whole system on 127.0.0.1 (--durability {:?})", args.durability);
+        // Size the indexes for the run, as an operator sizes them for the load: a
+        // table that grows mid-run competes with deciding for memory bandwidth.
+        let expected = rate.unwrap_or(2_000_000) as f64 * args.duration * 1.25;
+        let capacity = args.transfer_capacity.unwrap_or((expected as usize).max(1 << 20));
+        eprintln!(
+            "starting the whole system on 127.0.0.1 (--durability {:?}, --transfer-capacity {capacity})",
+            args.durability
+        );
         let local = "127.0.0.1:0".parse().expect("valid address");
-        Some(super::demo::System::start(args.durability, None, local, local, args.api_key.clone())?)
+        Some(super::demo::System::start(
+            args.durability,
+            None,
+            local,
+            local,
+            args.api_key.clone(),
+            Some(capacity),
+        )?)
     } else {
         None
     };
@@ -30,7 +45,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
             BenchProtocol::Tcp => Protocol::Tcp,
             BenchProtocol::Http => Protocol::Http,
         },
-        rate: if args.rate == "max" { None } else { Some(args.rate.parse()?) },
+        rate,
         duration: Duration::from_secs_f64(args.duration),
         connections: args.connections,
         batch: args.batch,

@@ -34,7 +34,7 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
     tracing::info!(kind = ?args.kind, http = %http.local_addr()?, listen = %args.listen, "consumer starting");
     let config = follow_config(args);
     let result = match args.kind {
-        ConsumerKind::Memory => ledgerbus_consumers::memory::run(config, http, stop),
+        ConsumerKind::Memory => ledgerbus_consumers::memory::run(config, args.transfer_capacity, http, stop),
         ConsumerKind::Disk => {
             let disk = DiskConfig {
                 data_dir: args.data_dir.clone(),

@@ -117,8 +117,11 @@ fn start_all(
     a: &Addresses,
     secret: &str,
     key: &str,
+    transfer_capacity: Option<usize>,
 ) -> anyhow::Result<Vec<Service>> {
     let durability = s(format!("{durability:?}").to_lowercase());
+    let capacity: Vec<String> =
+        transfer_capacity.map(|ids| vec![s("--transfer-capacity"), s(ids)]).unwrap_or_default();
     let sequencer = spawn(
         "sequencer",
         &[
@@ -137,7 +140,10 @@ fn start_all(
             format!("{},{}", a.memory_udp, a.disk_udp),
             s("--durability"),
             durability.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(capacity.iter().cloned())
+        .collect::<Vec<_>>(),
         secret,
         key,
     )?;
@@ -161,7 +167,10 @@ fn start_all(
                 s(data.join("disk-consumer").display()),
                 s("--durability"),
                 durability.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(if kind == "memory consumer" { capacity.clone() } else { Vec::new() })
+            .collect::<Vec<_>>(),
             secret,
             key,
         )
@@ -223,13 +232,15 @@ pub struct System {
 }
 
 impl System {
-    /// Starts sequencer, consumers and gateway on free ports (or the given ones).
+    /// Starts sequencer, consumers and gateway on free ports (or the given ones);
+    /// `transfer_capacity` sizes the transfer-id indexes (their default otherwise).
     pub fn start(
         durability: crate::cli::Durability,
         data: Option<PathBuf>,
         http: SocketAddr,
         tcp: SocketAddr,
         api_key: Option<String>,
+        transfer_capacity: Option<usize>,
     ) -> anyhow::Result<System> {
         let (temp, data) = match data {
             Some(dir) => (None, dir),
@@ -257,7 +268,7 @@ impl System {
             Some(key) => key,
             None => random_hex()?,
         };
-        let services = start_all(durability, &data, &addresses, &secret, &api_key)?;
+        let services = start_all(durability, &data, &addresses, &secret, &api_key, transfer_capacity)?;
         Ok(System { addresses, api_key, data, services, _temp: temp })
     }
 
@@ -272,7 +283,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
     let started = Instant::now();
     let system =
-        System::start(args.durability, args.data.clone(), args.http, args.tcp, args.api_key.clone())?;
+        System::start(args.durability, args.data.clone(), args.http, args.tcp, args.api_key.clone(), None)?;
     let addresses = &system.addresses;
     let key = system.api_key.clone();
     println!(

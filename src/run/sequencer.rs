@@ -32,6 +32,7 @@ pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
         secret: secret.into_bytes(),
         segment_size_max: args.segment_mib << 20,
         batch_events_max: 65_536,
+        transfer_capacity: args.transfer_capacity,
     })
 }
 
