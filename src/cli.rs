@@ -246,10 +246,10 @@ pub struct SequencerArgs {
     #[arg(long, env = "LEDGERBUS_SEQUENCER_SECRET", hide_env_values = true, value_name = "SECRET")]
     pub secret: Option<String>,
 
-    /// Transfer ids the idempotency index holds before it grows (the memory
-    /// consumer's id index too). Its memory, about 24–48 bytes per id, is allocated
-    /// and faulted in at start, so that filling it never stalls the hot path; beyond
-    /// it the index still grows, without a pause but at a cost while it moves.
+    /// Transfer ids the idempotency index holds before it grows. Its memory, about
+    /// 24–48 bytes per id, is allocated and faulted in at start, so that filling it
+    /// never stalls the hot path; beyond it the index still grows, without a pause
+    /// but at a cost while it moves.
     #[arg(long, env = "LEDGERBUS_TRANSFER_CAPACITY", default_value_t = 1 << 20, value_name = "IDS")]
     pub transfer_capacity: usize,
 

@@ -437,16 +437,14 @@ impl JournalWriter {
     /// Starts a new segment at the next sequence to be written.
     ///
     /// With `Os` durability nothing is synced: the promise is to survive a process
-    /// crash, which the page cache does, and syncing a full segment here would stop
-    /// the writer (the sequencer's hot thread) for the whole writeback, hundreds of
-    /// milliseconds at this rate. The closed segment's writeback is started without
-    /// waiting, so dirty pages do not pile up until the kernel throttles writers.
+    /// crash, which the page cache does, and syncing (or even starting writeback of)
+    /// a full segment here would keep the writer (the sequencer's hot thread) busy for
+    /// the whole writeback, hundreds of milliseconds at this rate. The kernel's
+    /// flusher threads write it back in the background.
     fn roll(&mut self) -> Result<(), JournalError> {
         let sync = self.durability == Durability::Fsync;
         if sync {
             self.file.sync_all().map_err(io_error(&self.file_path))?;
-        } else {
-            start_writeback(&self.file);
         }
         self.file = create_segment(&self.dir, self.session_id, self.pending_first_sequence, sync)?;
         self.file_path = segment_path(&self.dir, self.pending_first_sequence);
@@ -471,21 +469,6 @@ fn create_segment(
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
     }
     Ok(file)
-}
-
-/// Asks the kernel to start writing a file's dirty pages back, without waiting.
-fn start_writeback(file: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor; SYNC_FILE_RANGE_WRITE only starts I/O.
-        let result = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        if result != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "sync_file_range failed; writeback is left to the kernel");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
 }
 
 /// Reads events from a journal directory from a given sequence, across segments.
