@@ -127,6 +127,29 @@ fn catch_up(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) ->
     Ok(replay_session)
 }
 
+/// [`catch_up`], retried with back-off while the replay service cannot be reached or
+/// drops the connection (a sequencer restarting): those are not the consumer's
+/// failures, and what was applied stays applied. Other errors end following.
+fn catch_up_retrying(
+    sink: &mut impl Sink,
+    config: &FollowConfig,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<u64, FollowError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match catch_up(sink, config, progress) {
+            Err(FollowError::Io(error)) if !stop.load(Ordering::Relaxed) => {
+                tracing::warn!(replay = %config.sequencer_replay, %error, retry_ms = backoff.as_millis() as u64,
+                    next = sink.next_sequence(), "bulk replay failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Follows the stream until `stop` is set or an error occurs.
 pub fn follow(
     sink: &mut impl Sink,
@@ -134,7 +157,7 @@ pub fn follow(
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<(), FollowError> {
-    let session = catch_up(sink, config, progress)?;
+    let session = catch_up_retrying(sink, config, progress, stop)?;
     let session = (session != 0).then_some(session).or(sink.session());
     let mut subscriber = Subscriber::new(
         config.receiver.clone(),
@@ -183,7 +206,7 @@ pub fn follow(
                     oldest_retained_sequence,
                     "gap left the sender's ring; bulk replay"
                 );
-                catch_up(sink, config, progress)?;
+                catch_up_retrying(sink, config, progress, stop)?;
                 let mut resumed = Batch { frames: Vec::new(), next: sink.next_sequence(), error: None };
                 subscriber.core_mut().resume(
                     ledgerbus_transport::monotonic_now(),
