@@ -158,3 +158,53 @@ pub fn whole_frames(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
     }
     Ok((offset, count))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledgerbus_codec::messages::Heartbeat;
+    use ledgerbus_codec::{encode, Message};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn bytes_queued_behind_a_full_socket_keep_their_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        const PIECE: usize = 64 << 10;
+        const PIECES: usize = 128;
+        // The peer does not read yet: the socket fills and the rest is queued.
+        let mut out = Outgoing::default();
+        let mut queued = false;
+        for piece in 0..PIECES {
+            queued |= out.send(&writer, &vec![piece as u8; PIECE]).unwrap();
+        }
+        assert!(queued && out.queued() > 0, "8 MiB do not fit in a socket buffer");
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        drain(&writer, || out.flush(&writer)).await.unwrap();
+        assert_eq!(out.queued(), 0);
+        drop(writer);
+        let all = reader.await.unwrap();
+        assert_eq!(all.len(), PIECE * PIECES);
+        for (index, piece) in all.chunks(PIECE).enumerate() {
+            assert!(piece.iter().all(|&b| b == index as u8), "piece {index} arrived in its place");
+        }
+    }
+
+    #[test]
+    fn whole_frames_stops_before_a_partial_frame_and_rejects_foreign_bytes() {
+        let mut frame = [0u8; Heartbeat::FRAME_SIZE];
+        encode(&Heartbeat { next_sequence: 1.into(), oldest_retained_sequence: 1.into() }, &mut frame)
+            .unwrap();
+        let mut bytes = [frame, frame].concat();
+        bytes.extend_from_slice(&frame[..5]);
+        assert_eq!(whole_frames(&bytes).unwrap(), (2 * frame.len(), 2));
+        assert_eq!(whole_frames(&[]).unwrap(), (0, 0));
+        assert!(whole_frames(&[0xEE; 64]).is_err(), "not one of our headers");
+    }
+}
