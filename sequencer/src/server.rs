@@ -299,7 +299,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     let hot = HotLoop {
         core,
         pipeline,
-        spare: Some(PendingBatch::with_capacity(config.batch_events_max)),
+        spares: (0..2).map(|_| PendingBatch::with_capacity(config.batch_events_max)).collect(),
         publisher,
         listener,
         connections: Vec::new(),
@@ -399,8 +399,9 @@ struct HotLoop {
     core: SequencerCore,
     /// The journal, on its own thread: decides overlap with group commits.
     pipeline: CommitPipeline,
-    /// The batch buffer not currently in use, recycled.
-    spare: Option<PendingBatch>,
+    /// Batch buffers not in use, recycled: with one being filled, one syncing and
+    /// one being released, three are ever needed.
+    spares: Vec<PendingBatch>,
     publisher: Publisher,
     listener: TcpListener,
     connections: Vec<Option<Connection>>,
@@ -429,7 +430,11 @@ impl HotLoop {
             self.accept();
             let decided = self.read_and_decide();
             if let Some(committed) = self.pipeline.try_complete() {
-                self.release(committed?)?;
+                let committed = committed?;
+                // Start the next group commit first: the journal syncs batch N+1
+                // while this thread answers and publishes batch N.
+                self.submit_if_idle();
+                self.release(committed)?;
             }
             self.submit_if_idle();
             self.publisher.service().map_err(io_err("bus socket"))?;
@@ -449,7 +454,7 @@ impl HotLoop {
         if self.pipeline.in_flight() || self.batch.as_ref().is_none_or(|b| b.is_empty()) {
             return;
         }
-        let next = self.spare.take().unwrap_or_else(|| PendingBatch::with_capacity(self.batch_events_max));
+        let next = self.spares.pop().unwrap_or_else(|| PendingBatch::with_capacity(self.batch_events_max));
         let batch = self.batch.replace(next).expect("batch present");
         self.pipeline.submit(batch);
     }
@@ -705,7 +710,8 @@ impl HotLoop {
                 *head = (last, durable.last_hash(), self.session_id);
             }
         }
-        self.spare = Some(durable.recycle());
+        self.spares.push(durable.recycle());
+        debug_assert!(self.spares.len() <= 2, "three batch buffers at most");
         Ok(())
     }
 
