@@ -289,7 +289,9 @@ pub struct GatewayArgs {
     )]
     pub api_keys: Vec<String>,
 
-    /// Commands waiting for the sequencer; beyond this clients get 503 / busy.
+    /// Commands waiting for the sequencer; beyond this clients get 503 / busy (a
+    /// TCP read is split at linked-chain boundaries to use what room is left; a
+    /// chain longer than this is always busy).
     #[arg(long, env = "LEDGERBUS_QUEUE_MAX", default_value_t = 65_536, value_name = "COUNT")]
     pub queue_max: u32,
 }

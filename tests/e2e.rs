@@ -284,3 +284,92 @@ fn hostile_bytes_on_the_gateway_tcp_port_close_only_that_connection() {
     let created = post(cluster.gateway_http, "/accounts", r#"{"id":"1","ledger":1,"code":1}"#);
     assert_eq!(created.status, 201, "{}", created.body);
 }
+
+/// A gateway with a tiny queue answers what does not fit `busy`, at once, yet every
+/// answer still comes back in command order, exactly one per command: busy answers
+/// wait behind the results of earlier commands still at the sequencer.
+#[test]
+fn a_full_gateway_answers_busy_in_command_order() {
+    use ledgerbus_codec::messages::{ClientHello, Transfer, TransferResult, Welcome};
+    use ledgerbus_codec::{decode, encode, Message, ResultCode};
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path());
+    let created = post(
+        cluster.gateway_http,
+        "/accounts",
+        r#"[{"id":"1","ledger":1,"code":1,"allow_negative":true},{"id":"2","ledger":1,"code":1}]"#,
+    );
+    assert_eq!(created.status, 200, "{}", created.body);
+    let (small_http, small_tcp) = (free_tcp(), free_tcp());
+    let _small = spawn(&[
+        "gateway".into(),
+        "--http-listen".into(),
+        small_http.to_string(),
+        "--tcp-listen".into(),
+        small_tcp.to_string(),
+        "--sequencer".into(),
+        cluster.sequencer.to_string(),
+        "--query-upstream".into(),
+        cluster.memory_http.to_string(),
+        "--queue-max".into(),
+        "8".into(),
+    ]);
+    wait_until("small gateway", || get(small_http, "/health", None).is_some_and(|r| r.status == 200));
+
+    let mut stream = std::net::TcpStream::connect(small_tcp).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut key = [0u8; 64];
+    key[..API_KEY.len()].copy_from_slice(API_KEY.as_bytes());
+    let mut hello = [0u8; ClientHello::FRAME_SIZE];
+    encode(&ClientHello { api_key: key }, &mut hello).unwrap();
+    stream.write_all(&hello).unwrap();
+    let mut welcome = [0u8; Welcome::FRAME_SIZE];
+    stream.read_exact(&mut welcome).unwrap();
+
+    // Many small writes, so that the gateway forwards many groups while earlier
+    // ones are still at the sequencer and its queue of 8 overflows.
+    const COMMANDS: u64 = 3_000;
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for n in 0..COMMANDS {
+                let transfer = Transfer {
+                    correlation_id: n.into(),
+                    id: u128::from(10_000 + n).into(),
+                    debit_account_id: 1u128.into(),
+                    credit_account_id: 2u128.into(),
+                    amount: 1.into(),
+                    ledger: 1.into(),
+                    code: 1.into(),
+                    flags: 0.into(),
+                };
+                let mut frame = [0u8; Transfer::FRAME_SIZE];
+                encode(&transfer, &mut frame).unwrap();
+                stream.write_all(&frame).unwrap();
+            }
+        })
+    };
+    let (mut ok, mut busy) = (0u64, 0u64);
+    for expected in 0..COMMANDS {
+        let mut frame = [0u8; TransferResult::FRAME_SIZE];
+        stream.read_exact(&mut frame).unwrap();
+        let (result, _) = decode::<TransferResult>(&frame).unwrap();
+        assert_eq!(result.correlation_id.get(), expected, "answers in command order");
+        assert_eq!(result.id.get(), u128::from(10_000 + expected));
+        match result.result().unwrap() {
+            ResultCode::Ok => ok += 1,
+            ResultCode::Busy => busy += 1,
+            other => panic!("command {expected}: {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert!(ok > 0, "some commands were decided");
+    assert!(busy > 0, "a queue of 8 overflowed");
+    // Exactly the decided ones were applied.
+    wait_until("the read model", || {
+        get(cluster.gateway_http, "/accounts/2", Some(API_KEY))
+            .is_some_and(|r| r.json["credits_posted"].as_str() == Some(ok.to_string().as_str()))
+    });
+}

@@ -236,19 +236,45 @@ async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends one read's whole groups to the sequencer, or answers them `busy` here.
+/// Sends one read's whole groups to the sequencer, as many as its queue has room
+/// for, and answers the rest `busy` here (in their place, after the others).
 fn submit(upstream: &Upstream, outbox: &Outbox, sink: &Arc<dyn ResultSink>, commands: &[u8]) {
-    let count = ledgerbus_codec::Frames::new(commands).count();
-    // The slot exists before the submission, so its results always find it.
-    outbox.lock().slots.push_back(Slot::AtSequencer(count));
-    if upstream.submit_to(commands, count, ReplyTo::Sink(Arc::clone(sink))).is_err() {
-        // Nothing was sent, so no result can have taken the slot: it is still last.
-        let mut state = outbox.lock();
-        debug_assert!(matches!(state.slots.back(), Some(Slot::AtSequencer(n)) if *n == count));
-        state.slots.pop_back();
-        drop(state);
-        outbox.answer_here(busy_answers(commands));
+    let (taken, count) = take_groups(commands, upstream.room());
+    if count > 0 {
+        // The slot exists before the submission, so its results always find it.
+        outbox.lock().slots.push_back(Slot::AtSequencer(count));
+        let sent = upstream.submit_to(&commands[..taken], count, ReplyTo::Sink(Arc::clone(sink)));
+        if sent.is_err() {
+            // Nothing was sent, so no result can have taken the slot: it is still last.
+            let mut state = outbox.lock();
+            debug_assert!(matches!(state.slots.back(), Some(Slot::AtSequencer(n)) if *n == count));
+            state.slots.pop_back();
+            drop(state);
+            outbox.answer_here(busy_answers(&commands[..taken]));
+        }
     }
+    if taken < commands.len() {
+        outbox.answer_here(busy_answers(&commands[taken..]));
+    }
+}
+
+/// The longest prefix of `commands` (whole groups, already checked) holding at
+/// most `room` commands: (bytes, commands).
+fn take_groups(commands: &[u8], room: usize) -> (usize, usize) {
+    let (mut offset, mut count) = (0, 0);
+    let (mut taken, mut taken_count) = (0, 0);
+    for frame in ledgerbus_codec::Frames::new(commands).map_while(Result::ok) {
+        offset += frame.len();
+        count += 1;
+        if count > room {
+            break;
+        }
+        let linked = matches!(Frame::decode(frame), Ok((Frame::Transfer(t), _)) if t.flags.get() & transfer_flags::LINKED != 0);
+        if !linked {
+            (taken, taken_count) = (offset, count);
+        }
+    }
+    (taken, taken_count)
 }
 
 /// How many leading bytes of `bytes` are whole commands that do not end inside a

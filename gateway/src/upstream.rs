@@ -122,6 +122,11 @@ impl Upstream {
         upstream
     }
 
+    /// Commands that may be submitted now before the queue is full.
+    pub fn room(&self) -> usize {
+        self.queue_max.saturating_sub(self.outstanding.load(Ordering::Acquire))
+    }
+
     /// The sequencer's session (0 before the first connection).
     pub fn session(&self) -> u64 {
         self.session.load(Ordering::Acquire)
