@@ -272,7 +272,7 @@ pub async fn run(
     let prefix = run_prefix();
     let start = Instant::now();
     let deadline = start + options.duration;
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..options.connections {
         let sender = Arc::new(match options.protocol {
             Protocol::Tcp => Sender::Tcp(Client::connect(options.gateway_tcp, &options.api_key).await?),
@@ -289,7 +289,7 @@ pub async fn run(
         };
         let (counters, histogram) = (Arc::clone(&counters), Arc::clone(&histogram));
         let batch = options.batch;
-        tasks.push(tokio::spawn(match options.rate {
+        tasks.spawn(match options.rate {
             Some(rate) => {
                 let per_connection = (rate as f64 / f64::from(options.connections)).max(1e-9);
                 let interval = Duration::from_secs_f64(f64::from(batch) / per_connection);
@@ -310,15 +310,18 @@ pub async fn run(
                 }
             }
             None => Box::pin(closed_loop(sender, workload, batch, deadline, counters, histogram)),
-        }));
+        });
     }
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    while tasks.iter().any(|t| !t.is_finished()) {
-        ticker.tick().await;
-        on_tick(&counters, start.elapsed());
-    }
-    for task in tasks {
-        task.await.context("load task")?;
+    // Elapsed time ends when the last answer is in, not at the next progress tick.
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => on_tick(&counters, start.elapsed()),
+            finished = tasks.join_next() => match finished {
+                Some(outcome) => outcome.context("load task")?,
+                None => break,
+            },
+        }
     }
     let elapsed_sec = start.elapsed().as_secs_f64();
     let histogram = histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| new_histogram());
