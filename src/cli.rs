@@ -487,7 +487,7 @@ pub struct BenchE2eArgs {
     /// Write the histogram in .hgrm percentile-distribution format (milliseconds).
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
-    /// Write a latency-by-percentile plot (.svg).
+    /// Write a latency-by-percentile plot, `.svg` or `.png` (text in a built-in font).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
     /// Print a last line of JSON with the results.

@@ -86,17 +86,46 @@ pub fn table(histogram: &Histogram<u64>) -> String {
 }
 
 /// Writes the latency-by-percentile plot: x is 1/(1-percentile) on a log scale (so
-/// p50, p90, p99, p99.9 are evenly spaced), y is latency in µs. SVG only: PNG would
-/// need system fonts this tool does not assume are installed.
+/// p50, p90, p99, p99.9 are evenly spaced), y is latency in µs. `.svg` or `.png`;
+/// text is set in DejaVu Sans, built in, so no system fonts are needed.
 pub fn plot(histogram: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Result<()> {
     use plotters::prelude::*;
+    register_font()?;
+    const SIZE: (u32, u32) = (960, 540);
     match path.extension().and_then(|e| e.to_str()) {
-        Some("svg") => {}
-        Some("png") => {
-            bail!("{}: PNG plots need system fonts; write .svg (any browser shows it)", path.display())
-        }
-        _ => bail!("{}: the plot file must end in .svg", path.display()),
+        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), histogram, title)?,
+        Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), histogram, title)?,
+        _ => bail!("{}: the plot file must end in .svg or .png", path.display()),
     }
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Makes DejaVu Sans the "sans-serif" the plots use (once per process).
+fn register_font() -> anyhow::Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let registered = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(
+            "sans-serif",
+            plotters::style::FontStyle::Normal,
+            dejavu::sans::regular(),
+        )
+        .is_ok()
+    });
+    anyhow::ensure!(registered, "the built-in font could not be loaded");
+    Ok(())
+}
+
+/// Draws the plot on any backend; the outer result is drawing, the inner writing.
+fn draw<DB>(
+    root: plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+    histogram: &Histogram<u64>,
+    title: &str,
+) -> anyhow::Result<anyhow::Result<()>>
+where
+    DB: plotters::prelude::DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
     let points: Vec<(f64, f64)> = histogram
         .iter_quantiles(5)
         .filter(|v| v.quantile_iterated_to() < 1.0)
@@ -104,22 +133,61 @@ pub fn plot(histogram: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Res
         .collect();
     let x_max = points.iter().map(|p| p.0).fold(10.0, f64::max) * 1.5;
     let y_max = (histogram.max() as f64 * 1.1).max(1.0);
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let failed = |error: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the plot: {error:?}");
+    root.fill(&WHITE).map_err(failed)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d((1f64..x_max).log_scale(), 0f64..y_max)?;
+        .build_cartesian_2d((1f64..x_max).log_scale(), 0f64..y_max)
+        .map_err(failed)?;
     chart
         .configure_mesh()
         .x_desc("percentile (1/(1-p), log scale: 10 = p90, 100 = p99, 1000 = p99.9)")
         .y_desc("latency (µs)")
         .x_label_formatter(&|x| format!("{:.3}%", 100.0 * (1.0 - 1.0 / x)))
         .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()?;
-    chart.draw_series(LineSeries::new(points, &BLUE))?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+        .draw()
+        .map_err(failed)?;
+    chart.draw_series(LineSeries::new(points, &BLUE)).map_err(failed)?;
+    Ok(root.present().map_err(|error| anyhow::anyhow!("{error:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Histogram<u64> {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for n in 1..10_000u64 {
+            histogram.record(100 + n % 500 + (n % 1000 == 0) as u64 * 5_000).unwrap();
+        }
+        histogram
+    }
+
+    #[test]
+    fn png_plots_are_drawn_with_the_built_in_font() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latency.png");
+        plot(&sample(), &path, "latency by percentile").unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+        assert_eq!(&bytes[12..16], b"IHDR");
+        let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+        assert_eq!((width, height), (960, 540));
+        // Axes, labels and a curve compress to more than a blank canvas does.
+        assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn svg_plots_still_work_and_other_extensions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("latency.svg");
+        plot(&sample(), &svg, "latency").unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+        let error = plot(&sample(), &dir.path().join("latency.jpg"), "latency").unwrap_err();
+        assert!(error.to_string().contains(".svg or .png"), "{error}");
+    }
 }
