@@ -480,6 +480,11 @@ pub struct BenchE2eArgs {
     /// Transfers per request.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub batch: u32,
+    /// With `--rate max`: requests kept in flight per connection. Default: 32, or
+    /// fewer so that a connection has at most 8,192 transfers in flight (more would
+    /// overrun the gateway's queue and measure its `busy` answers).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub in_flight: Option<u32>,
     /// Number of accounts transfers are spread over (one in fifty transfers tries to
     /// overdraw, so rejections happen).
     #[arg(long, default_value_t = 1000, value_name = "N")]

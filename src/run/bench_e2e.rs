@@ -50,6 +50,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         connections: args.connections,
         batch: args.batch,
         accounts: args.accounts,
+        in_flight: args.in_flight,
     };
     let bar = ProgressBar::new((args.duration * 4.0).ceil() as u64);
     bar.set_style(

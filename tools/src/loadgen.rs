@@ -51,6 +51,8 @@ pub struct E2eOptions {
     pub batch: u32,
     /// Accounts to spread transfers over.
     pub accounts: u32,
+    /// Requests in flight per connection with `--rate max` (see [`pipeline_depth`]).
+    pub in_flight: Option<u32>,
 }
 
 /// What it measured.
@@ -309,7 +311,15 @@ pub async fn run(
                     }
                 }
             }
-            None => Box::pin(closed_loop(sender, workload, batch, deadline, counters, histogram)),
+            None => Box::pin(closed_loop(
+                sender,
+                workload,
+                batch,
+                pipeline_depth(options.in_flight, batch),
+                deadline,
+                counters,
+                histogram,
+            )),
         });
     }
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
@@ -349,13 +359,24 @@ pub async fn run(
     Ok((report, histogram))
 }
 
-/// Requests in flight per connection with `--rate max`.
-const PIPELINE_DEPTH: usize = 32;
+/// Requests in flight per connection with `--rate max`, unless told otherwise.
+const PIPELINE_DEPTH: u32 = 32;
+/// Transfers in flight per connection by default: a few connections of large
+/// batches must not overrun the gateway's queue (65,536 by default) and measure
+/// its `busy` answers instead of the system.
+const IN_FLIGHT_TRANSFERS: u32 = 8_192;
+
+/// Requests kept in flight per connection with `--rate max`: `in_flight` if given,
+/// else 32, fewer for large batches.
+pub fn pipeline_depth(in_flight: Option<u32>, batch: u32) -> u32 {
+    in_flight.unwrap_or_else(|| PIPELINE_DEPTH.min(IN_FLIGHT_TRANSFERS / batch.max(1)).max(1))
+}
 
 async fn closed_loop(
     sender: Arc<Sender>,
     mut workload: Workload,
     batch: u32,
+    depth: u32,
     deadline: Instant,
     counters: Arc<Counters>,
     histogram: Arc<Mutex<Histogram<u64>>>,
@@ -363,7 +384,7 @@ async fn closed_loop(
     let mut in_flight = tokio::task::JoinSet::new();
     let mut local = new_histogram();
     while Instant::now() < deadline || !in_flight.is_empty() {
-        while in_flight.len() < PIPELINE_DEPTH && Instant::now() < deadline {
+        while in_flight.len() < depth as usize && Instant::now() < deadline {
             let transfers = workload.batch(batch);
             let sender = Arc::clone(&sender);
             in_flight.spawn(async move {
@@ -489,5 +510,19 @@ async fn open_loop(
     }
     if let Ok(mut shared) = histogram.lock() {
         let _ = shared.add(&local);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_batches_keep_fewer_requests_in_flight() {
+        assert_eq!(pipeline_depth(None, 1), 32);
+        assert_eq!(pipeline_depth(None, 100), 32);
+        assert_eq!(pipeline_depth(None, 1_000), 8);
+        assert_eq!(pipeline_depth(None, 100_000), 1, "at least one");
+        assert_eq!(pipeline_depth(Some(5), 1_000), 5, "an explicit depth wins");
     }
 }
