@@ -375,6 +375,27 @@ pub enum BenchCommand {
     Sequencer(BenchSequencerArgs),
     /// End-to-end latency histogram against a gateway.
     E2e(BenchE2eArgs),
+    /// The latency floor of a request's path on this host: client -> relay -> echo
+    /// server -> relay -> client over 127.0.0.1 TCP with blocking sockets and no work,
+    /// the same hand-offs as client -> gateway -> sequencer and back.
+    Hops(BenchHopsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchHopsArgs {
+    /// Messages per second (open loop).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub rate: u64,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Measure from each message's actual send instead of its intended send time
+    /// (leaves the sender's own timer wake-up out).
+    #[arg(long)]
+    pub from_send: bool,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -179,3 +179,27 @@ pub fn codec(args: &crate::cli::BenchCodecArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `bench hops`: the hand-off latency floor.
+pub fn hops(args: &crate::cli::BenchHopsArgs) -> anyhow::Result<()> {
+    use ledgerbus_tools::hops;
+    let report = hops::run(hops::HopsOptions {
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+        from_send: args.from_send,
+    })?;
+    println!(
+        "client -> relay -> server -> relay -> client, {} messages at {}/s, latency from the {} send time:",
+        report.messages,
+        args.rate,
+        if args.from_send { "actual" } else { "intended" }
+    );
+    println!(
+        "  p50 {} µs   p90 {} µs   p99 {} µs   p99.9 {} µs   max {} µs",
+        report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}

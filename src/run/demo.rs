@@ -44,19 +44,44 @@ impl Drop for Service {
     }
 }
 
+/// A port on `ip` that is free now, for a child process to bind. Chosen at random
+/// below the kernel's ephemeral range: a port the kernel hands out (bind to port 0)
+/// could be taken again by any outgoing connection before the child binds it.
+fn free_port(ip: std::net::IpAddr, free: impl Fn(SocketAddr) -> bool) -> anyhow::Result<SocketAddr> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1_000));
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    for _ in 0..1_000 {
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random port: {e}"))?;
+        let candidate = SocketAddr::new(ip, low + u16::from_le_bytes(random) % span);
+        if free(candidate) {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("no free port below {ephemeral_low} on {ip}")
+}
+
+fn tcp_is_free(address: SocketAddr) -> bool {
+    TcpListener::bind(address).is_ok()
+}
+
 fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    free_port([127, 0, 0, 1].into(), tcp_is_free)
 }
 
 fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+    free_port([127, 0, 0, 1].into(), |address| UdpSocket::bind(address).is_ok())
 }
 
 fn with_free_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
     if address.port() != 0 {
         return Ok(address);
     }
-    Ok(TcpListener::bind(address)?.local_addr()?)
+    free_port(address.ip(), tcp_is_free)
 }
 
 fn random_hex() -> anyhow::Result<String> {
@@ -176,12 +201,11 @@ fn start_all(
         )
     };
     // The sequencer first, so that the consumers find its replay service.
-    wait_until("sequencer", Duration::from_secs(30), || {
-        http_json(a.sequencer_status, "/status", None).is_some()
-    })?;
-    let memory = consumer("memory consumer", 1, a.memory_udp, a.memory_http)?;
-    let disk = consumer("disk consumer", 2, a.disk_udp, a.disk_http)?;
-    let gateway = spawn(
+    let mut services = vec![sequencer];
+    wait_until("sequencer", &mut services, || http_json(a.sequencer_status, "/status", None).is_some())?;
+    services.push(consumer("memory consumer", 1, a.memory_udp, a.memory_http)?);
+    services.push(consumer("disk consumer", 2, a.disk_udp, a.disk_http)?);
+    services.push(spawn(
         "gateway",
         &[
             s("gateway"),
@@ -196,27 +220,34 @@ fn start_all(
         ],
         secret,
         key,
-    )?;
-    let services = vec![gateway, memory, disk, sequencer];
-    wait_until("gateway", Duration::from_secs(30), || {
+    )?);
+    wait_until("gateway", &mut services, || {
         http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
     })?;
-    wait_until("consumers", Duration::from_secs(30), || {
+    wait_until("consumers", &mut services, || {
         http_json(a.memory_http, "/status", None).is_some()
             && http_json(a.disk_http, "/status", None).is_some()
     })?;
+    // Stopped in reverse order of start: the gateway first, the sequencer last.
+    services.reverse();
     Ok(services)
 }
 
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
+/// Waits up to 30 s for `ready`, failing at once if a started process exits.
+fn wait_until(what: &str, started: &mut [Service], mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if ready() {
             return Ok(());
         }
+        for service in started.iter_mut() {
+            if let Ok(Some(status)) = service.child.try_wait() {
+                bail!("the {} exited while starting ({status}); its log is above", service.name);
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("the {what} did not come up within {} s", limit.as_secs())
+    bail!("the {what} did not come up within 30 s")
 }
 
 /// A whole ledgerbus started as child processes; stopped when dropped.

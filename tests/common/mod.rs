@@ -13,12 +13,26 @@ use std::time::{Duration, Instant};
 pub const SECRET: &str = "e2e-test-secret-0123456789";
 pub const API_KEY: &str = "e2e-test-api-key-0123456789";
 
+/// A free port below the kernel's ephemeral range (10000–32767): a port from bind
+/// to port 0 could be taken by any outgoing connection of a test running in
+/// parallel before the child process binds it.
+fn free_port(free: impl Fn(SocketAddr) -> bool) -> SocketAddr {
+    loop {
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).unwrap();
+        let candidate = SocketAddr::from(([127, 0, 0, 1], 10_000 + u16::from_le_bytes(random) % 22_768));
+        if free(candidate) {
+            return candidate;
+        }
+    }
+}
+
 pub fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    free_port(|address| TcpListener::bind(address).is_ok())
 }
 
 pub fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    free_port(|address| UdpSocket::bind(address).is_ok())
 }
 
 /// A child killed when dropped.

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`loadgen`]: the open-loop end-to-end load generator (`ledgerbus bench e2e`).
 //! - [`histogram`]: percentile table, `.hgrm` output and the latency plot.
+//! - [`hops`]: the latency floor of the request path's shape on this host.
 //! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
 //! - [`format`]: events as text lines and JSON.
 
 pub mod format;
 pub mod histogram;
+pub mod hops;
 pub mod loadgen;
 pub mod replay;

@@ -402,6 +402,17 @@ async fn closed_loop(
     }
 }
 
+/// Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by
+/// default) to batch wake-ups; for a pacing thread every µs of that would count as
+/// request latency. Sets the calling thread's slack to 1 ns.
+pub fn tighten_timer_slack() {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}
+
 /// When an open-loop connection sends.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
@@ -414,13 +425,7 @@ struct Schedule {
 /// and would add up to a millisecond of the generator's own lateness to every request.
 /// Calls `due` with each intended send time until the deadline or until it says stop.
 fn pace(schedule: Schedule, mut due: impl FnMut(Instant) -> bool) {
-    // Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by
-    // default) to batch wake-ups; every µs of that would count as request latency.
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
+    tighten_timer_slack();
     let start = Instant::now();
     let mut k: u32 = 0;
     loop {
