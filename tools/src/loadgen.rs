@@ -389,17 +389,32 @@ async fn closed_loop(
             let sender = Arc::clone(&sender);
             in_flight.spawn(async move {
                 let sent = Instant::now();
-                let results = sender.send(transfers).await;
-                (sent.elapsed(), results)
+                let size = transfers.len();
+                match answered_by(deadline, sender.send(transfers)).await {
+                    Some(results) => (Some(sent.elapsed()), results),
+                    None => (None, vec![None; size]),
+                }
             });
         }
         let Some(Ok((latency, results))) = in_flight.join_next().await else { continue };
-        let _ = local.record(latency.as_micros().max(1) as u64);
+        if let Some(latency) = latency {
+            let _ = local.record(latency.as_micros().max(1) as u64);
+        }
         count(&counters, results.into_iter());
     }
     if let Ok(mut shared) = histogram.lock() {
         let _ = shared.add(&local);
     }
+}
+
+/// How long after the last send the generator waits for answers; what is still
+/// unanswered then (a gateway that went away) counts as errors, and the run ends.
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
+
+/// `answer`, unless it is still pending `ANSWER_GRACE` after `deadline`.
+async fn answered_by<T>(deadline: Instant, answer: impl std::future::Future<Output = T>) -> Option<T> {
+    let give_up = tokio::time::Instant::from_std(deadline + ANSWER_GRACE);
+    tokio::time::timeout_at(give_up, answer).await.ok()
 }
 
 /// Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by
@@ -466,9 +481,9 @@ async fn open_loop_tcp(
     let mut local = new_histogram();
     while let Some((intended, pending)) = sent.recv().await {
         let results: Vec<Option<ResultCode>> = match pending {
-            Ok(pending) => match pending.outcomes().await {
-                Ok(outcomes) => outcomes.iter().map(|o| Some(o.result)).collect(),
-                Err(_) => vec![None; batch as usize],
+            Ok(pending) => match answered_by(schedule.deadline, pending.outcomes()).await {
+                Some(Ok(outcomes)) => outcomes.iter().map(|o| Some(o.result)).collect(),
+                Some(Err(_)) | None => vec![None; batch as usize],
             },
             Err(count) => vec![None; count],
         };
@@ -492,25 +507,34 @@ async fn open_loop(
 ) {
     let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let pacer_thread = std::thread::spawn(move || pace(schedule, |intended| tick_tx.send(intended).is_ok()));
-    let mut in_flight: tokio::task::JoinSet<(u64, Vec<Option<ResultCode>>)> = tokio::task::JoinSet::new();
+    let mut in_flight: tokio::task::JoinSet<(Option<u64>, Vec<Option<ResultCode>>)> =
+        tokio::task::JoinSet::new();
     let mut local = new_histogram();
     while let Some(intended) = ticks.recv().await {
         // Collect what finished meanwhile, without waiting.
         while let Some(Ok((latency, results))) = in_flight.try_join_next() {
-            let _ = local.record(latency);
+            if let Some(latency) = latency {
+                let _ = local.record(latency);
+            }
             count(&counters, results.into_iter());
         }
         let transfers = workload.batch(batch);
         let sender = Arc::clone(&sender);
+        let deadline = schedule.deadline;
         in_flight.spawn(async move {
-            let results = sender.send(transfers).await;
-            // Latency from when the request was due, not when it left.
-            (intended.elapsed().as_micros().max(1) as u64, results)
+            let size = transfers.len();
+            match answered_by(deadline, sender.send(transfers)).await {
+                // Latency from when the request was due, not when it left.
+                Some(results) => (Some(intended.elapsed().as_micros().max(1) as u64), results),
+                None => (None, vec![None; size]),
+            }
         });
     }
     let _ = pacer_thread.join();
     while let Some(Ok((latency, results))) = in_flight.join_next().await {
-        let _ = local.record(latency);
+        if let Some(latency) = latency {
+            let _ = local.record(latency);
+        }
         count(&counters, results.into_iter());
     }
     if let Ok(mut shared) = histogram.lock() {
