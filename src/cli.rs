@@ -475,7 +475,8 @@ pub struct BenchE2eArgs {
     /// API key for the gateway.
     #[arg(long, env = "LEDGERBUS_API_KEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
-    /// Start the whole system on 127.0.0.1 first (as `demo` does) and stop it after.
+    /// Start the whole system on 127.0.0.1 first (as `demo` does), check at the end
+    /// that both consumers reached the sequencer's state hash, and stop it.
     #[arg(long)]
     pub spawn: bool,
     /// With --spawn: durability of the sequencer and disk consumer.

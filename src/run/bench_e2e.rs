@@ -90,11 +90,14 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         histogram::plot(&histogram, path, &title)?;
         println!("  plot written to {}", path.display());
     }
+    // What the load did must be what every replica holds: once the consumers have
+    // caught up, their state hashes must equal the sequencer's.
+    let verified = system.as_ref().map(|system| super::demo::verify_hashes(&system.addresses));
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     if let Some(system) = system {
         system.stop();
     }
-    Ok(())
+    verified.unwrap_or(Ok(()))
 }
