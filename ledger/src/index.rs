@@ -44,10 +44,23 @@ impl Slots {
     fn populate(&self) -> bool {
         #[cfg(target_os = "linux")]
         {
+            // In 4 MiB steps: the kernel holds the process's memory-map lock for one
+            // call, and a thread of the same process that maps or unmaps memory
+            // meanwhile (a growing buffer) would wait for all of it.
+            const STEP: usize = 4 << 20;
             let bytes = self.len * core::mem::size_of::<Slot>();
-            // SAFETY: MADV_POPULATE_WRITE only faults pages in; it never changes data.
-            let result = unsafe { libc::madvise(self.ptr.as_ptr().cast(), bytes, libc::MADV_POPULATE_WRITE) };
-            result == 0
+            let base = self.ptr.as_ptr().cast::<u8>();
+            (0..bytes).step_by(STEP).all(|offset| {
+                // SAFETY: a range inside our allocation; MADV_POPULATE_WRITE only
+                // faults pages in, it never changes data.
+                unsafe {
+                    libc::madvise(
+                        base.add(offset).cast(),
+                        STEP.min(bytes - offset),
+                        libc::MADV_POPULATE_WRITE,
+                    ) == 0
+                }
+            })
         }
         #[cfg(not(target_os = "linux"))]
         false
@@ -449,8 +462,13 @@ impl IdIndex {
             self.migrate(old.slots.len());
         }
         let len = self.slots.len() * 2;
-        let bigger = match self.next.take().map(|prepared| prepared.0.join()) {
-            Some(Ok(prepared)) if prepared.len == len => prepared,
+        // A table still being prepared is left to finish (and be freed) on its own:
+        // waiting for it would be the pause this avoids.
+        let bigger = match self.next.take() {
+            Some(prepared) if prepared.0.is_finished() => match prepared.0.join() {
+                Ok(slots) if slots.len == len => slots,
+                _ => Slots::zeroed(len),
+            },
             _ => Slots::zeroed(len),
         };
         let mask = bigger.len() - 1;
