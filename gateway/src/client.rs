@@ -153,8 +153,13 @@ impl Client {
     }
 
     fn send_with(&self, commands: &[Command], permit: OwnedSemaphorePermit) -> Pending {
-        let frames = encode_commands(commands);
         let (reply, outcomes) = oneshot::channel();
+        if commands.is_empty() {
+            // Nothing to send, and nothing will come back to complete it.
+            let _ = reply.send(Ok(Vec::new()));
+            return Pending { outcomes };
+        }
+        let frames = encode_commands(commands);
         let conn = &self.handle.conn;
         let mut state = conn.lock();
         // While reconnecting, the group waits in `unanswered` and is sent with the
@@ -321,4 +326,34 @@ fn answer(conn: &Conn, results: &[u8]) -> io::Result<()> {
         conn.wake.notify_one();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_empty_group_is_answered_at_once_and_does_not_disturb_the_order() {
+        // A gateway stand-in that accepts the handshake and then stays silent.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; ClientHello::FRAME_SIZE];
+            stream.read_exact(&mut hello).await.unwrap();
+            let mut welcome = [0u8; Welcome::FRAME_SIZE];
+            encode(&Welcome { session_id: 1.into(), next_sequence: 0.into() }, &mut welcome).unwrap();
+            stream.write_all(&welcome).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+            sink.len()
+        });
+        let client = Client::connect(address, "key").await.unwrap();
+        let outcomes =
+            tokio::time::timeout(Duration::from_secs(5), client.submit(&[])).await.unwrap().unwrap();
+        assert!(outcomes.is_empty());
+        assert!(client.handle.conn.lock().unanswered.is_empty(), "nothing waits for an answer");
+        drop(client);
+        assert_eq!(server.await.unwrap(), 0, "nothing was sent");
+    }
 }
