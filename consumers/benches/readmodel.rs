@@ -68,8 +68,9 @@ fn apply(c: &mut Criterion) {
     // One contiguous log, as frames sit in a receive buffer.
     let log: Vec<u8> = frames.concat();
     group.bench_function("apply", |b| {
+        // Sized for the log, as `--transfer-capacity` sizes a running consumer.
         b.iter_batched(
-            ReadModel::new,
+            || ReadModel::with_capacity(TRANSFERS as usize),
             |mut model| {
                 model.apply_batch(&log).expect("applies");
                 model

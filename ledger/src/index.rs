@@ -153,6 +153,9 @@ pub struct IdIndex {
     old: Option<Old>,
     /// The next, twice larger table, being faulted in on a helper thread.
     next: Option<Prepared>,
+    /// Growing to this many slots or more moves ids gradually ([`GRADUAL_MIN_SLOTS`];
+    /// tests lower it).
+    gradual_from: usize,
 }
 
 impl Clone for IdIndex {
@@ -165,6 +168,7 @@ impl Clone for IdIndex {
             seed: self.seed,
             old: self.old.clone(),
             next: None,
+            gradual_from: self.gradual_from,
         }
     }
 }
@@ -175,6 +179,9 @@ impl Clone for IdIndex {
 /// a helper thread while the current table fills from half to 7/8.
 #[derive(Debug)]
 struct Prepared(std::thread::JoinHandle<Slots>);
+
+/// Tables growing to at least this many slots move gradually; smaller ones at once.
+const GRADUAL_MIN_SLOTS: usize = 1 << 19;
 
 /// Tables at least this large are prepared ahead; smaller ones fault in quickly.
 const PREPARE_MIN_SLOTS: usize = 1 << 20;
@@ -284,7 +291,15 @@ impl IdIndex {
                 .map_or(0, |d| d.as_nanos() as u64);
             mix(stack ^ 0x9E37_79B9_7F4A_7C15, time | 1)
         };
-        IdIndex { slots, used: 0, mask: slots_len - 1, seed, old: None, next: None }
+        IdIndex {
+            slots,
+            used: 0,
+            mask: slots_len - 1,
+            seed,
+            old: None,
+            next: None,
+            gradual_from: GRADUAL_MIN_SLOTS,
+        }
     }
 
     /// Has the kernel back the whole table now, so that inserts up to the capacity
@@ -327,20 +342,27 @@ impl IdIndex {
     }
 
     /// Looks `id` up (id must not be 0).
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, id: u128) -> Probe {
         debug_assert!(id != 0);
         let (lo, hi) = split(id);
-        let vacant = match probe(&self.slots, self.mask, self.seed, lo, hi) {
-            found @ Probe::Found(_) => return found,
-            Probe::Vacant(index) => index,
-        };
-        if let Some(old) = &self.old {
-            if let Probe::Found(index) = probe(&old.slots, old.mask, self.seed, lo, hi) {
-                // Below `migrated` the copy in the new table decides (and it is absent).
-                if index >= old.migrated && !old.removed.contains(&id) {
-                    return Probe::Found(old_index(self.slots.len(), index));
-                }
+        match probe(&self.slots, self.mask, self.seed, lo, hi) {
+            Probe::Vacant(vacant) if self.old.is_some() => self.find_in_old(id, vacant),
+            probe => probe,
+        }
+    }
+
+    /// The rest of `find` while growing: an id not in the new table may still be
+    /// in the old one's unmoved part.
+    #[cold]
+    #[inline(never)]
+    fn find_in_old(&self, id: u128, vacant: usize) -> Probe {
+        let old = self.old.as_ref().expect("growing");
+        let (lo, hi) = split(id);
+        if let Probe::Found(index) = probe(&old.slots, old.mask, self.seed, lo, hi) {
+            // Below `migrated` the copy in the new table decides (and it is absent).
+            if index >= old.migrated && !old.removed.contains(&id) {
+                return Probe::Found(old_index(self.slots.len(), index));
             }
         }
         Probe::Vacant(vacant)
@@ -366,8 +388,17 @@ impl IdIndex {
 
     /// Makes room for one more id; call before `find` when you may insert after it,
     /// since this moves slots.
-    #[inline]
+    #[inline(always)]
     pub fn reserve_one(&mut self) {
+        // One comparison on the common path: past half of the load limit, the
+        // rarer work (moving, preparing, growing) is checked out of line.
+        if (self.used + 1) * 2 * LOAD_DENOMINATOR > self.slots.len() * LOAD_NUMERATOR || self.old.is_some() {
+            self.reserve_one_slow();
+        }
+    }
+
+    #[inline(never)]
+    fn reserve_one_slow(&mut self) {
         if self.old.is_some() {
             self.migrate(MIGRATE_STEP);
         }
@@ -476,6 +507,11 @@ impl IdIndex {
         let old_mask = std::mem::replace(&mut self.mask, mask);
         let live = std::mem::replace(&mut self.used, 0);
         self.old = Some(Old { slots, mask: old_mask, migrated: 0, live, removed: Vec::new() });
+        if len < self.gradual_from {
+            // Small enough to move at once (a few milliseconds at most), which spares
+            // every lookup until then a second probe in the old table.
+            self.migrate(usize::MAX);
+        }
     }
 
     /// Moves up to `count` old slots into the new table.
@@ -539,7 +575,17 @@ mod tests {
 
     #[test]
     fn behaves_like_a_map_under_inserts_and_removes() {
+        behaves_like_a_map(usize::MAX);
+    }
+
+    #[test]
+    fn behaves_like_a_map_while_growing_gradually() {
+        behaves_like_a_map(0);
+    }
+
+    fn behaves_like_a_map(gradual_from: usize) {
         let mut index = IdIndex::with_capacity(4);
+        index.gradual_from = gradual_from;
         let mut model = HashMap::new();
         let mut state = 12345u64;
         for step in 0..50_000u64 {
@@ -576,6 +622,7 @@ mod tests {
     #[test]
     fn growing_moves_ids_gradually_without_losing_any() {
         let mut index = IdIndex::with_capacity(1_000);
+        index.gradual_from = 0;
         let slots = index.slots.len();
         let mut next = 1u128;
         while index.old.is_none() {
