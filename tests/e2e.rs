@@ -247,7 +247,7 @@ fn ledger_over_http_and_tcp() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 7, "every documented operation was tried");
+    assert_eq!(checked, 8, "every documented operation was tried");
     println!("e2e: {sequence} events, all checks passed");
 }
 
@@ -367,6 +367,19 @@ fn a_full_gateway_answers_busy_in_command_order() {
     writer.join().unwrap();
     assert!(ok > 0, "some commands were decided");
     assert!(busy > 0, "a queue of 8 overflowed");
+    // The gateway counted exactly that.
+    let metrics = get(small_http, "/metrics", None).unwrap();
+    assert_eq!(metrics.status, 200);
+    let sample = |name: &str| -> u64 {
+        let line =
+            metrics.body.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(sample(r#"ledgerbus_gateway_commands_total{api="tcp"}"#), ok);
+    assert_eq!(sample(r#"ledgerbus_gateway_busy_total{api="tcp"}"#), busy);
+    assert_eq!(sample("ledgerbus_gateway_queue_max"), 8);
+    assert_eq!(sample("ledgerbus_gateway_sequencer_connected"), 1);
+    assert_eq!(sample("ledgerbus_gateway_tcp_clients "), 1, "this client");
     // Exactly the decided ones were applied.
     wait_until("the read model", || {
         get(cluster.gateway_http, "/accounts/2", Some(API_KEY))

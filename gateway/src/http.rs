@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(authenticated)
         .with_state(state)
 }
@@ -92,6 +93,10 @@ async fn health(State(state): State<AppState>) -> Response {
     let connected = state.upstream.connected.load(Ordering::Acquire);
     let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "sequencer_connected": connected }))).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&state.upstream)).into_response()
 }
 
 /// One decided command: its JSON and the HTTP status it would get on its own.
@@ -137,7 +142,11 @@ async fn submit_and_answer(
 ) -> Response {
     let mut results: Vec<(Value, StatusCode)> = Vec::with_capacity(count + local.len());
     if count > 0 {
-        match state.upstream.submit(frames, count).await {
+        let metrics = &state.upstream.metrics;
+        let submitted = state.upstream.submit(frames, count).await;
+        let counter = if submitted.is_ok() { &metrics.http_commands } else { &metrics.http_busy };
+        counter.fetch_add(count as u64, Ordering::Relaxed);
+        match submitted {
             Ok(replies) => results.extend(replies.iter().map(decided)),
             Err(SubmitError::Busy) => {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "gateway busy; retry with the same ids")

@@ -7,12 +7,14 @@
 //! - [`json`]: request bodies to commands (400s that name the field), results to JSON.
 //! - [`http`]: the HTTP/JSON API and its OpenAPI document (`openapi.json`).
 //! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
+//! - [`metrics`]: counters served at `/metrics`.
 //! - [`client`]: the async Rust client of the TCP API.
 //! - [`wire`]: non-blocking frame reading and writing shared by the connections.
 
 pub mod client;
 pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod tcp;
 pub mod upstream;
 pub mod wire;

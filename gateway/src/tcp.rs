@@ -12,6 +12,7 @@
 //! sequencer. No other task sits on the path (see [`crate::wire`]).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -172,6 +173,7 @@ async fn serve_client(
     if out.send(stream, &welcome).map_err(|e| e.to_string())? {
         drain(stream, || out.flush(stream)).await.map_err(|e| e.to_string())?;
     }
+    let _counted = upstream.metrics.tcp_client();
     let outbox = Arc::new(Outbox {
         stream: Arc::clone(stream),
         state: Mutex::new(OutboxState {
@@ -239,23 +241,32 @@ async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), String> {
 /// Sends one read's whole groups to the sequencer, as many as its queue has room
 /// for, and answers the rest `busy` here (in their place, after the others).
 fn submit(upstream: &Upstream, outbox: &Outbox, sink: &Arc<dyn ResultSink>, commands: &[u8]) {
+    let metrics = &upstream.metrics;
     let (taken, count) = take_groups(commands, upstream.room());
     if count > 0 {
         // The slot exists before the submission, so its results always find it.
         outbox.lock().slots.push_back(Slot::AtSequencer(count));
         let sent = upstream.submit_to(&commands[..taken], count, ReplyTo::Sink(Arc::clone(sink)));
-        if sent.is_err() {
+        if sent.is_ok() {
+            metrics.tcp_commands.fetch_add(count as u64, Ordering::Relaxed);
+        } else {
             // Nothing was sent, so no result can have taken the slot: it is still last.
             let mut state = outbox.lock();
             debug_assert!(matches!(state.slots.back(), Some(Slot::AtSequencer(n)) if *n == count));
             state.slots.pop_back();
             drop(state);
-            outbox.answer_here(busy_answers(&commands[..taken]));
+            answer_busy(outbox, metrics, &commands[..taken]);
         }
     }
     if taken < commands.len() {
-        outbox.answer_here(busy_answers(&commands[taken..]));
+        answer_busy(outbox, metrics, &commands[taken..]);
     }
+}
+
+fn answer_busy(outbox: &Outbox, metrics: &crate::metrics::GatewayMetrics, commands: &[u8]) {
+    let answers = busy_answers(commands);
+    metrics.tcp_busy.fetch_add((answers.len() / TransferResult::FRAME_SIZE) as u64, Ordering::Relaxed);
+    outbox.answer_here(answers);
 }
 
 /// The longest prefix of `commands` (whole groups, already checked) holding at

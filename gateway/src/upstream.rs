@@ -105,6 +105,8 @@ pub struct Upstream {
     pub connected: Arc<AtomicBool>,
     /// The sequencer's session, once connected.
     session: Arc<AtomicU64>,
+    /// What both APIs count (`/metrics`).
+    pub metrics: Arc<crate::metrics::GatewayMetrics>,
 }
 
 impl Upstream {
@@ -117,9 +119,20 @@ impl Upstream {
             highest_sequence: Arc::new(AtomicU64::new(0)),
             connected: Arc::new(AtomicBool::new(false)),
             session: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::default(),
         };
         tokio::spawn(run_link(sequencer, secret, gateway_id, upstream.clone()));
         upstream
+    }
+
+    /// Commands sent and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Outstanding commands beyond which submissions are refused.
+    pub fn queue_max(&self) -> usize {
+        self.queue_max
     }
 
     /// Commands that may be submitted now before the queue is full.
