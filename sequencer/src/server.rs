@@ -429,14 +429,12 @@ impl HotLoop {
             }
             self.accept();
             let decided = self.read_and_decide();
-            if let Some(committed) = self.pipeline.try_complete() {
-                let committed = committed?;
-                // Start the next group commit first: the journal syncs batch N+1
-                // while this thread answers and publishes batch N.
-                self.submit_if_idle();
-                self.release(committed)?;
-            }
+            self.release_completed()?;
             self.submit_if_idle();
+            if self.pipeline.is_ready() {
+                // `os` durability commits inline: answer now, not on the next turn.
+                self.release_completed()?;
+            }
             self.publisher.service().map_err(io_err("bus socket"))?;
             self.serve_archive();
             self.flush_connections();
@@ -447,6 +445,18 @@ impl HotLoop {
                 self.idle_wait()?;
             }
         }
+    }
+
+    /// Answers and publishes the batch the journal has finished, if any, after
+    /// starting the next group commit: the journal syncs batch N+1 while this thread
+    /// answers and publishes batch N.
+    fn release_completed(&mut self) -> Result<(), SequencerError> {
+        if let Some(committed) = self.pipeline.try_complete() {
+            let committed = committed?;
+            self.submit_if_idle();
+            self.release(committed)?;
+        }
+        Ok(())
     }
 
     /// Starts the group commit of what has been decided, unless one is running.
