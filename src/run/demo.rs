@@ -322,7 +322,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         system.data.display()
     );
-    println!("  gateway HTTP      http://{}   (OpenAPI: /openapi.json, metrics: /metrics)", addresses.gateway_http);
+    println!(
+        "  gateway HTTP      http://{}   (OpenAPI: /openapi.json, metrics: /metrics)",
+        addresses.gateway_http
+    );
     println!("  gateway TCP/SBE   {}", addresses.gateway_tcp);
     println!("  API key           {key}");
     println!(
