@@ -207,12 +207,12 @@ async fn serve_client(
                     Filled::Nothing => continue,
                     Filled::Bytes => {}
                 }
-                let (group_end, error) = complete_groups(incoming.bytes());
-                if group_end > 0 {
-                    submit(&upstream, &outbox, &sink, &incoming.bytes()[..group_end]);
-                    incoming.consume(group_end);
+                let groups = split_groups(incoming.bytes(), upstream.room());
+                if groups.whole > 0 {
+                    submit(&upstream, &outbox, &sink, &incoming.bytes()[..groups.whole], &groups);
+                    incoming.consume(groups.whole);
                 }
-                if let Some(error) = error {
+                if let Some(error) = groups.error {
                     return Err(format!("malformed frame: {error}"));
                 }
             }
@@ -240,9 +240,15 @@ async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), String> {
 
 /// Sends one read's whole groups to the sequencer, as many as its queue has room
 /// for, and answers the rest `busy` here (in their place, after the others).
-fn submit(upstream: &Upstream, outbox: &Outbox, sink: &Arc<dyn ResultSink>, commands: &[u8]) {
+fn submit(
+    upstream: &Upstream,
+    outbox: &Outbox,
+    sink: &Arc<dyn ResultSink>,
+    commands: &[u8],
+    groups: &Groups,
+) {
     let metrics = &upstream.metrics;
-    let (taken, count) = take_groups(commands, upstream.room());
+    let (taken, count) = (groups.fits, groups.fits_commands);
     if count > 0 {
         // The slot exists before the submission, so its results always find it.
         outbox.lock().slots.push_back(Slot::AtSequencer(count));
@@ -269,50 +275,48 @@ fn answer_busy(outbox: &Outbox, metrics: &crate::metrics::GatewayMetrics, comman
     outbox.answer_here(answers);
 }
 
-/// The longest prefix of `commands` (whole groups, already checked) holding at
-/// most `room` commands: (bytes, commands).
-fn take_groups(commands: &[u8], room: usize) -> (usize, usize) {
-    let (mut offset, mut count) = (0, 0);
-    let (mut taken, mut taken_count) = (0, 0);
-    for frame in ledgerbus_codec::Frames::new(commands).map_while(Result::ok) {
-        offset += frame.len();
-        count += 1;
-        if count > room {
-            break;
-        }
-        let linked = matches!(Frame::decode(frame), Ok((Frame::Transfer(t), _)) if t.flags.get() & transfer_flags::LINKED != 0);
-        if !linked {
-            (taken, taken_count) = (offset, count);
-        }
-    }
-    (taken, taken_count)
+/// How a read's bytes divide into groups of commands (a linked chain is one group).
+struct Groups {
+    /// Bytes of whole groups; a chain not yet complete waits for more bytes.
+    whole: usize,
+    /// Bytes of the whole groups the sequencer queue has room for, and their commands.
+    fits: usize,
+    fits_commands: usize,
+    /// Where the bytes stop being ledgerbus commands.
+    error: Option<String>,
 }
 
-/// How many leading bytes of `bytes` are whole commands that do not end inside a
-/// linked chain; and a framing error, if the bytes are not ledgerbus commands.
-fn complete_groups(bytes: &[u8]) -> (usize, Option<String>) {
-    let mut offset = 0;
-    let mut group_end = 0;
+/// One pass over a read: its whole groups, those of them that fit in `room`
+/// commands, and a framing error, if the bytes are not ledgerbus commands.
+fn split_groups(bytes: &[u8], room: usize) -> Groups {
+    let mut groups = Groups { whole: 0, fits: 0, fits_commands: 0, error: None };
+    let (mut offset, mut commands) = (0, 0);
     while offset < bytes.len() {
-        match Frame::decode(&bytes[offset..]) {
-            Ok((Frame::CreateAccount(_), size)) => {
-                offset += size;
-                group_end = offset;
-            }
+        let (ends_group, size) = match Frame::decode(&bytes[offset..]) {
+            Ok((Frame::CreateAccount(_), size)) => (true, size),
             Ok((Frame::Transfer(transfer), size)) => {
-                offset += size;
-                if transfer.flags.get() & transfer_flags::LINKED == 0 {
-                    group_end = offset;
-                }
+                (transfer.flags.get() & transfer_flags::LINKED == 0, size)
             }
             Err(DecodeError::Truncated { .. }) => break,
             Ok((other, _)) => {
-                return (group_end, Some(format!("template {} is not a command", other.template_id())))
+                groups.error = Some(format!("template {} is not a command", other.template_id()));
+                break;
             }
-            Err(error) => return (group_end, Some(error.to_string())),
+            Err(error) => {
+                groups.error = Some(error.to_string());
+                break;
+            }
+        };
+        offset += size;
+        commands += 1;
+        if ends_group {
+            groups.whole = offset;
+            if commands <= room {
+                (groups.fits, groups.fits_commands) = (offset, commands);
+            }
         }
     }
-    (group_end, None)
+    groups
 }
 
 /// Answers every command in `commands` with a `busy` result.
@@ -348,4 +352,56 @@ fn busy_answers(commands: &[u8]) -> Vec<u8> {
         answers.extend_from_slice(&reply);
     }
     answers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledgerbus_codec::messages::Transfer;
+
+    fn transfer(id: u128, linked: bool) -> Vec<u8> {
+        let command = Transfer {
+            correlation_id: 0.into(),
+            id: id.into(),
+            debit_account_id: 1u128.into(),
+            credit_account_id: 2u128.into(),
+            amount: 1.into(),
+            ledger: 1.into(),
+            code: 1.into(),
+            flags: if linked { transfer_flags::LINKED } else { 0 }.into(),
+        };
+        let mut frame = vec![0u8; Transfer::FRAME_SIZE];
+        encode(&command, &mut frame).unwrap();
+        frame
+    }
+
+    #[test]
+    fn reads_split_at_chain_ends_and_at_the_queue_room() {
+        // A single, a chain of three, a single, then the start of another chain.
+        let bytes = [
+            transfer(1, false),
+            transfer(2, true),
+            transfer(3, true),
+            transfer(4, false),
+            transfer(5, false),
+        ]
+        .concat();
+        let with_open_chain = [bytes.clone(), transfer(6, true)].concat();
+        let size = Transfer::FRAME_SIZE;
+        let groups = split_groups(&with_open_chain, usize::MAX);
+        assert_eq!((groups.whole, groups.fits, groups.fits_commands), (5 * size, 5 * size, 5));
+        assert!(groups.error.is_none());
+        // Room for three commands: the chain does not fit after the single, so
+        // only the single goes; nothing later may jump the queue.
+        let groups = split_groups(&bytes, 3);
+        assert_eq!((groups.whole, groups.fits, groups.fits_commands), (5 * size, size, 1));
+        let groups = split_groups(&bytes, 0);
+        assert_eq!((groups.fits, groups.fits_commands), (0, 0));
+        // Half a frame waits; foreign bytes are an error after the good prefix.
+        assert_eq!(split_groups(&bytes[..size + 10], 9).whole, size);
+        let garbage = [transfer(1, false), vec![0xEE; 64]].concat();
+        let groups = split_groups(&garbage, 9);
+        assert_eq!(groups.whole, size);
+        assert!(groups.error.is_some());
+    }
 }
