@@ -132,6 +132,15 @@ async fn read_your_writes(shared: &Shared, headers: &HeaderMap) -> Result<(), Re
     }
 }
 
+/// The model, once it has applied what the request's `X-Min-Sequence` asks for.
+async fn caught_up<'a>(
+    shared: &'a Shared,
+    headers: &HeaderMap,
+) -> Result<std::sync::RwLockReadGuard<'a, ReadModel>, Response> {
+    read_your_writes(shared, headers).await.map_err(reject)?;
+    shared.model.read().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned"))
+}
+
 fn account_json(id: u128, account: &ledgerbus_ledger::Account) -> Value {
     json!({
         "id": id.to_string(),
@@ -166,11 +175,9 @@ async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, heade
         Ok(id) => id,
         Err(rejection) => return reject(rejection),
     };
-    if let Err(rejection) = read_your_writes(&shared, &headers).await {
-        return reject(rejection);
-    }
-    let Ok(model) = shared.model.read() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
+    let model = match caught_up(&shared, &headers).await {
+        Ok(model) => model,
+        Err(response) => return response,
     };
     match model.ledger().account(id) {
         Some(account) => Json(account_json(id, account)).into_response(),
@@ -205,11 +212,9 @@ async fn get_history(
         Some(Ok(after)) => after,
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after must be a sequence number (u64)"),
     };
-    if let Err(rejection) = read_your_writes(&shared, &headers).await {
-        return reject(rejection);
-    }
-    let Ok(model) = shared.model.read() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
+    let model = match caught_up(&shared, &headers).await {
+        Ok(model) => model,
+        Err(response) => return response,
     };
     if model.ledger().account(id).is_none() {
         return error(StatusCode::NOT_FOUND, format!("account {id} not found"));
@@ -228,11 +233,9 @@ async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, head
         Ok(id) => id,
         Err(rejection) => return reject(rejection),
     };
-    if let Err(rejection) = read_your_writes(&shared, &headers).await {
-        return reject(rejection);
-    }
-    let Ok(model) = shared.model.read() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned");
+    let model = match caught_up(&shared, &headers).await {
+        Ok(model) => model,
+        Err(response) => return response,
     };
     match model.transfer(id) {
         Some(record) => Json(transfer_json(record)).into_response(),
