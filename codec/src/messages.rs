@@ -281,6 +281,36 @@ message!(ClientHello, template 23);
 
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
+impl CreateAccountResult {
+    /// The answer to `command`: its correlation id and account id, and the decision
+    /// (sequence and timestamp 0 when it was decided at the edge, like `busy`).
+    pub fn answering(command: &CreateAccount, sequence: u64, timestamp_ns: u64, result: ResultCode) -> Self {
+        CreateAccountResult {
+            correlation_id: command.correlation_id,
+            id: command.id,
+            sequence: sequence.into(),
+            timestamp_ns: timestamp_ns.into(),
+            result: result.to_wire().into(),
+            reserved: [0; 6],
+        }
+    }
+}
+
+impl TransferResult {
+    /// The answer to `command`: its correlation id and transfer id, and the decision
+    /// (sequence and timestamp 0 when it was decided at the edge, like `busy`).
+    pub fn answering(command: &Transfer, sequence: u64, timestamp_ns: u64, result: ResultCode) -> Self {
+        TransferResult {
+            correlation_id: command.correlation_id,
+            id: command.id,
+            sequence: sequence.into(),
+            timestamp_ns: timestamp_ns.into(),
+            result: result.to_wire().into(),
+            reserved: [0; 6],
+        }
+    }
+}
+
 /// Name, template id, block length and fields of one message, for tools and for the
 /// schema drift test.
 #[derive(Debug, Clone, Copy)]

@@ -326,26 +326,11 @@ fn busy_answers(commands: &[u8]) -> Vec<u8> {
         let mut reply = [0u8; TransferResult::FRAME_SIZE];
         match Frame::decode(frame) {
             Ok((Frame::Transfer(t), _)) => {
-                let result = TransferResult {
-                    correlation_id: t.correlation_id,
-                    id: t.id,
-                    sequence: 0.into(),
-                    timestamp_ns: 0.into(),
-                    result: ResultCode::Busy.to_wire().into(),
-                    reserved: [0; 6],
-                };
-                encode(&result, &mut reply).expect("sized");
+                encode(&TransferResult::answering(&t, 0, 0, ResultCode::Busy), &mut reply).expect("sized");
             }
             Ok((Frame::CreateAccount(a), _)) => {
-                let result = CreateAccountResult {
-                    correlation_id: a.correlation_id,
-                    id: a.id,
-                    sequence: 0.into(),
-                    timestamp_ns: 0.into(),
-                    result: ResultCode::Busy.to_wire().into(),
-                    reserved: [0; 6],
-                };
-                encode(&result, &mut reply).expect("sized");
+                encode(&CreateAccountResult::answering(&a, 0, 0, ResultCode::Busy), &mut reply)
+                    .expect("sized");
             }
             _ => continue,
         }

@@ -209,14 +209,7 @@ impl SequencerCore {
             result: result.to_wire().into(),
             reserved: [0; 6],
         };
-        let reply = CreateAccountResult {
-            correlation_id: command.correlation_id,
-            id: command.id,
-            sequence: sequence.into(),
-            timestamp_ns: timestamp_ns.into(),
-            result: result.to_wire().into(),
-            reserved: [0; 6],
-        };
+        let reply = CreateAccountResult::answering(command, sequence, timestamp_ns, result);
         self.record(&event, connection, &reply, batch);
     }
 
@@ -253,14 +246,7 @@ impl SequencerCore {
                 result: result.to_wire().into(),
                 reserved: [0; 6],
             };
-            let reply = TransferResult {
-                correlation_id: command.correlation_id,
-                id: command.id,
-                sequence: sequence.into(),
-                timestamp_ns: timestamp_ns.into(),
-                result: result.to_wire().into(),
-                reserved: [0; 6],
-            };
+            let reply = TransferResult::answering(command, sequence, timestamp_ns, *result);
             self.record(&event, connection, &reply, batch);
         }
         self.chain_results = results;
