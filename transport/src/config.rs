@@ -7,6 +7,8 @@
 
 use ledgerbus_codec::{DATAGRAM_SIZE_MAX, PACKET_HEADER_SIZE};
 
+use crate::security::BusSecurity;
+
 /// How datagrams reach receivers; changes NAK timing and who gets retransmissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryMode {
@@ -75,6 +77,11 @@ pub struct SenderConfig {
     /// NAKs older than the ring are handed to the driver (`poll_archive_request`),
     /// which serves them from its archive, instead of "not retransmittable".
     pub archive_fallback: bool,
+    /// Whether datagrams are sealed (authenticated and encrypted) and with which keys.
+    pub security: BusSecurity,
+    /// Random and new at every start: part of the sealing key, so a restarted sender
+    /// never reuses a nonce (see [`security`](crate::security)).
+    pub instance: u64,
 }
 
 impl Default for SenderConfig {
@@ -95,6 +102,8 @@ impl Default for SenderConfig {
             retransmit_rate_per_sec: 200_000,
             retransmit_burst: 20_000,
             archive_fallback: false,
+            security: BusSecurity::None,
+            instance: 0,
         }
     }
 }
@@ -102,7 +111,7 @@ impl Default for SenderConfig {
 impl SenderConfig {
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_datagram_size(self.datagram_size_max)?;
+        check_datagram_size(self.datagram_size_max, &self.security)?;
         check(self.ring_datagrams >= 16, "ring_datagrams", || "must be at least 16".into())?;
         check(self.heartbeat_interval_us > 0, "heartbeat_interval_us", || "must be positive".into())?;
         check(self.receivers_max > 0, "receivers_max", || "must be positive".into())?;
@@ -112,9 +121,10 @@ impl SenderConfig {
     }
 }
 
-fn check_datagram_size(size: usize) -> Result<(), ConfigError> {
-    check((PACKET_HEADER_SIZE + 64..=DATAGRAM_SIZE_MAX).contains(&size), "datagram_size_max", || {
-        format!("{size} is not in {}..={DATAGRAM_SIZE_MAX}", PACKET_HEADER_SIZE + 64)
+fn check_datagram_size(size: usize, security: &BusSecurity) -> Result<(), ConfigError> {
+    let min = PACKET_HEADER_SIZE + 64 + security.overhead();
+    check((min..=DATAGRAM_SIZE_MAX).contains(&size), "datagram_size_max", || {
+        format!("{size} is not in {min}..={DATAGRAM_SIZE_MAX}")
     })
 }
 
@@ -146,6 +156,10 @@ pub struct ReceiverConfig {
     pub status_interval_us: u64,
     /// Seed of the NAK back-off jitter, so every run can be replayed.
     pub rng_seed: u64,
+    /// Whether datagrams are sealed and with which keys (the sender's setting).
+    pub security: BusSecurity,
+    /// Random and new at every start (see [`SenderConfig::instance`]).
+    pub instance: u64,
 }
 
 impl Default for ReceiverConfig {
@@ -163,6 +177,8 @@ impl Default for ReceiverConfig {
             window_events: 65_536,
             status_interval_us: 1_000,
             rng_seed: 0x5EED,
+            security: BusSecurity::None,
+            instance: 0,
         }
     }
 }
@@ -170,7 +186,7 @@ impl Default for ReceiverConfig {
 impl ReceiverConfig {
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_datagram_size(self.datagram_size_max)?;
+        check_datagram_size(self.datagram_size_max, &self.security)?;
         check(self.nak_retry_us > 0, "nak_retry_us", || "must be positive".into())?;
         check(self.nak_events_max > 0, "nak_events_max", || "must be positive".into())?;
         check(self.reorder_datagrams_max >= 4, "reorder_datagrams_max", || "must be at least 4".into())?;

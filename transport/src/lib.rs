@@ -13,6 +13,7 @@
 //! - [`sender`]: packing, heartbeats, NAK answers, flow control from status messages.
 //! - [`reorder`]: the receiver's bounded buffer of out-of-order datagrams.
 //! - [`receiver`]: gap detection, NAK scheduling, in-order exactly-once delivery.
+//! - [`security`]: AES-256-GCM sealing of every datagram, keys, replay guard.
 //! - [`stats`]: counters for metrics.
 //! - [`sim`]: a seeded network simulator with loss, bursts, reordering, duplication.
 
@@ -22,6 +23,7 @@ pub mod driver;
 pub mod receiver;
 pub mod reorder;
 pub mod ring;
+pub mod security;
 pub mod sender;
 pub mod sim;
 pub mod stats;
@@ -29,6 +31,7 @@ pub mod time;
 
 pub use config::{ConfigError, DeliveryMode, ReceiverConfig, SenderConfig};
 pub use receiver::{Receiver, ReceiverEvent};
+pub use security::{BusKey, BusKeys, BusSecurity};
 pub use sender::{ArchiveRequest, Destination, PublishError, ReceiverPosition, Sender, Transmit};
 pub use stats::{ReceiverStats, SenderStats};
 pub use time::{monotonic_now, MonoTime};

@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ConfigError, DeliveryMode, ReceiverConfig};
 use crate::reorder::{Insert, ReorderBuffer};
+use crate::security::{BusSecurity, Opener, Sealer};
 use crate::stats::ReceiverStats;
 use crate::MonoTime;
 
@@ -88,6 +89,10 @@ pub struct Receiver {
     control: VecDeque<ControlOut>,
     events: VecDeque<ReceiverEvent>,
     rng: ChaCha8Rng,
+    /// Seals what goes out and opens what comes in, when the bus is secured.
+    seal: Option<(Sealer, Opener)>,
+    /// Where an incoming datagram is opened (as large as the largest datagram).
+    scratch: Vec<u8>,
     stats: ReceiverStats,
 }
 
@@ -102,7 +107,16 @@ impl Receiver {
         now: MonoTime,
     ) -> Result<Receiver, ConfigError> {
         config.validate()?;
+        let seal = match &config.security {
+            BusSecurity::None => None,
+            BusSecurity::Aead(keys) => Some((
+                Sealer::new(keys.clone(), config.receiver_id, config.instance),
+                Opener::new(keys.clone()),
+            )),
+        };
         let receiver = Receiver {
+            scratch: vec![0; if seal.is_some() { config.datagram_size_max } else { 0 }],
+            seal,
             reorder: ReorderBuffer::new(config.reorder_datagrams_max, config.datagram_size_max),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             session,
@@ -172,6 +186,7 @@ impl Receiver {
 
     /// Feeds one datagram from the bus. `deliver(sequence, frame)` is called for each
     /// event that becomes deliverable, in order, exactly once over the receiver's life.
+    /// On a secured bus nothing of a datagram is acted on before its tag verifies.
     pub fn handle_datagram(
         &mut self,
         now: MonoTime,
@@ -179,7 +194,28 @@ impl Receiver {
         bytes: &[u8],
         deliver: &mut impl FnMut(u64, &[u8]),
     ) {
-        let Ok(packet) = Packet::decode(bytes, CrcCheck::Verify) else {
+        let Some((_, opener)) = &mut self.seal else {
+            self.handle_plain(now, bytes, CrcCheck::Verify, deliver);
+            return;
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match opener.open(bytes, &mut scratch) {
+            // The tag proves integrity more strongly than the CRC would.
+            Ok((size, _origin)) => self.handle_plain(now, &scratch[..size], CrcCheck::Skip, deliver),
+            Err(_) => self.stats.unauthenticated += 1,
+        }
+        self.scratch = scratch;
+    }
+
+    /// A datagram known to be authentic (or a bus without security).
+    fn handle_plain(
+        &mut self,
+        now: MonoTime,
+        bytes: &[u8],
+        crc: CrcCheck,
+        deliver: &mut impl FnMut(u64, &[u8]),
+    ) {
+        let Ok(packet) = Packet::decode(bytes, crc) else {
             self.stats.bad_packets += 1;
             return;
         };
@@ -280,7 +316,11 @@ impl Receiver {
             }
         };
         pushed.expect("a control message fits any valid datagram size");
-        Some(writer.finish(now.as_nanos()))
+        let size = writer.finish(now.as_nanos());
+        Some(match &mut self.seal {
+            Some((sealer, _)) => sealer.seal(buf, size),
+            None => size,
+        })
     }
 
     /// When `handle_timeout` should next be called.

@@ -26,6 +26,7 @@ use ledgerbus_codec::{
 
 use crate::config::{ConfigError, DeliveryMode, SenderConfig};
 use crate::ring::Ring;
+use crate::security::{BusSecurity, Opener, Sealer};
 use crate::stats::SenderStats;
 use crate::MonoTime;
 
@@ -137,8 +138,17 @@ pub struct Sender {
     /// Retransmission budget shared by allowed requesters not yet in `receivers`.
     shared_tokens: u64,
     shared_refilled_at: MonoTime,
+    /// Largest datagram before sealing: the configured size less the seal's trailer.
+    plain_max: usize,
+    /// Seals what goes out and opens what comes in, when the bus is secured.
+    seal: Option<(Sealer, Opener)>,
+    /// Where an incoming datagram is opened (as large as the largest datagram).
+    scratch: Vec<u8>,
     stats: SenderStats,
 }
+
+/// The sequencer's node id in sealed datagrams; receivers use their receiver id.
+pub const SENDER_NODE_ID: u32 = 0;
 
 impl Sender {
     /// A sender whose first event gets `first_sequence` (1 for a new log; the next
@@ -147,7 +157,16 @@ impl Sender {
         config.validate()?;
         let ring = Ring::new(config.ring_datagrams, config.datagram_size_max);
         let retransmit_queue_max = config.ring_datagrams;
+        let seal = match &config.security {
+            BusSecurity::None => None,
+            BusSecurity::Aead(keys) => {
+                Some((Sealer::new(keys.clone(), SENDER_NODE_ID, config.instance), Opener::new(keys.clone())))
+            }
+        };
         let sender = Sender {
+            plain_max: config.datagram_size_max - config.security.overhead(),
+            scratch: vec![0; if seal.is_some() { config.datagram_size_max } else { 0 }],
+            seal,
             heartbeat_at: now,
             shared_tokens: config.retransmit_burst,
             shared_refilled_at: now,
@@ -224,16 +243,14 @@ impl Sender {
     /// Appends one encoded event frame (an SBE message) and returns its sequence.
     /// The event goes out with the next `poll_transmit`, packed with its neighbours.
     pub fn publish(&mut self, now: MonoTime, frame: &[u8]) -> Result<u64, PublishError> {
-        let payload_max = self.config.datagram_size_max - PACKET_HEADER_SIZE;
+        let payload_max = self.plain_max - PACKET_HEADER_SIZE;
         if frame.len() > payload_max {
             return Err(PublishError::FrameTooLarge { size: frame.len(), max: payload_max });
         }
         if MessageHeader::frame_size(frame) != Ok(frame.len()) {
             return Err(PublishError::BadFrame);
         }
-        let fits = self
-            .open
-            .is_some_and(|o| o.size + frame.len() <= self.config.datagram_size_max && o.count < u16::MAX);
+        let fits = self.open.is_some_and(|o| o.size + frame.len() <= self.plain_max && o.count < u16::MAX);
         if !fits {
             self.close_open(now);
             self.start_open()?;
@@ -251,8 +268,23 @@ impl Sender {
     }
 
     /// Feeds one datagram received on the control socket from `source`.
-    /// Hostile or stray bytes are counted and dropped.
+    /// Hostile or stray bytes are counted and dropped; on a secured bus nothing of a
+    /// datagram is acted on before its tag verifies.
     pub fn handle_datagram(&mut self, now: MonoTime, source: SocketAddr, bytes: &[u8]) {
+        let Some((_, opener)) = &mut self.seal else {
+            self.handle_plain(now, source, bytes);
+            return;
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match opener.open(bytes, &mut scratch) {
+            Ok((size, _origin)) => self.handle_plain(now, source, &scratch[..size]),
+            Err(_) => self.stats.unauthenticated += 1,
+        }
+        self.scratch = scratch;
+    }
+
+    /// A datagram known to be authentic (or a bus without security).
+    fn handle_plain(&mut self, now: MonoTime, source: SocketAddr, bytes: &[u8]) {
         let packet = match Packet::decode(bytes, CrcCheck::Verify) {
             Ok(packet) => packet,
             Err(_) => {
@@ -307,10 +339,14 @@ impl Sender {
     /// closed and sent when nothing else is waiting.
     pub fn poll_transmit(&mut self, now: MonoTime, buf: &mut [u8]) -> Option<Transmit> {
         assert!(buf.len() >= self.config.datagram_size_max, "transmit buffer smaller than the datagram size");
-        let transmit = self
+        let mut transmit = self
             .poll_retransmit(buf)
             .or_else(|| self.poll_control(now, buf))
             .or_else(|| self.poll_new_data(now, buf));
+        if let (Some(transmit), Some((sealer, _))) = (&mut transmit, &mut self.seal) {
+            // Every transmission, a retransmission too, gets a new nonce.
+            transmit.size = sealer.seal(buf, transmit.size);
+        }
         self.invariants();
         transmit
     }
@@ -373,7 +409,8 @@ impl Sender {
 
     fn poll_control(&mut self, now: MonoTime, buf: &mut [u8]) -> Option<Transmit> {
         let item = self.control.pop_front()?;
-        let mut writer = PacketWriter::control(buf, self.config.stream_id, self.config.session_id);
+        let mut writer =
+            PacketWriter::control(&mut buf[..self.plain_max], self.config.stream_id, self.config.session_id);
         let (destination, pushed) = match item {
             ControlOut::Heartbeat => {
                 self.stats.heartbeats_sent += 1;
@@ -585,7 +622,7 @@ impl Sender {
         assert!(self.control.len() <= self.config.control_queue_max);
         if let Some(open) = self.open {
             assert_eq!(open.first_sequence + u64::from(open.count), self.next_sequence);
-            assert!(open.size <= self.config.datagram_size_max);
+            assert!(open.size <= self.plain_max);
         }
     }
 }

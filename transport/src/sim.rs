@@ -16,11 +16,14 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ledgerbus_codec::messages::TransferEvent;
-use ledgerbus_codec::{decode, encode, Id128, Message, ResultCode};
+use std::sync::Arc;
+
+use ledgerbus_codec::messages::{Heartbeat, Nak, StatusMessage, TransferEvent};
+use ledgerbus_codec::{decode, encode, Id128, Message, PacketWriter, ResultCode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::security::{BusKey, BusKeys, BusSecurity};
 use crate::{Destination, MonoTime, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig};
 
 /// Faults of one direction of the network.
@@ -81,6 +84,8 @@ pub struct SimConfig {
     pub heal_after_us: u64,
     /// The run fails if not complete by this virtual time.
     pub time_limit_us: u64,
+    /// An attacker on the network injecting a hostile datagram this often, if set.
+    pub attack_interval_us: Option<u64>,
 }
 
 impl SimConfig {
@@ -99,7 +104,19 @@ impl SimConfig {
             receiver: ReceiverConfig::default(),
             heal_after_us: 60_000_000,
             time_limit_us: 120_000_000,
+            attack_interval_us: None,
         }
+    }
+
+    /// The same scenario on a sealed bus (a key derived from the seed; the sender's and
+    /// receivers' instances are set per node by the simulator).
+    pub fn secured(mut self) -> SimConfig {
+        let mut key = [0u8; 32];
+        ChaCha8Rng::seed_from_u64(self.seed ^ 0x05EC_012E).fill(&mut key);
+        let keys = Arc::new(BusKeys::new(vec![BusKey::from_bytes(key)]).expect("one key"));
+        self.sender.security = BusSecurity::Aead(keys.clone());
+        self.receiver.security = BusSecurity::Aead(keys);
+        self
     }
 }
 
@@ -122,6 +139,10 @@ pub struct SimReport {
     pub finished_at_us: u64,
     /// Worst repair latency p99 over receivers, in microseconds.
     pub repair_p99_us: u64,
+    /// Hostile datagrams the attacker injected.
+    pub attacks: u64,
+    /// Datagrams dropped as unauthenticated by the sender and every receiver.
+    pub unauthenticated: u64,
 }
 
 /// A datagram in flight.
@@ -136,6 +157,12 @@ enum Node {
     Sender,
     Receiver(usize),
 }
+
+/// The attacker's own address, and the victim it spoofs as a source.
+const ATTACKER_HOST: u8 = 250;
+const VICTIM_HOST: u8 = 251;
+/// Datagrams the attacker remembers from the wire, to replay.
+const CAPTURED_MAX: usize = 64;
 
 /// Loss state of one directed link.
 #[derive(Default, Clone, Copy)]
@@ -210,6 +237,9 @@ struct Sim {
     next_publish: MonoTime,
     report: SimReport,
     buf: Vec<u8>,
+    /// When the attacker strikes next, and what it has captured from the wire.
+    next_attack: MonoTime,
+    captured: Vec<(Node, Vec<u8>)>,
 }
 
 /// Runs a scenario to completion. On failure the error names the seed.
@@ -221,7 +251,9 @@ pub fn run(config: SimConfig) -> Result<SimReport, String> {
 impl Sim {
     fn new(config: SimConfig) -> Result<Sim, String> {
         let now = MonoTime::ZERO;
-        let sender = Sender::new(config.sender.clone(), 1, now).map_err(|e| e.to_string())?;
+        let mut sender_config = config.sender.clone();
+        sender_config.instance = config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let sender = Sender::new(sender_config, 1, now).map_err(|e| e.to_string())?;
         let mut receivers = Vec::new();
         let mut receiver_addresses = Vec::new();
         for index in 0..config.receivers {
@@ -229,6 +261,7 @@ impl Sim {
             receiver_config.receiver_id = index as u32 + 1;
             receiver_config.rng_seed = config.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             receiver_config.datagram_size_max = config.sender.datagram_size_max;
+            receiver_config.instance = receiver_config.rng_seed.rotate_left(17);
             receivers.push(Receiver::new(receiver_config, 1, None, now).map_err(|e| e.to_string())?);
             receiver_addresses.push(address(index as u8 + 2));
         }
@@ -250,6 +283,8 @@ impl Sim {
             next_publish: now,
             report: SimReport::default(),
             buf: vec![0; config.sender.datagram_size_max],
+            next_attack: now.plus_us(config.attack_interval_us.unwrap_or(0)),
+            captured: Vec::with_capacity(CAPTURED_MAX),
             config,
         })
     }
@@ -263,7 +298,8 @@ impl Sim {
             self.deliver_due()?;
             self.run_timers();
             self.publish_due();
-            self.drain_transmits();
+            self.attack_due();
+            self.drain_transmits()?;
             self.handle_events()?;
             if let Some(error) = self.checkers.iter().find_map(|c| c.error.clone()) {
                 return Err(error);
@@ -300,6 +336,8 @@ impl Sim {
             .map(|r| r.stats().repair_latency_ns.value_at_quantile(0.99) / 1_000)
             .max()
             .unwrap_or(0);
+        report.unauthenticated = self.sender.stats().unauthenticated
+            + self.receivers.iter().map(|r| r.stats().unauthenticated).sum::<u64>();
         report
     }
 
@@ -313,6 +351,9 @@ impl Sim {
         }
         if self.published < self.config.events {
             next = next.min(self.next_publish);
+        }
+        if self.config.attack_interval_us.is_some() && !self.healed() {
+            next = next.min(self.next_attack);
         }
         next.max(self.now)
     }
@@ -371,7 +412,7 @@ impl Sim {
         self.next_publish = self.now.plus_us(self.config.publish_interval_us);
     }
 
-    fn drain_transmits(&mut self) {
+    fn drain_transmits(&mut self) -> Result<(), String> {
         let mut buf = std::mem::take(&mut self.buf);
         while let Some(transmit) = self.sender.poll_transmit(self.now, &mut buf) {
             let bytes = &buf[..transmit.size];
@@ -387,8 +428,14 @@ impl Sim {
                     }
                 }
                 Destination::To(address) => {
-                    if let Some(index) = self.receiver_addresses.iter().position(|a| *a == address) {
-                        self.send_data(index, bytes);
+                    match self.receiver_addresses.iter().position(|a| *a == address) {
+                        Some(index) => self.send_data(index, bytes),
+                        None => {
+                            let error =
+                                format!("the sender sent {} bytes to {address}, not a receiver", bytes.len());
+                            self.buf = buf;
+                            return Err(error);
+                        }
                     }
                 }
             }
@@ -403,6 +450,7 @@ impl Sim {
             }
         }
         self.buf = buf;
+        Ok(())
     }
 
     fn send_data(&mut self, index: usize, bytes: &[u8]) {
@@ -413,6 +461,14 @@ impl Sim {
     }
 
     fn send(&mut self, link: &mut LinkState, faults: LinkFaults, to: Node, from: SocketAddr, bytes: &[u8]) {
+        if self.config.attack_interval_us.is_some() && self.rng.random_bool(0.01) {
+            // The attacker sees the wire and keeps some datagrams to replay later.
+            if self.captured.len() == CAPTURED_MAX {
+                let victim = self.rng.random_range(0..CAPTURED_MAX);
+                self.captured.swap_remove(victim);
+            }
+            self.captured.push((to, bytes.to_vec()));
+        }
         let copies = if self.healed() {
             1
         } else if link.burst_remaining > 0 {
@@ -434,7 +490,13 @@ impl Sim {
         }
         for _ in 0..copies {
             let jitter = if faults.jitter_us == 0 { 0 } else { self.rng.random_range(0..=faults.jitter_us) };
-            let at = self.now.plus_us(faults.latency_us + jitter);
+            self.inject(self.now.plus_us(faults.latency_us + jitter), to, from, bytes);
+        }
+    }
+
+    /// Puts one datagram on the network, arriving at `at`.
+    fn inject(&mut self, at: MonoTime, to: Node, from: SocketAddr, bytes: &[u8]) {
+        {
             let flight = InFlight { to, from, bytes: bytes.to_vec() };
             let slot = match self.free_flight.pop() {
                 Some(slot) => {
@@ -448,6 +510,87 @@ impl Sim {
             };
             self.flight_counter += 1;
             self.network.push(Reverse((at, self.flight_counter, slot)));
+        }
+    }
+
+    /// The attacker's turn: one hostile datagram, of a kind drawn at random. It knows
+    /// everything public (addresses, stream, the session from any captured header,
+    /// receivers' positions) but not the bus key.
+    fn attack_due(&mut self) {
+        let Some(interval_us) = self.config.attack_interval_us else { return };
+        if self.healed() || self.now < self.next_attack {
+            return;
+        }
+        self.next_attack = self.now.plus_us(interval_us);
+        self.report.attacks += 1;
+        let stream = self.config.sender.stream_id;
+        let session = self.config.sender.session_id;
+        let target = self.rng.random_range(0..self.receivers.len());
+        let attacker = address(ATTACKER_HOST);
+        let victim = address(VICTIM_HOST);
+        let mut buf = vec![0u8; self.config.sender.datagram_size_max];
+        let at = self.now.plus_us(1);
+        match self.rng.random_range(0..7) {
+            // A made-up event with the next sequence, as if from the sender.
+            0 => {
+                let next = self.receivers[target].next_expected();
+                let mut writer = PacketWriter::data(&mut buf, stream, session, next);
+                let mut forged = event_frame(next);
+                forged[40] ^= 0xFF; // another debit account
+                writer.push_frame(&forged).expect("one frame fits");
+                let size = writer.finish(0);
+                self.inject(at, Node::Receiver(target), self.sender_address, &buf[..size]);
+            }
+            // A heartbeat of another session.
+            1 => {
+                let mut writer = PacketWriter::control(&mut buf, stream, session ^ 0xDEAD);
+                let heartbeat =
+                    Heartbeat { next_sequence: 1_000_000.into(), oldest_retained_sequence: 999_999.into() };
+                writer.push(&heartbeat).expect("fits");
+                let size = writer.finish(0);
+                self.inject(at, Node::Receiver(target), self.sender_address, &buf[..size]);
+            }
+            // A status message from the attacker's address, to be taken for a receiver.
+            2 => {
+                let mut writer = PacketWriter::control(&mut buf, stream, session);
+                let status = StatusMessage {
+                    receiver_id: 99.into(),
+                    window_events: 1.into(),
+                    highest_contiguous_sequence: 0.into(),
+                };
+                writer.push(&status).expect("fits");
+                let size = writer.finish(0);
+                self.inject(at, Node::Sender, attacker, &buf[..size]);
+            }
+            // NAKs for everything, from the attacker and spoofed from the victim.
+            3 | 4 => {
+                let mut writer = PacketWriter::control(&mut buf, stream, session);
+                let nak = Nak { from_sequence: 1.into(), count: 65_536.into(), receiver_id: 99.into() };
+                writer.push(&nak).expect("fits");
+                let size = writer.finish(0);
+                let from = if self.rng.random_bool(0.5) { attacker } else { victim };
+                self.inject(at, Node::Sender, from, &buf[..size]);
+            }
+            // A captured datagram replayed, from the attacker or spoofing the victim.
+            5 if !self.captured.is_empty() => {
+                let (to, bytes) = self.captured[self.rng.random_range(0..self.captured.len())].clone();
+                let from = match to {
+                    Node::Sender if self.rng.random_bool(0.5) => victim,
+                    Node::Sender => self.receiver_addresses[target],
+                    Node::Receiver(_) => self.sender_address,
+                };
+                self.inject(at, to, from, &bytes);
+            }
+            // A captured datagram with one bit flipped.
+            _ if !self.captured.is_empty() => {
+                let (to, mut bytes) = self.captured[self.rng.random_range(0..self.captured.len())].clone();
+                let bit = self.rng.random_range(0..bytes.len() * 8);
+                bytes[bit / 8] ^= 1 << (bit % 8);
+                let from =
+                    if to == Node::Sender { self.receiver_addresses[target] } else { self.sender_address };
+                self.inject(at, to, from, &bytes);
+            }
+            _ => {}
         }
     }
 

@@ -34,6 +34,8 @@ pub struct SenderStats {
     pub receivers_dropped: u64,
     /// Datagrams that failed to decode (truncated, bad CRC, …).
     pub bad_packets: u64,
+    /// Datagrams dropped on a secured bus: bad tag, unknown key, replayed control.
+    pub unauthenticated: u64,
     /// Datagrams for another stream.
     pub wrong_stream: u64,
     /// Datagrams for another session.
@@ -63,6 +65,8 @@ pub struct ReceiverStats {
     pub heartbeats_received: u64,
     /// Datagrams that failed to decode (truncated, bad CRC, …).
     pub bad_packets: u64,
+    /// Datagrams dropped on a secured bus: bad tag, unknown key, replayed control.
+    pub unauthenticated: u64,
     /// Datagrams for another stream.
     pub wrong_stream: u64,
     /// Datagrams of a session other than the current one.
@@ -89,6 +93,7 @@ impl Default for ReceiverStats {
             status_sent: 0,
             heartbeats_received: 0,
             bad_packets: 0,
+            unauthenticated: 0,
             wrong_stream: 0,
             wrong_session: 0,
             inconsistent_packets: 0,
