@@ -157,6 +157,37 @@ pub struct TransportArgs {
     /// Requested SO_SNDBUF in bytes; capped at net.core.wmem_max.
     #[arg(long, env = "LEDGERBUS_SOCKET_SNDBUF", default_value_t = 4 << 20, value_name = "BYTES")]
     pub socket_sndbuf: usize,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// How the bus is secured: the keys every member holds.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Bus security")]
+pub struct BusArgs {
+    /// Bus keys, 64 hex digits each (`openssl rand -hex 32`), comma-separated: the
+    /// first seals what this process sends, every one opens what it receives (give two
+    /// while rotating). Every member of the bus (sequencer, consumers, tools that
+    /// listen or replay) needs it; it also authenticates bulk replay.
+    #[arg(long, env = "LEDGERBUS_BUS_KEY", hide_env_values = true, value_name = "HEX[,HEX]")]
+    pub bus_key: Option<String>,
+
+    /// `aes-256-gcm`: every datagram authenticated and encrypted (the default).
+    /// `none`: plain datagrams with a CRC, for benchmarks on a trusted host only;
+    /// anyone who can send to the bus ports can then forge events.
+    #[arg(long, env = "LEDGERBUS_BUS_SECURITY", default_value = "aes-256-gcm", value_name = "MODE")]
+    pub bus_security: BusSecurityMode,
+}
+
+/// Whether datagrams on the bus are sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusSecurityMode {
+    /// AES-256-GCM on every datagram.
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    /// No sealing (benchmarks on a trusted host).
+    None,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -426,7 +457,14 @@ pub struct BenchTransportArgs {
     /// Largest datagram, in bytes.
     #[arg(long, default_value_t = 1408, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(576..=65507))]
     pub mtu: u16,
-    /// Print a last line of JSON with the results.
+    /// Seal datagrams (`aes-256-gcm`, with a key made for the run) or not (`none`).
+    #[arg(long, default_value = "aes-256-gcm", value_name = "MODE")]
+    pub bus_security: BusSecurityMode,
+    /// Also run with the other --bus-security in the same invocation and print the
+    /// ratio of sealed to plain events/s (what security costs, measured side by side).
+    #[arg(long)]
+    pub compare: bool,
+    /// Print a last line of JSON with the results (one per run).
     #[arg(long)]
     pub json: bool,
 }
@@ -453,6 +491,9 @@ pub struct BenchSequencerArgs {
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
+    /// With --subscribers: the bus key they hold.
+    #[command(flatten)]
+    pub bus: BusArgs,
 }
 
 /// API driven by `bench e2e`.
@@ -475,6 +516,10 @@ pub struct BenchE2eArgs {
     /// API key for the gateway.
     #[arg(long, env = "LEDGERBUS_API_KEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
+    /// With --spawn: seal the bus (`aes-256-gcm`, the default) or not (`none`), to
+    /// measure what security costs.
+    #[arg(long, default_value = "aes-256-gcm", value_name = "MODE")]
+    pub bus_security: BusSecurityMode,
     /// Start the whole system on 127.0.0.1 first (as `demo` does), check at the end
     /// that both consumers reached the sequencer's state hash, and stop it.
     #[arg(long)]
@@ -566,6 +611,9 @@ pub struct ReplayArgs {
     /// With --verify: also print the summary as one line of JSON.
     #[arg(long)]
     pub json: bool,
+    /// The bus key: --from-sequencer authenticates with it, --to-subscriber seals with it.
+    #[command(flatten)]
+    pub bus: BusArgs,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -598,4 +646,7 @@ pub struct ReplayNakArgs {
     /// How long to listen for replies, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub wait_ms: u64,
+    /// The bus key the probe seals and opens its datagrams with.
+    #[command(flatten)]
+    pub bus: BusArgs,
 }

@@ -53,7 +53,24 @@ impl TransportArgs {
         })?;
         check(self.socket_sndbuf >= usize::from(self.mtu), "socket-sndbuf", || {
             format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_sndbuf, self.mtu)
-        })
+        })?;
+        self.bus.validate()
+    }
+}
+
+impl crate::cli::BusArgs {
+    /// The bus key is required (it seals the bus and authenticates bulk replay) and
+    /// must parse; the error never shows the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.bus_key {
+            None => Err(ConfigError {
+                setting: "bus-key",
+                message: "is required (or LEDGERBUS_BUS_KEY): `openssl rand -hex 32` makes one".into(),
+            }),
+            Some(list) => ledgerbus_transport::BusKeys::parse(list)
+                .map(|_| ())
+                .map_err(|e| ConfigError { setting: "bus-key", message: e.to_string() }),
+        }
     }
 }
 

@@ -164,6 +164,28 @@ impl Sink for DiskSink {
         Some(self.journal.session_id())
     }
 
+    fn start_session(&mut self, session: u64) -> Result<(), String> {
+        let held = self.journal.session_id();
+        if held == session {
+            return Ok(());
+        }
+        // Never delete a log: move this one aside, then start the new one empty.
+        let data = &self.config.data_dir;
+        let aside = (0..)
+            .map(|n| data.join(format!("previous-log-{held:016x}{}", if n == 0 { String::new() } else { format!("-{n}") })))
+            .find(|path| !path.exists())
+            .expect("some name is free");
+        fs::create_dir_all(&aside).map_err(|e| format!("creating {}: {e}", aside.display()))?;
+        for dir in [journal_dir(data), snapshot_dir(data)] {
+            let name = dir.file_name().expect("fixed names").to_owned();
+            fs::rename(&dir, aside.join(name)).map_err(|e| format!("moving {} aside: {e}", dir.display()))?;
+        }
+        tracing::warn!(old = %aside.display(), "the previous log's journal and snapshots were moved aside");
+        let (fresh, _) = DiskSink::open(self.config.clone(), session, Arc::clone(&self.progress))?;
+        *self = fresh;
+        Ok(())
+    }
+
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
         for frame in split_frames(frames) {
             self.core.follow(frame)?;
@@ -195,7 +217,7 @@ pub fn run(
     let session = if has_journal {
         0
     } else {
-        ledgerbus_sequencer::client::sequencer_session(follow_config.sequencer_replay)?
+        ledgerbus_sequencer::client::sequencer_session(follow_config.sequencer_replay, &follow_config.replay_key)?
     };
     let (mut sink, resumed) =
         DiskSink::open(config, session, Arc::clone(&progress)).map_err(FollowError::Apply)?;

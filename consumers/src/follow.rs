@@ -1,6 +1,11 @@
 //! Following the bus: catch up through the sequencer's bulk replay, then apply the
 //! live stream, and go back to bulk replay whenever the receiver says its gap has
 //! left the sender's ring. Every event reaches the sink once, in order.
+//!
+//! A new session (the sequencer started a new log) is never a reason to stop: the
+//! receiver reports authenticated datagrams of another session, the follower asks the
+//! replay service (authenticated too) which session is current, and if it really
+//! changed, the sink starts over from the new log's first event.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Subscriber};
-use ledgerbus_transport::{ReceiverConfig, ReceiverEvent};
+use ledgerbus_transport::{ReceiverConfig, ReceiverEvent, ReplayKey};
 
 /// Where events go.
 pub trait Sink {
@@ -17,6 +22,10 @@ pub trait Sink {
     fn next_sequence(&self) -> u64;
     /// The session the sink's data belongs to, if it knows one.
     fn session(&self) -> Option<u64>;
+    /// From now on the sink's events belong to `session`. A sink holding events of
+    /// another session forgets them first (keeping its old data aside where it has
+    /// any on disk) and expects the new log's first event next.
+    fn start_session(&mut self, session: u64) -> Result<(), String>;
     /// Applies a batch of event frames (concatenated, in order).
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String>;
     /// Called after each batch (persist, publish progress).
@@ -34,6 +43,8 @@ pub struct FollowConfig {
     pub sequencer_control: SocketAddr,
     /// The sequencer's replay service.
     pub sequencer_replay: SocketAddr,
+    /// The credential the replay service asks for (derived from the bus key).
+    pub replay_key: ReplayKey,
     /// Receiver settings.
     pub receiver: ReceiverConfig,
     /// Socket buffers.
@@ -62,14 +73,6 @@ pub enum FollowError {
     /// The sink refused an event (corruption or a bug).
     #[error("applying events: {0}")]
     Apply(String),
-    /// The sequencer runs another log than the one this consumer holds.
-    #[error("the sequencer's session {new:#018x} is not this consumer's {current:#018x}: it started a new log; this consumer's data belongs to the old one")]
-    SessionChanged {
-        /// Ours.
-        current: u64,
-        /// Theirs.
-        new: u64,
-    },
 }
 
 /// Frames gathered between two applies; one lock or one journal commit per batch.
@@ -89,14 +92,36 @@ impl Batch {
     }
 }
 
-/// Replays `from..` (to the head) from the replay service into the sink.
+/// Replays `from..` (to the head) from the replay service into the sink; if the
+/// service serves another session than the sink's, the sink starts that session over
+/// and replays it from its start. Returns the session served.
 fn catch_up(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) -> Result<u64, FollowError> {
+    let session = catch_up_once(sink, config, progress)?;
+    if session != 0 && sink.session().is_some_and(|held| held != session) {
+        tracing::warn!(
+            held = format_args!("{:#018x}", sink.session().unwrap_or(0)),
+            new = format_args!("{session:#018x}"),
+            "the sequencer started a new log; starting over from its first event"
+        );
+        sink.start_session(session).map_err(FollowError::Apply)?;
+        progress.last_sequence.store(0, Ordering::Relaxed);
+        return catch_up_once(sink, config, progress);
+    }
+    if session != 0 {
+        sink.start_session(session).map_err(FollowError::Apply)?;
+    }
+    Ok(session)
+}
+
+/// One replay of `from..` for the sink's session: nothing is applied if the service
+/// serves another session (it stops at the first event of another session).
+fn catch_up_once(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) -> Result<u64, FollowError> {
     let from = sink.next_sequence();
     let session = sink.session().unwrap_or(0);
     let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: from, error: None };
     let mut applied_error = None;
     let (next, replay_session) =
-        ledgerbus_sequencer::client::replay(config.sequencer_replay, 0, from, 0, |sequence, frame| {
+        ledgerbus_sequencer::client::replay(config.sequencer_replay, &config.replay_key, session, from, 0, |sequence, frame| {
             batch.push(sequence, frame);
             if batch.frames.len() >= 1 << 20 {
                 if let Err(error) = sink.apply_batch(&batch.frames).and_then(|_| sink.commit()) {
@@ -113,7 +138,8 @@ fn catch_up(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) ->
             None => FollowError::Io(e),
         })?;
     if session != 0 && replay_session != 0 && replay_session != session {
-        return Err(FollowError::SessionChanged { current: session, new: replay_session });
+        debug_assert!(batch.frames.is_empty(), "the service stops before another session's events");
+        return Ok(replay_session);
     }
     if let Some(error) = batch.error {
         return Err(FollowError::Apply(error));
@@ -206,25 +232,46 @@ pub fn follow(
                     oldest_retained_sequence,
                     "gap left the sender's ring; bulk replay"
                 );
-                catch_up_retrying(sink, config, progress, stop)?;
-                let mut resumed = Batch { frames: Vec::new(), next: sink.next_sequence(), error: None };
-                subscriber.core_mut().resume(
-                    ledgerbus_transport::monotonic_now(),
-                    sink.next_sequence(),
-                    &mut |s, f| resumed.push(s, f),
-                );
-                if let Some(error) = resumed.error {
-                    return Err(FollowError::Apply(error));
-                }
-                sink.apply_batch(&resumed.frames).and_then(|_| sink.commit()).map_err(FollowError::Apply)?;
+                resynchronise(sink, config, progress, stop, &mut subscriber)?;
             }
             Some(ReceiverEvent::SessionChanged { current, new }) => {
-                return Err(FollowError::SessionChanged { current, new });
+                // Authenticated, but possibly an old datagram replayed: the replay
+                // service says which session is current.
+                tracing::warn!(
+                    current = format_args!("{current:#018x}"),
+                    new = format_args!("{new:#018x}"),
+                    "datagrams of another session; asking the sequencer which one is current"
+                );
+                resynchronise(sink, config, progress, stop, &mut subscriber)?;
             }
             None => {}
         }
     }
     Ok(())
+}
+
+/// Catches up through bulk replay, then continues live: from where the sink is in the
+/// same session, or from the new log's start when the session changed.
+fn resynchronise(
+    sink: &mut impl Sink,
+    config: &FollowConfig,
+    progress: &Progress,
+    stop: &AtomicBool,
+    subscriber: &mut Subscriber,
+) -> Result<(), FollowError> {
+    let session = catch_up_retrying(sink, config, progress, stop)?;
+    let now = ledgerbus_transport::monotonic_now();
+    if session != 0 && subscriber.core().session() != Some(session) {
+        tracing::info!(session = format_args!("{session:#018x}"), next = sink.next_sequence(), "following the new session");
+        subscriber.core_mut().reset_session(now, session, sink.next_sequence());
+        return Ok(());
+    }
+    let mut resumed = Batch { frames: Vec::new(), next: sink.next_sequence(), error: None };
+    subscriber.core_mut().resume(now, sink.next_sequence(), &mut |s, f| resumed.push(s, f));
+    if let Some(error) = resumed.error {
+        return Err(FollowError::Apply(error));
+    }
+    sink.apply_batch(&resumed.frames).and_then(|_| sink.commit()).map_err(FollowError::Apply)
 }
 
 /// Splits a buffer of concatenated frames.

@@ -40,6 +40,10 @@ struct MemorySink {
     applied: watch::Sender<u64>,
     progress: Arc<Progress>,
     next: u64,
+    /// The log the model holds, once known.
+    session: Option<u64>,
+    /// Transfer ids a fresh model is sized for.
+    transfer_capacity: usize,
 }
 
 impl Sink for MemorySink {
@@ -48,7 +52,19 @@ impl Sink for MemorySink {
     }
 
     fn session(&self) -> Option<u64> {
-        None
+        self.session
+    }
+
+    fn start_session(&mut self, session: u64) -> Result<(), String> {
+        if self.session.is_some_and(|held| held != session) {
+            let mut model = self.model.write().map_err(|_| "read model lock poisoned".to_string())?;
+            *model = ReadModel::with_capacity(self.transfer_capacity);
+            self.next = model.next_sequence();
+            self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
+            self.applied.send_replace(0);
+        }
+        self.session = Some(session);
+        Ok(())
     }
 
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
@@ -78,7 +94,14 @@ pub fn run(
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let shared = Shared { model: Arc::clone(&model), progress: Arc::clone(&progress), applied: applied_rx };
     ledgerbus_sequencer::metrics::serve_router(http, router(shared), "query-http")?;
-    let mut sink = MemorySink { model, applied: applied_tx, progress: Arc::clone(&progress), next: 1 };
+    let mut sink = MemorySink {
+        model,
+        applied: applied_tx,
+        progress: Arc::clone(&progress),
+        next: 1,
+        session: None,
+        transfer_capacity,
+    };
     follow(&mut sink, &config, &progress, &stop)
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use ledgerbus_codec::messages::NakUnavailable;
 use ledgerbus_codec::PacketWriter;
+use ledgerbus_transport::security::{BusSecurity, Sealer, SENDER_NODE_ID_ARCHIVE};
 use ledgerbus_transport::ArchiveRequest;
 
 use crate::journal::{JournalError, JournalReader};
@@ -41,6 +42,8 @@ pub struct ArchiveConfig {
     pub datagram_size_max: usize,
     /// Local address to send from (the bus interface).
     pub bind: SocketAddr,
+    /// Whether (and with which keys) datagrams are sealed, as the live stream's are.
+    pub security: BusSecurity,
 }
 
 impl Archive {
@@ -48,16 +51,25 @@ impl Archive {
     pub fn start(config: ArchiveConfig) -> std::io::Result<Archive> {
         let socket = UdpSocket::bind(SocketAddr::new(config.bind.ip(), 0))?;
         let (requests, queue) = sync_channel::<ArchiveRequest>(QUEUE_MAX);
+        // Its own sender instance: a key and counter of its own, so its nonces never
+        // meet the hot thread's.
+        let mut sealer = match &config.security {
+            BusSecurity::None => None,
+            BusSecurity::Aead(keys) => {
+                Some(Sealer::new(keys.clone(), SENDER_NODE_ID_ARCHIVE, crate::auth::random_u64()?))
+            }
+        };
         std::thread::Builder::new().name("archive".into()).spawn(move || {
             let mut last: Option<(ArchiveRequest, Instant)> = None;
             let mut frames = Vec::new();
             let mut datagram = vec![0u8; config.datagram_size_max];
+            let mut out = Out { socket, sealer: sealer.take(), plain_max: config.datagram_size_max - config.security.overhead() };
             while let Ok(request) = queue.recv() {
                 if last.is_some_and(|(previous, at)| previous == request && at.elapsed() < REPEAT_WINDOW) {
                     continue;
                 }
                 last = Some((request, Instant::now()));
-                if let Err(error) = serve(&config, &socket, request, &mut frames, &mut datagram) {
+                if let Err(error) = serve(&config, &mut out, request, &mut frames, &mut datagram) {
                     tracing::warn!(%error, to = %request.to, "cannot serve a NAK from the journal");
                 }
             }
@@ -74,11 +86,30 @@ impl Archive {
     }
 }
 
+/// The archive's way out: its socket and, on a sealed bus, its sealer.
+struct Out {
+    socket: UdpSocket,
+    sealer: Option<Sealer>,
+    /// Largest datagram before sealing.
+    plain_max: usize,
+}
+
+impl Out {
+    /// Seals (if the bus is sealed) and sends `datagram[..size]`.
+    fn send(&mut self, datagram: &mut [u8], size: usize, to: SocketAddr) -> std::io::Result<()> {
+        let size = match &mut self.sealer {
+            Some(sealer) => sealer.seal(datagram, size),
+            None => size,
+        };
+        self.socket.send_to(&datagram[..size], to).map(|_| ())
+    }
+}
+
 /// Reads the range from the journal and sends it, packed like live data; an empty or
 /// unreadable range gets "not retransmittable" (everything from `end` is in the ring).
 fn serve(
     config: &ArchiveConfig,
-    socket: &UdpSocket,
+    out: &mut Out,
     request: ArchiveRequest,
     frames: &mut Vec<u8>,
     datagram: &mut [u8],
@@ -90,7 +121,8 @@ fn serve(
         if let Err(error) = read {
             tracing::warn!(%error, "journal read for a NAK failed");
         }
-        let mut writer = PacketWriter::control(datagram, config.stream_id, config.session_id);
+        let plain_max = out.plain_max;
+        let mut writer = PacketWriter::control(&mut datagram[..plain_max], config.stream_id, config.session_id);
         let count = u32::try_from(request.end_sequence - request.from_sequence).unwrap_or(u32::MAX);
         writer
             .push(&NakUnavailable {
@@ -101,13 +133,15 @@ fn serve(
             })
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let size = writer.finish(0);
-        socket.send_to(&datagram[..size], request.to)?;
+        out.send(datagram, size, request.to)?;
         return Ok(());
     }
     let mut sequence = request.from_sequence;
     let mut pending = ledgerbus_codec::Frames::new(frames).map_while(Result::ok).peekable();
     while pending.peek().is_some() {
-        let mut writer = PacketWriter::data(datagram, config.stream_id, config.session_id, sequence);
+        let plain_max = out.plain_max;
+        let mut writer =
+            PacketWriter::data(&mut datagram[..plain_max], config.stream_id, config.session_id, sequence);
         while let Some(frame) = pending.peek() {
             if writer.push_frame(frame).is_err() {
                 break;
@@ -119,7 +153,7 @@ fn serve(
             return Err(std::io::Error::other("a journal frame does not fit a datagram"));
         }
         let size = writer.finish(0);
-        socket.send_to(&datagram[..size], request.to)?;
+        out.send(datagram, size, request.to)?;
     }
     Ok(())
 }

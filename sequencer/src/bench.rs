@@ -70,6 +70,10 @@ pub struct LiveConsumers {
     pub control: SocketAddr,
     /// The replay service they catch up from (served from the bench's journal).
     pub replay: SocketAddr,
+    /// The bus keys they hold (replay credentials come from them).
+    pub bus_keys: std::sync::Arc<ledgerbus_transport::BusKeys>,
+    /// Whether the stream to them is sealed.
+    pub security: ledgerbus_transport::BusSecurity,
 }
 
 /// Runs the benchmark in `dir` (a fresh directory) for `duration`. With `live`, events
@@ -92,7 +96,7 @@ pub fn run(
             let listener = std::net::TcpListener::bind(live.replay)?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let metrics = std::sync::Arc::new(crate::metrics::SequencerMetrics::default());
-            crate::replay::serve(listener, dir.to_path_buf(), metrics, stop)?;
+            crate::replay::serve(listener, dir.to_path_buf(), live.bus_keys.replay_keys(), metrics, stop)?;
             (Targets::Unicast(live.subscribers.clone()), live.control)
         }
         None => (Targets::Unicast(vec![socket::ipv4(sink.local_addr()?)?]), loopback),
@@ -102,7 +106,13 @@ pub fn run(
         Targets::Multicast { .. } => Vec::new(),
     };
     let mut publisher = Publisher::new(
-        SenderConfig { session_id: recovered.session_id, allowed_requesters, ..SenderConfig::default() },
+        SenderConfig {
+            session_id: recovered.session_id,
+            allowed_requesters,
+            security: live.as_ref().map(|l| l.security.clone()).unwrap_or_default(),
+            instance: crate::auth::random_u64()?,
+            ..SenderConfig::default()
+        },
         recovered.next_sequence,
         control,
         targets,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayRequest, Welcome};
 use ledgerbus_codec::{decode, encode, Frame, Message, MessageHeader, MESSAGE_HEADER_SIZE};
 
+use ledgerbus_transport::ReplayKey;
+
 use crate::auth;
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -102,9 +104,21 @@ impl SequencerClient {
 
 /// The session a sequencer's replay service serves: a replay of an empty range, so
 /// the service only reads a segment header.
-pub fn sequencer_session(address: SocketAddr) -> io::Result<u64> {
-    let (_, session) = replay(address, 0, u64::MAX, u64::MAX - 1, |_, _| Ok(()))?;
+pub fn sequencer_session(address: SocketAddr, key: &ReplayKey) -> io::Result<u64> {
+    let (_, session) = replay(address, key, 0, u64::MAX, u64::MAX - 1, |_, _| Ok(()))?;
     Ok(session)
+}
+
+/// Answers the replay service's challenge with `key`.
+fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(64);
+    read_frame(stream, &mut buf)?;
+    let (challenge, _) =
+        decode::<Challenge>(&buf).map_err(|e| invalid(format!("expected the replay challenge: {e}")))?;
+    let answer = Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &challenge.nonce) };
+    let mut bytes = [0u8; Authenticate::FRAME_SIZE];
+    encode(&answer, &mut bytes).expect("sized");
+    stream.write_all(&bytes)
 }
 
 /// Replays `from..=to` (`to` 0: up to the head) from a sequencer's replay service,
@@ -112,6 +126,7 @@ pub fn sequencer_session(address: SocketAddr) -> io::Result<u64> {
 /// sequence and session.
 pub fn replay(
     address: SocketAddr,
+    key: &ReplayKey,
     session_id: u64,
     from: u64,
     to: u64,
@@ -119,6 +134,7 @@ pub fn replay(
 ) -> io::Result<(u64, u64)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    authenticate_replay(&mut stream, key)?;
     let request =
         ReplayRequest { session_id: session_id.into(), from_sequence: from.into(), to_sequence: to.into() };
     let mut bytes = [0u8; ReplayRequest::FRAME_SIZE];
@@ -126,8 +142,16 @@ pub fn replay(
     stream.write_all(&bytes)?;
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     let mut buf = Vec::with_capacity(256);
+    let mut first = true;
     loop {
-        let size = read_frame(&mut reader, &mut buf)?;
+        let size = read_frame(&mut reader, &mut buf).map_err(|e| {
+            if first && e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(io::ErrorKind::PermissionDenied, "replay service closed the connection: wrong bus key?")
+            } else {
+                e
+            }
+        })?;
+        first = false;
         match Frame::decode(&buf[..size]) {
             Ok((Frame::ReplayEnd(end), _)) => {
                 let end: ReplayEnd = end.to_block();

@@ -49,6 +49,8 @@ pub struct SequencerMetrics {
     pub bad_packets_total: AtomicU64,
     /// Replay sessions served.
     pub replays_total: AtomicU64,
+    /// Replay connections refused for a missing or wrong credential.
+    pub replays_refused: AtomicU64,
     /// (last durable sequence, rolling log hash after it, session), for `/status`.
     pub head: Mutex<(u64, u64, u64)>,
     /// Consumers' positions, refreshed by the hot thread a few times a second.
@@ -130,6 +132,13 @@ impl SequencerMetrics {
             "Bulk replay sessions served.",
             "counter",
             get(&self.replays_total),
+        );
+        counter(
+            &mut out,
+            "ledgerbus_replays_refused_total",
+            "Bulk replay connections refused for a missing or wrong credential.",
+            "counter",
+            get(&self.replays_refused),
         );
         let _ = writeln!(out, "# HELP ledgerbus_fsync_seconds Journal sync latency per group commit.");
         let _ = writeln!(out, "# TYPE ledgerbus_fsync_seconds histogram");

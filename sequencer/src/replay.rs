@@ -2,6 +2,11 @@
 //! transport's ring) sends a ReplayRequest over TCP and gets the exact event frames
 //! from the journal, then a ReplayEnd. Each client has its own thread reading the
 //! segment files with a fixed buffer, so memory stays bounded however long the range.
+//!
+//! Nothing is served without a credential: the service first sends a Challenge, and
+//! the client must answer HMAC-SHA256(replay key, nonce), the replay key being
+//! derived from a bus key (see `ledgerbus_transport::security`). A wrong or missing
+//! answer closes the connection with nothing sent but the challenge.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,8 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledgerbus_codec::messages::{ReplayEnd, ReplayRequest};
+use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayRequest};
 use ledgerbus_codec::{decode, encode, Message};
+use ledgerbus_transport::ReplayKey;
+
+use crate::auth;
 
 use crate::journal::JournalReader;
 use crate::metrics::SequencerMetrics;
@@ -23,9 +31,11 @@ const CLIENTS_MAX: usize = 32;
 pub fn serve(
     listener: TcpListener,
     dir: PathBuf,
+    keys: Vec<ReplayKey>,
     metrics: Arc<SequencerMetrics>,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
+    let keys = Arc::new(keys);
     listener.set_nonblocking(true)?;
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("replay-accept".into()).spawn(move || {
@@ -39,9 +49,11 @@ pub fn serve(
                     }
                     metrics.replays_total.fetch_add(1, Ordering::Relaxed);
                     let dir = dir.clone();
+                    let keys = Arc::clone(&keys);
+                    let metrics = Arc::clone(&metrics);
                     let active = Arc::clone(&active);
                     let spawned = std::thread::Builder::new().name("replay-client".into()).spawn(move || {
-                        if let Err(error) = serve_client(stream, &dir) {
+                        if let Err(error) = serve_client(stream, &dir, &keys, &metrics) {
                             tracing::warn!(%peer, %error, "replay client ended with an error");
                         }
                         active.fetch_sub(1, Ordering::AcqRel);
@@ -63,10 +75,36 @@ pub fn serve(
     Ok(())
 }
 
-fn serve_client(mut stream: TcpStream, dir: &std::path::Path) -> io::Result<()> {
+/// Challenges the client; Ok only if it answered with one of `keys`.
+fn authenticate(stream: &mut TcpStream, keys: &[ReplayKey]) -> io::Result<()> {
+    let nonce = auth::nonce()?;
+    let mut challenge = [0u8; Challenge::FRAME_SIZE];
+    encode(&Challenge { nonce }, &mut challenge).expect("sized");
+    stream.write_all(&challenge)?;
+    let mut answer = [0u8; Authenticate::FRAME_SIZE];
+    stream.read_exact(&mut answer)?;
+    let (answer, _) = decode::<Authenticate>(&answer)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad replay authentication: {e}")))?;
+    if keys.iter().any(|key| auth::verify(&key.0, &nonce, &answer.mac)) {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "replay client failed authentication"))
+    }
+}
+
+fn serve_client(
+    mut stream: TcpStream,
+    dir: &std::path::Path,
+    keys: &[ReplayKey],
+    metrics: &SequencerMetrics,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
+    if let Err(error) = authenticate(&mut stream, keys) {
+        metrics.replays_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(error);
+    }
     let mut request_bytes = [0u8; ReplayRequest::FRAME_SIZE];
     stream.read_exact(&mut request_bytes)?;
     let (request, _) = decode::<ReplayRequest>(&request_bytes)

@@ -21,7 +21,7 @@ use ledgerbus_codec::{encode, transfer_flags, DecodeError, Frame, Message, Messa
 use ledgerbus_ledger::ledger::CHAIN_MAX;
 use ledgerbus_ledger::Ledger;
 use ledgerbus_transport::driver::{Publisher, SocketOptions, Targets};
-use ledgerbus_transport::SenderConfig;
+use ledgerbus_transport::{BusKey, BusKeys, BusSecurity, SenderConfig};
 
 use crate::archive::{Archive, ArchiveConfig};
 use crate::auth;
@@ -54,6 +54,9 @@ pub struct SequencerConfig {
     pub socket: SocketOptions,
     /// Shared secret gateways must prove they know.
     pub secret: Vec<u8>,
+    /// Bus keys: the bulk replay service accepts a credential derived from any of
+    /// them (the transport's sealing uses `sender.security`).
+    pub bus_keys: Arc<BusKeys>,
     /// Journal segment size before rolling.
     pub segment_size_max: u64,
     /// Most events decided per group commit.
@@ -75,7 +78,9 @@ impl SequencerConfig {
         secret: &[u8],
     ) -> SequencerConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let bus_keys = Arc::new(BusKeys::new(vec![BusKey::from_bytes(auth::nonce().expect("randomness"))]).expect("one key"));
         SequencerConfig {
+            bus_keys: bus_keys.clone(),
             data_dir,
             gateway_listen: any,
             control_listen: any,
@@ -83,7 +88,11 @@ impl SequencerConfig {
             metrics_listen: None,
             targets: Targets::Unicast(subscribers),
             durability: Durability::Fsync,
-            sender: SenderConfig::default(),
+            sender: SenderConfig {
+                security: BusSecurity::Aead(bus_keys),
+                instance: auth::random_u64().expect("randomness"),
+                ..SenderConfig::default()
+            },
             socket: SocketOptions::default(),
             secret: secret.to_vec(),
             segment_size_max: 256 << 20,
@@ -278,6 +287,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     replay::serve(
         replay_listener,
         config.data_dir.clone(),
+        config.bus_keys.replay_keys(),
         Arc::clone(&metrics),
         Arc::clone(&running.shutdown),
     )
@@ -290,6 +300,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         session_id: recovered.session_id,
         datagram_size_max: config.sender.datagram_size_max,
         bind: config.control_listen,
+        security: config.sender.security.clone(),
     })
     .map_err(io_err("archive thread"))?;
     let pipeline = match config.durability {

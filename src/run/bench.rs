@@ -2,11 +2,43 @@
 
 use std::time::Duration;
 
-use crate::cli::{BenchSequencerArgs, BenchTransportArgs};
+use crate::cli::{BenchSequencerArgs, BenchTransportArgs, BusSecurityMode};
 
 /// `ledgerbus bench transport`: see `ledgerbus_transport::bench`.
 pub fn transport(args: &BenchTransportArgs) -> anyhow::Result<()> {
+    let mut modes = vec![args.bus_security];
+    if args.compare {
+        modes.push(match args.bus_security {
+            BusSecurityMode::Aes256Gcm => BusSecurityMode::None,
+            BusSecurityMode::None => BusSecurityMode::Aes256Gcm,
+        });
+    }
+    let mut rates = Vec::new();
+    for mode in modes {
+        let report = transport_once(args, mode)?;
+        rates.push((mode, report.events_per_sec));
+    }
+    if let [(first, a), (_, b)] = rates[..] {
+        let (sealed, plain) = if first == BusSecurityMode::Aes256Gcm { (a, b) } else { (b, a) };
+        println!("sealed / plain    {:>14.2}  ({sealed:.0} / {plain:.0} events/s, same invocation)", sealed / plain);
+    }
+    Ok(())
+}
+
+fn transport_once(
+    args: &BenchTransportArgs,
+    mode: BusSecurityMode,
+) -> anyhow::Result<ledgerbus_transport::bench::BenchReport> {
     use ledgerbus_transport::bench;
+    use ledgerbus_transport::{BusKey, BusKeys, BusSecurity};
+    let security = match mode {
+        BusSecurityMode::None => BusSecurity::None,
+        BusSecurityMode::Aes256Gcm => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            BusSecurity::Aead(std::sync::Arc::new(BusKeys::new(vec![BusKey::from_bytes(key)])?))
+        }
+    };
     let options = bench::BenchOptions {
         duration: Duration::from_secs_f64(args.duration),
         receivers: args.receivers,
@@ -14,12 +46,14 @@ pub fn transport(args: &BenchTransportArgs) -> anyhow::Result<()> {
         event_size: args.size as usize,
         datagram_size_max: usize::from(args.mtu),
         drain_timeout: Duration::from_secs(10),
+        security,
     };
     eprintln!(
-        "bench transport: {} receiver(s), {}% loss, {}-byte events, {} s on 127.0.0.1 (unicast fan-out)",
-        args.receivers, args.loss, args.size, args.duration
+        "bench transport: {} receiver(s), {}% loss, {}-byte events, {} s on 127.0.0.1 (unicast fan-out), bus security {}",
+        args.receivers, args.loss, args.size, args.duration, options.security.name()
     );
     let report = bench::run(&options, |published| eprintln!("  {published} events published"))?;
+    println!("bus security      {:>14}", report.bus_security);
     println!("events/s          {:>14.0}", report.events_per_sec);
     println!("MB/s per receiver {:>14.1}", report.mb_per_sec);
     println!("events            {:>14}", report.events);
@@ -39,7 +73,7 @@ pub fn transport(args: &BenchTransportArgs) -> anyhow::Result<()> {
             report.order_violations
         );
     }
-    Ok(())
+    Ok(report)
 }
 
 /// `ledgerbus bench sequencer`: see `ledgerbus_sequencer::bench`.
@@ -70,6 +104,8 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
             subscribers,
             control: args.control_listen,
             replay: args.replay_listen,
+            bus_keys: args.bus.keys()?,
+            security: args.bus.security()?,
         })
     };
     let report = ledgerbus_sequencer::bench::run(

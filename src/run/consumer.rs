@@ -8,7 +8,7 @@ use ledgerbus_consumers::follow::FollowConfig;
 use crate::cli::{ConsumerArgs, ConsumerKind};
 
 /// The follower settings the flags describe.
-pub fn follow_config(args: &ConsumerArgs) -> FollowConfig {
+pub fn follow_config(args: &ConsumerArgs) -> anyhow::Result<FollowConfig> {
     let mut listen = args.listen;
     if args.transport.multicast_group.is_some() {
         // Receive on the group's port; the group itself is joined on the interface.
@@ -17,14 +17,15 @@ pub fn follow_config(args: &ConsumerArgs) -> FollowConfig {
             args.transport.multicast_port,
         ));
     }
-    FollowConfig {
+    Ok(FollowConfig {
         listen,
         multicast: args.transport.multicast(),
         sequencer_control: args.sequencer_control,
         sequencer_replay: args.sequencer_replay,
-        receiver: args.transport.receiver_config(args.consumer_id, args.reorder_datagrams_max as usize),
+        replay_key: args.transport.bus.keys()?.replay_key(),
+        receiver: args.transport.receiver_config(args.consumer_id, args.reorder_datagrams_max as usize)?,
         socket: args.transport.socket_options(),
-    }
+    })
 }
 
 /// Runs the consumer until SIGINT/SIGTERM.
@@ -32,7 +33,7 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
     let http = std::net::TcpListener::bind(args.http_listen)?;
     tracing::info!(kind = ?args.kind, http = %http.local_addr()?, listen = %args.listen, "consumer starting");
-    let config = follow_config(args);
+    let config = follow_config(args)?;
     let result = match args.kind {
         ConsumerKind::Memory => ledgerbus_consumers::memory::run(config, args.transfer_capacity, http, stop),
         ConsumerKind::Disk => {

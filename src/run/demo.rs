@@ -18,7 +18,7 @@ use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
 use ledgerbus_gateway::client::{Client, Command as ClientCommand};
 
-use crate::cli::DemoArgs;
+use crate::cli::{BusSecurityMode, DemoArgs};
 
 /// A child process stopped when dropped: SIGTERM, a grace period, then SIGKILL.
 struct Service {
@@ -85,7 +85,11 @@ fn with_free_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 fn random_hex() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
+    random_hex_of::<16>()
+}
+
+fn random_hex_of<const N: usize>() -> anyhow::Result<String> {
+    let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random key: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -117,13 +121,32 @@ pub struct Addresses {
     pub disk_http: SocketAddr,
 }
 
-fn spawn(name: &'static str, args: &[String], secret: &str, key: &str) -> anyhow::Result<Service> {
+/// The secrets a started system shares, handed to each child in its environment
+/// (never on a command line, where `ps` would show them).
+pub struct Credentials {
+    /// Gateways' credential at the sequencer.
+    pub sequencer_secret: String,
+    /// Clients' API key (also what the gateway presents to the memory consumer).
+    pub api_key: String,
+    /// The bus key (64 hex digits): seals the bus and authenticates bulk replay.
+    pub bus_key: String,
+    /// `aes-256-gcm` or `none`.
+    pub bus_security: BusSecurityMode,
+}
+
+fn spawn(name: &'static str, args: &[String], credentials: &Credentials) -> anyhow::Result<Service> {
     let exe = std::env::current_exe().context("locating the ledgerbus binary")?;
+    let bus_security = match credentials.bus_security {
+        BusSecurityMode::Aes256Gcm => "aes-256-gcm",
+        BusSecurityMode::None => "none",
+    };
     let child = Command::new(exe)
         .args(["--log-level", "warn"])
         .args(args)
-        .env("LEDGERBUS_SEQUENCER_SECRET", secret)
-        .env("LEDGERBUS_API_KEYS", key)
+        .env("LEDGERBUS_SEQUENCER_SECRET", &credentials.sequencer_secret)
+        .env("LEDGERBUS_API_KEYS", &credentials.api_key)
+        .env("LEDGERBUS_BUS_KEY", &credentials.bus_key)
+        .env("LEDGERBUS_BUS_SECURITY", bus_security)
         .env_remove("LEDGERBUS_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -140,8 +163,7 @@ fn start_all(
     durability: crate::cli::Durability,
     data: &Path,
     a: &Addresses,
-    secret: &str,
-    key: &str,
+    credentials: &Credentials,
     transfer_capacity: Option<usize>,
 ) -> anyhow::Result<Vec<Service>> {
     let durability = s(format!("{durability:?}").to_lowercase());
@@ -169,8 +191,7 @@ fn start_all(
         .into_iter()
         .chain(capacity.iter().cloned())
         .collect::<Vec<_>>(),
-        secret,
-        key,
+        credentials,
     )?;
     let consumer = |kind: &'static str, id: u32, udp: SocketAddr, http: SocketAddr| {
         spawn(
@@ -196,8 +217,7 @@ fn start_all(
             .into_iter()
             .chain(if kind == "memory consumer" { capacity.clone() } else { Vec::new() })
             .collect::<Vec<_>>(),
-            secret,
-            key,
+            credentials,
         )
     };
     // The sequencer first, so that the consumers find its replay service.
@@ -218,8 +238,7 @@ fn start_all(
             s("--query-upstream"),
             s(a.memory_http),
         ],
-        secret,
-        key,
+        credentials,
     )?);
     wait_until("gateway", &mut services, || {
         http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
@@ -256,6 +275,8 @@ pub struct System {
     pub addresses: Addresses,
     /// The client API key.
     pub api_key: String,
+    /// The bus key, for tools that join the bus or replay from it.
+    pub bus_key: String,
     /// Where the data lives.
     pub data: PathBuf,
     services: Vec<Service>,
@@ -272,6 +293,7 @@ impl System {
         tcp: SocketAddr,
         api_key: Option<String>,
         transfer_capacity: Option<usize>,
+        bus_security: BusSecurityMode,
     ) -> anyhow::Result<System> {
         let (temp, data) = match data {
             Some(dir) => (None, dir),
@@ -294,13 +316,18 @@ impl System {
             disk_udp: free_udp()?,
             disk_http: free_tcp()?,
         };
-        let secret = random_hex()?;
-        let api_key = match api_key {
-            Some(key) => key,
-            None => random_hex()?,
+        let credentials = Credentials {
+            sequencer_secret: random_hex()?,
+            api_key: match api_key {
+                Some(key) => key,
+                None => random_hex()?,
+            },
+            bus_key: random_hex_of::<32>()?,
+            bus_security,
         };
-        let services = start_all(durability, &data, &addresses, &secret, &api_key, transfer_capacity)?;
-        Ok(System { addresses, api_key, data, services, _temp: temp })
+        let services = start_all(durability, &data, &addresses, &credentials, transfer_capacity)?;
+        let Credentials { api_key, bus_key, .. } = credentials;
+        Ok(System { addresses, api_key, bus_key, data, services, _temp: temp })
     }
 
     /// Stops every process (SIGTERM, then SIGKILL after 5 s).
@@ -314,7 +341,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
     let started = Instant::now();
     let system =
-        System::start(args.durability, args.data.clone(), args.http, args.tcp, args.api_key.clone(), None)?;
+        System::start(
+            args.durability,
+            args.data.clone(),
+            args.http,
+            args.tcp,
+            args.api_key.clone(),
+            None,
+            BusSecurityMode::Aes256Gcm,
+        )?;
     let addresses = &system.addresses;
     let key = system.api_key.clone();
     println!(
@@ -334,6 +369,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
     println!("  memory consumer   http://{}/status", addresses.memory_http);
     println!("  disk consumer     http://{}/status", addresses.disk_http);
+    println!(
+        "  bus               sealed with AES-256-GCM; control (NAKs) {}, bulk replay {}",
+        addresses.control, addresses.replay
+    );
+    println!("  bus key           {}   (LEDGERBUS_BUS_KEY, for `ledgerbus replay`)", system.bus_key);
     println!("  try: curl -s -H 'Authorization: Bearer {key}' http://{}/accounts/1", addresses.gateway_http);
     if !args.no_workload {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -14,9 +14,37 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Targets};
-use ledgerbus_transport::{DeliveryMode, ReceiverConfig, SenderConfig};
+use ledgerbus_transport::{BusKeys, BusSecurity, DeliveryMode, ReceiverConfig, SenderConfig};
 
-use crate::cli::TransportArgs;
+use crate::cli::{BusArgs, BusSecurityMode, TransportArgs};
+
+impl BusArgs {
+    /// The configured keys (validation has checked they parse).
+    pub fn keys(&self) -> anyhow::Result<Arc<BusKeys>> {
+        let list = self.bus_key.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("--bus-key (or LEDGERBUS_BUS_KEY) is required: `openssl rand -hex 32` makes one")
+        })?;
+        Ok(Arc::new(BusKeys::parse(list)?))
+    }
+
+    /// Sealing as configured; `none` is logged as a warning once here.
+    pub fn security(&self) -> anyhow::Result<BusSecurity> {
+        match self.bus_security {
+            BusSecurityMode::Aes256Gcm => Ok(BusSecurity::Aead(self.keys()?)),
+            BusSecurityMode::None => {
+                tracing::warn!("--bus-security none: datagrams are not authenticated; anyone who can reach the bus ports can forge events. Benchmarks on a trusted host only");
+                Ok(BusSecurity::None)
+            }
+        }
+    }
+}
+
+/// A random 64-bit value for a node's instance (part of its sealing key).
+pub fn random_instance() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the bus instance: {e}"))?;
+    Ok(u64::from_le_bytes(bytes))
+}
 
 impl TransportArgs {
     /// Unicast or multicast, as configured.
@@ -59,8 +87,10 @@ impl TransportArgs {
     }
 
     /// Sender settings (the session id is filled in from the journal).
-    pub fn sender_config(&self, ring_datagrams: usize) -> SenderConfig {
-        SenderConfig {
+    pub fn sender_config(&self, ring_datagrams: usize) -> anyhow::Result<SenderConfig> {
+        Ok(SenderConfig {
+            security: self.bus.security()?,
+            instance: random_instance()?,
             stream_id: self.stream_id,
             datagram_size_max: usize::from(self.mtu),
             ring_datagrams,
@@ -68,12 +98,14 @@ impl TransportArgs {
             retransmit_linger_us: self.retransmit_linger_us,
             mode: self.mode(),
             ..SenderConfig::default()
-        }
+        })
     }
 
     /// Receiver settings.
-    pub fn receiver_config(&self, receiver_id: u32, reorder_datagrams_max: usize) -> ReceiverConfig {
-        ReceiverConfig {
+    pub fn receiver_config(&self, receiver_id: u32, reorder_datagrams_max: usize) -> anyhow::Result<ReceiverConfig> {
+        Ok(ReceiverConfig {
+            security: self.bus.security()?,
+            instance: random_instance()?,
             stream_id: self.stream_id,
             receiver_id,
             datagram_size_max: usize::from(self.mtu),
@@ -84,7 +116,7 @@ impl TransportArgs {
             reorder_datagrams_max,
             rng_seed: u64::from(receiver_id),
             ..ReceiverConfig::default()
-        }
+        })
     }
 }
 

@@ -19,7 +19,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         return run_nak(nak);
     }
     let source = match (&args.from_sequencer, &args.journal) {
-        (Some(address), _) => Source::Sequencer(*address),
+        (Some(address), _) => Source::Sequencer(*address, args.bus.keys()?.replay_key()),
         (None, Some(dir)) => Source::Journal(dir.clone()),
         (None, None) => bail!("give --journal DIR or --from-sequencer ADDR"),
     };
@@ -96,13 +96,19 @@ fn progress_bar(visible: bool) -> ProgressBar {
 fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyhow::Result<()> {
     let target = socket::ipv4(subscriber)?;
     let session = match source {
-        Source::Sequencer(address) => ledgerbus_sequencer::client::sequencer_session(*address)?,
+        Source::Sequencer(address, key) => ledgerbus_sequencer::client::sequencer_session(*address, key)?,
         Source::Journal(dir) => {
             ledgerbus_sequencer::journal::JournalReader::open(dir, u64::MAX)?.session_id().unwrap_or(0)
         }
     };
     let mut publisher = Publisher::new(
-        SenderConfig { session_id: session, restrict_naks: false, ..SenderConfig::default() },
+        SenderConfig {
+            session_id: session,
+            restrict_naks: false,
+            security: args.bus.security()?,
+            instance: crate::run::random_instance()?,
+            ..SenderConfig::default()
+        },
         args.from,
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         Targets::Unicast(vec![target]),
@@ -142,7 +148,7 @@ fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyh
 fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
     let session = match &args.session {
         Some(hex) => u64::from_str_radix(hex, 16)?,
-        None => ledgerbus_sequencer::client::sequencer_session(args.replay)
+        None => ledgerbus_sequencer::client::sequencer_session(args.replay, &args.bus.keys()?.replay_key())
             .with_context(|| format!("asking {} for the session id (or give --session)", args.replay))?,
     };
     println!(
@@ -153,6 +159,7 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
     );
     let lines = replay::nak(
         args.sequencer,
+        &args.bus.security()?,
         session,
         args.stream_id,
         args.from,

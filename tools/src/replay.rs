@@ -13,12 +13,14 @@ use ledgerbus_codec::{CrcCheck, Frame, Packet, PacketKind, PacketWriter};
 use ledgerbus_ledger::Ledger;
 use ledgerbus_sequencer::core::SequencerCore;
 use ledgerbus_sequencer::journal::{event_sequence, list_segments, Record, SegmentReader};
+use ledgerbus_transport::security::{Opener, Sealer};
+use ledgerbus_transport::{BusSecurity, ReplayKey};
 
 /// Where the events come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A running sequencer's replay service.
-    Sequencer(SocketAddr),
+    /// A running sequencer's replay service, and the credential it asks for.
+    Sequencer(SocketAddr, ReplayKey),
     /// A journal directory (a sequencer's or a disk consumer's).
     Journal(PathBuf),
 }
@@ -67,9 +69,9 @@ pub fn read(
     };
     let last = to.unwrap_or(u64::MAX);
     match source {
-        Source::Sequencer(address) => {
+        Source::Sequencer(address, key) => {
             let (_, session) =
-                ledgerbus_sequencer::client::replay(*address, 0, from, to.unwrap_or(0), |sequence, frame| {
+                ledgerbus_sequencer::client::replay(*address, key, 0, from, to.unwrap_or(0), |sequence, frame| {
                     checker.check(&mut summary, sequence, frame);
                     event(sequence, frame).map_err(std::io::Error::other)
                 })
@@ -180,6 +182,7 @@ fn read_journal(
 /// a line per reply received within `wait`.
 pub fn nak(
     sequencer: SocketAddr,
+    security: &BusSecurity,
     session: u64,
     stream: u32,
     from: u64,
@@ -188,28 +191,59 @@ pub fn nak(
 ) -> anyhow::Result<Vec<String>> {
     let socket = UdpSocket::bind(if sequencer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    // On a sealed bus the probe seals what it sends and opens what it gets, as a
+    // consumer does; the sequencer ignores anything else.
+    let mut seal = match security {
+        BusSecurity::None => None,
+        BusSecurity::Aead(keys) => {
+            let mut instance = [0u8; 8];
+            getrandom::fill(&mut instance).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            Some((
+                Sealer::new(keys.clone(), u32::MAX, u64::from_le_bytes(instance)),
+                Opener::new(keys.clone()),
+            ))
+        }
+    };
+    let mut send = |buf: &mut [u8], size: usize| -> std::io::Result<()> {
+        let size = match &mut seal {
+            Some((sealer, _)) => sealer.seal(buf, size),
+            None => size,
+        };
+        socket.send_to(&buf[..size], sequencer).map(|_| ())
+    };
     // Announce ourselves as an observer (window 0: never holds the stream back), so
     // the sequencer will answer our NAK (it ignores NAKs from unknown addresses).
     let mut buf = [0u8; 256];
-    let mut writer = PacketWriter::control(&mut buf, stream, session);
+    let mut writer = PacketWriter::control(&mut buf[..128], stream, session);
     writer.push(&StatusMessage {
         receiver_id: u32::MAX.into(),
         window_events: 0.into(),
         highest_contiguous_sequence: 0.into(),
     })?;
     let size = writer.finish(0);
-    socket.send_to(&buf[..size], sequencer)?;
+    send(&mut buf, size)?;
     std::thread::sleep(Duration::from_millis(20));
-    let mut writer = PacketWriter::control(&mut buf, stream, session);
+    let mut writer = PacketWriter::control(&mut buf[..128], stream, session);
     writer.push(&Nak { from_sequence: from.into(), count: count.into(), receiver_id: u32::MAX.into() })?;
     let size = writer.finish(0);
-    socket.send_to(&buf[..size], sequencer)?;
+    send(&mut buf, size)?;
     let mut lines = Vec::new();
     let mut datagram = vec![0u8; 65_536];
+    let mut opened = vec![0u8; 65_536];
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         let Ok((size, _)) = socket.recv_from(&mut datagram) else { continue };
-        let Ok(packet) = Packet::decode(&datagram[..size], CrcCheck::Verify) else {
+        let plain = match &mut seal {
+            Some((_, opener)) => match opener.open(&datagram[..size], &mut opened) {
+                Ok((size, _)) => &opened[..size],
+                Err(error) => {
+                    lines.push(format!("a datagram that does not authenticate: {error}"));
+                    continue;
+                }
+            },
+            None => &datagram[..size],
+        };
+        let Ok(packet) = Packet::decode(plain, CrcCheck::Verify) else {
             lines.push("a corrupt datagram".into());
             continue;
         };

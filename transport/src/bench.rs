@@ -12,7 +12,7 @@ use ledgerbus_codec::{MessageHeader, MESSAGE_HEADER_SIZE, SCHEMA_ID, SCHEMA_VERS
 use zerocopy::IntoBytes;
 
 use crate::driver::{Publisher, SocketOptions, Subscriber, Targets};
-use crate::{ReceiverConfig, SenderConfig};
+use crate::{BusSecurity, ReceiverConfig, SenderConfig};
 
 /// Template id of the benchmark's filler events. The transport carries any frame;
 /// this id is outside the schema so no consumer would mistake it for a ledger event.
@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub datagram_size_max: usize,
     /// How long to wait after publishing for stragglers before declaring loss.
     pub drain_timeout: Duration,
+    /// Whether datagrams are sealed (a key made for the run).
+    pub security: BusSecurity,
 }
 
 /// What it measured.
@@ -66,6 +68,8 @@ pub struct BenchReport {
     pub event_size: usize,
     /// Seconds from first publish to last delivery.
     pub elapsed_sec: f64,
+    /// "aes-256-gcm" or "none".
+    pub bus_security: &'static str,
 }
 
 impl BenchReport {
@@ -90,13 +94,17 @@ struct ReceiverResult {
 pub fn run(options: &BenchOptions, mut progress: impl FnMut(u64)) -> std::io::Result<BenchReport> {
     assert!(options.event_size >= MESSAGE_HEADER_SIZE + 8, "events carry at least their sequence");
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let receiver_config =
-        ReceiverConfig { datagram_size_max: options.datagram_size_max, ..ReceiverConfig::default() };
+    let receiver_config = ReceiverConfig {
+        datagram_size_max: options.datagram_size_max,
+        security: options.security.clone(),
+        ..ReceiverConfig::default()
+    };
     let mut subscribers = Vec::new();
     for index in 0..options.receivers {
         let config = ReceiverConfig {
             receiver_id: index + 1,
             rng_seed: u64::from(index) + 1,
+            instance: u64::from(index) + 1,
             ..receiver_config.clone()
         };
         let mut subscriber =
@@ -108,8 +116,11 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(u64)) -> std::io::Re
         .iter()
         .map(|s| s.local_addr().and_then(crate::driver::socket::ipv4))
         .collect::<Result<_, _>>()?;
-    let sender_config =
-        SenderConfig { datagram_size_max: options.datagram_size_max, ..SenderConfig::default() };
+    let sender_config = SenderConfig {
+        datagram_size_max: options.datagram_size_max,
+        security: options.security.clone(),
+        ..SenderConfig::default()
+    };
     let mut publisher =
         Publisher::new(sender_config, 1, loopback, Targets::Unicast(targets), SocketOptions::default())?;
     let control = publisher.local_addr()?;
@@ -194,6 +205,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(u64)) -> std::io::Re
         loss_percent: options.loss_percent,
         event_size: options.event_size,
         elapsed_sec,
+        bus_security: options.security.name(),
     })
 }
 

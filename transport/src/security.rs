@@ -41,6 +41,10 @@ use zerocopy::FromBytes;
 
 /// Bytes a sealed datagram carries beyond its plaintext: the trailer.
 pub const SEAL_OVERHEAD: usize = TRAILER_SIZE;
+/// The sender's node id in sealed datagrams; receivers use their receiver id.
+pub const SENDER_NODE_ID: u32 = 0;
+/// The node id of a sender's archive, which answers old NAKs from the journal.
+pub const SENDER_NODE_ID_ARCHIVE: u32 = u32::MAX;
 /// Length of a bus key.
 pub const BUS_KEY_LEN: usize = 32;
 /// Bus keys accepted at once at most (the current one and the one being rotated out).
@@ -96,6 +100,26 @@ impl BusKey {
     pub fn id(&self) -> u32 {
         self.id
     }
+
+    /// The secret that authenticates bulk replay clients (an HMAC challenge-response,
+    /// like the gateway handshake): whoever may read the bus may read its history.
+    /// Derived one-way, so it is never the bus key itself.
+    pub fn replay_key(&self) -> ReplayKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ledgerbus replay").extract(&self.secret);
+        let mut key = [0u8; 32];
+        prk.expand(&[KDF_LABEL], Len(32)).and_then(|okm| okm.fill(&mut key)).expect("32 bytes is a valid HKDF length");
+        ReplayKey(key)
+    }
+}
+
+/// The credential of the bulk replay service, derived from a bus key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplayKey(pub [u8; 32]);
+
+impl fmt::Debug for ReplayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplayKey(redacted)")
+    }
 }
 
 impl fmt::Debug for BusKey {
@@ -147,6 +171,16 @@ impl BusKeys {
     /// Every key that opens.
     pub fn all(&self) -> &[BusKey] {
         &self.keys
+    }
+
+    /// The replay credential a client presents (from the sealing key).
+    pub fn replay_key(&self) -> ReplayKey {
+        self.sealing().replay_key()
+    }
+
+    /// Every replay credential a server accepts (one per key, for rotation).
+    pub fn replay_keys(&self) -> Vec<ReplayKey> {
+        self.keys.iter().map(BusKey::replay_key).collect()
     }
 }
 

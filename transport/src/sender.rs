@@ -26,7 +26,7 @@ use ledgerbus_codec::{
 
 use crate::config::{ConfigError, DeliveryMode, SenderConfig};
 use crate::ring::Ring;
-use crate::security::{BusSecurity, Opener, Sealer};
+use crate::security::{BusSecurity, Opener, Sealer, SENDER_NODE_ID};
 use crate::stats::SenderStats;
 use crate::MonoTime;
 
@@ -147,8 +147,6 @@ pub struct Sender {
     stats: SenderStats,
 }
 
-/// The sequencer's node id in sealed datagrams; receivers use their receiver id.
-pub const SENDER_NODE_ID: u32 = 0;
 
 impl Sender {
     /// A sender whose first event gets `first_sequence` (1 for a new log; the next
