@@ -53,8 +53,7 @@ impl TransportArgs {
         })?;
         check(self.socket_sndbuf >= usize::from(self.mtu), "socket-sndbuf", || {
             format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_sndbuf, self.mtu)
-        })?;
-        self.bus.validate()
+        })
     }
 }
 
@@ -92,7 +91,8 @@ impl SequencerArgs {
                 setting: "secret",
                 message: "is required (or LEDGERBUS_SEQUENCER_SECRET): gateways must authenticate".into(),
             }),
-        }
+        }?;
+        self.transport.bus.validate()
     }
 }
 
@@ -125,7 +125,8 @@ impl ConsumerArgs {
         check((4..=65_535).contains(&self.reorder_datagrams_max), "reorder-datagrams-max", || {
             format!("{} is not in 4..=65535", self.reorder_datagrams_max)
         })?;
-        check(self.snapshot_every > 0, "snapshot-every", || "must be at least 1".into())
+        check(self.snapshot_every > 0, "snapshot-every", || "must be at least 1".into())?;
+        self.transport.bus.validate()
     }
 }
 

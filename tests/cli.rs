@@ -81,6 +81,7 @@ fn flags_override_env_which_overrides_the_file() {
             ("LEDGERBUS_NAK_DELAY_US", "70"),
             ("LEDGERBUS_HEARTBEAT_INTERVAL_US", "400"),
             ("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0"),
+            ("LEDGERBUS_BUS_KEY", &"ab".repeat(32)),
         ],
     );
     assert!(output.status.success(), "{}", stderr(&output));
@@ -98,12 +99,19 @@ fn flags_override_env_which_overrides_the_file() {
 fn config_file_from_the_environment_and_secrets_stay_hidden() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ledgerbus.toml");
-    std::fs::write(&file, "[sequencer]\nsecret = \"do-not-print-this-secret\"\n").unwrap();
+    let bus_key = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+    std::fs::write(
+        &file,
+        format!("[sequencer]\nsecret = \"do-not-print-this-secret\"\nbus-key = \"{bus_key}\"\n"),
+    )
+    .unwrap();
     let output = ledgerbus(&["sequencer", "--check-config"], &[("LEDGERBUS_CONFIG", file.to_str().unwrap())]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     assert_eq!(setting(&text, "secret"), "secret = \"<hidden>\"  # file");
+    assert_eq!(setting(&text, "bus-key"), "bus-key = \"<hidden>\"  # file");
     assert!(!text.contains("do-not-print-this-secret"));
+    assert!(!text.contains("5ec7e7"), "the bus key is never printed");
 }
 
 /// Arguments, environment, and the flag the error must name.
@@ -124,6 +132,12 @@ fn invalid_configuration_fails_at_start_naming_the_setting() {
         (&["bench", "e2e", "--rate", "fast"], &[], "--rate"),
         (&["replay", "--journal", "x", "--from", "5", "--to", "2"], &[], "--to"),
         (&["sequencer", "--durability", "maybe"], &[], "--durability"),
+        (
+            &["sequencer", "--bus-key", "abc"],
+            &[("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0")],
+            "--bus-key",
+        ),
+        (&["consumer", "memory"], &[("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0")], "--bus-key"),
     ];
     for (args, env, setting) in cases {
         let output = ledgerbus(args, env);

@@ -61,6 +61,7 @@ fn spawn(dir: &Path, ports: &Ports) -> Process {
         .args(["--subscribers", &ports.subscriber.to_string()])
         .args(["--durability", "fsync"])
         .env("LEDGERBUS_SEQUENCER_SECRET", SECRET)
+        .env("LEDGERBUS_BUS_KEY", "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

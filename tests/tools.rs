@@ -21,6 +21,7 @@ fn ledgerbus(args: &[&str]) -> std::process::Output {
         .args(["--log-level", "error"])
         .args(args)
         .env_remove("LEDGERBUS_CONFIG")
+        .env("LEDGERBUS_BUS_KEY", BUS_KEY)
         .output()
         .expect("run ledgerbus")
 }
@@ -221,7 +222,13 @@ fn replay_prints_verifies_republishes_and_naks() {
 
     // Re-publish a range to a subscriber.
     let mut subscriber = Subscriber::new(
-        ReceiverConfig { receiver_id: 77, ..ReceiverConfig::default() },
+        ReceiverConfig {
+            receiver_id: 77,
+            security: ledgerbus_transport::BusSecurity::Aead(std::sync::Arc::new(
+                ledgerbus_transport::BusKeys::parse(BUS_KEY).unwrap(),
+            )),
+            ..ReceiverConfig::default()
+        },
         5,
         None,
         "127.0.0.1:0".parse().unwrap(),

@@ -172,7 +172,12 @@ impl Sink for DiskSink {
         // Never delete a log: move this one aside, then start the new one empty.
         let data = &self.config.data_dir;
         let aside = (0..)
-            .map(|n| data.join(format!("previous-log-{held:016x}{}", if n == 0 { String::new() } else { format!("-{n}") })))
+            .map(|n| {
+                data.join(format!(
+                    "previous-log-{held:016x}{}",
+                    if n == 0 { String::new() } else { format!("-{n}") }
+                ))
+            })
             .find(|path| !path.exists())
             .expect("some name is free");
         fs::create_dir_all(&aside).map_err(|e| format!("creating {}: {e}", aside.display()))?;
@@ -217,7 +222,10 @@ pub fn run(
     let session = if has_journal {
         0
     } else {
-        ledgerbus_sequencer::client::sequencer_session(follow_config.sequencer_replay, &follow_config.replay_key)?
+        ledgerbus_sequencer::client::sequencer_session(
+            follow_config.sequencer_replay,
+            &follow_config.replay_key,
+        )?
     };
     let (mut sink, resumed) =
         DiskSink::open(config, session, Arc::clone(&progress)).map_err(FollowError::Apply)?;

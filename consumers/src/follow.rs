@@ -115,13 +115,22 @@ fn catch_up(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) ->
 
 /// One replay of `from..` for the sink's session: nothing is applied if the service
 /// serves another session (it stops at the first event of another session).
-fn catch_up_once(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) -> Result<u64, FollowError> {
+fn catch_up_once(
+    sink: &mut impl Sink,
+    config: &FollowConfig,
+    progress: &Progress,
+) -> Result<u64, FollowError> {
     let from = sink.next_sequence();
     let session = sink.session().unwrap_or(0);
     let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: from, error: None };
     let mut applied_error = None;
-    let (next, replay_session) =
-        ledgerbus_sequencer::client::replay(config.sequencer_replay, &config.replay_key, session, from, 0, |sequence, frame| {
+    let (next, replay_session) = ledgerbus_sequencer::client::replay(
+        config.sequencer_replay,
+        &config.replay_key,
+        session,
+        from,
+        0,
+        |sequence, frame| {
             batch.push(sequence, frame);
             if batch.frames.len() >= 1 << 20 {
                 if let Err(error) = sink.apply_batch(&batch.frames).and_then(|_| sink.commit()) {
@@ -132,11 +141,12 @@ fn catch_up_once(sink: &mut impl Sink, config: &FollowConfig, progress: &Progres
                 progress.last_sequence.store(sequence, Ordering::Relaxed);
             }
             Ok(())
-        })
-        .map_err(|e| match applied_error.take() {
-            Some(error) => FollowError::Apply(error),
-            None => FollowError::Io(e),
-        })?;
+        },
+    )
+    .map_err(|e| match applied_error.take() {
+        Some(error) => FollowError::Apply(error),
+        None => FollowError::Io(e),
+    })?;
     if session != 0 && replay_session != 0 && replay_session != session {
         debug_assert!(batch.frames.is_empty(), "the service stops before another session's events");
         return Ok(replay_session);
@@ -262,7 +272,11 @@ fn resynchronise(
     let session = catch_up_retrying(sink, config, progress, stop)?;
     let now = ledgerbus_transport::monotonic_now();
     if session != 0 && subscriber.core().session() != Some(session) {
-        tracing::info!(session = format_args!("{session:#018x}"), next = sink.next_sequence(), "following the new session");
+        tracing::info!(
+            session = format_args!("{session:#018x}"),
+            next = sink.next_sequence(),
+            "following the new session"
+        );
         subscriber.core_mut().reset_session(now, session, sink.next_sequence());
         return Ok(());
     }

@@ -36,6 +36,7 @@ fn http_get(address: SocketAddr, path: &str) -> Option<serde_json::Value> {
 fn follow_config(
     listen: SocketAddr,
     sequencer: &ledgerbus_sequencer::RunningSequencer,
+    config: &SequencerConfig,
     id: u32,
 ) -> FollowConfig {
     FollowConfig {
@@ -43,7 +44,13 @@ fn follow_config(
         multicast: None,
         sequencer_control: sequencer.control_addr,
         sequencer_replay: sequencer.replay_addr,
-        receiver: ReceiverConfig { receiver_id: id, ..ReceiverConfig::default() },
+        replay_key: config.bus_keys.replay_key(),
+        receiver: ReceiverConfig {
+            receiver_id: id,
+            security: config.sender.security.clone(),
+            instance: u64::from(id),
+            ..ReceiverConfig::default()
+        },
         socket: SocketOptions::default(),
     }
 }
@@ -94,12 +101,12 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     let mut config = SequencerConfig::local(dir.path().join("sequencer"), targets, SECRET);
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config.durability = Durability::Os;
-    let sequencer = start(config).unwrap();
+    let sequencer = start(config.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
 
     let memory_http = TcpListener::bind("127.0.0.1:0").unwrap();
     let memory_addr = memory_http.local_addr().unwrap();
-    let memory_config = follow_config(memory_udp, &sequencer, 1);
+    let memory_config = follow_config(memory_udp, &sequencer, &config, 1);
     let memory_stop = Arc::clone(&stop);
     let memory = std::thread::spawn(move || {
         ledgerbus_consumers::memory::run(memory_config, 1 << 16, memory_http, memory_stop)
@@ -113,7 +120,7 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
         snapshot_every: 30_000,
         segment_size_max: 1 << 20,
     };
-    let disk_follow = follow_config(disk_udp, &sequencer, 2);
+    let disk_follow = follow_config(disk_udp, &sequencer, &config, 2);
     let disk_stop = Arc::clone(&stop);
     let disk = std::thread::spawn(move || {
         ledgerbus_consumers::disk::run(disk_config, disk_follow, disk_http, disk_stop)
@@ -149,7 +156,7 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     // A memory consumer started after 100,000 events catches up, then follows live.
     let late_http = TcpListener::bind("127.0.0.1:0").unwrap();
     let late_addr = late_http.local_addr().unwrap();
-    let late_config = follow_config(late_udp, &sequencer, 3);
+    let late_config = follow_config(late_udp, &sequencer, &config, 3);
     let late_stop = Arc::clone(&stop);
     let late = std::thread::spawn(move || {
         ledgerbus_consumers::memory::run(late_config, 1 << 16, late_http, late_stop)

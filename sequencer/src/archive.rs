@@ -63,7 +63,11 @@ impl Archive {
             let mut last: Option<(ArchiveRequest, Instant)> = None;
             let mut frames = Vec::new();
             let mut datagram = vec![0u8; config.datagram_size_max];
-            let mut out = Out { socket, sealer: sealer.take(), plain_max: config.datagram_size_max - config.security.overhead() };
+            let mut out = Out {
+                socket,
+                sealer: sealer.take(),
+                plain_max: config.datagram_size_max - config.security.overhead(),
+            };
             while let Ok(request) = queue.recv() {
                 if last.is_some_and(|(previous, at)| previous == request && at.elapsed() < REPEAT_WINDOW) {
                     continue;
@@ -122,7 +126,8 @@ fn serve(
             tracing::warn!(%error, "journal read for a NAK failed");
         }
         let plain_max = out.plain_max;
-        let mut writer = PacketWriter::control(&mut datagram[..plain_max], config.stream_id, config.session_id);
+        let mut writer =
+            PacketWriter::control(&mut datagram[..plain_max], config.stream_id, config.session_id);
         let count = u32::try_from(request.end_sequence - request.from_sequence).unwrap_or(u32::MAX);
         writer
             .push(&NakUnavailable {

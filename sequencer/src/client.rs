@@ -115,10 +115,20 @@ fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<()
     read_frame(stream, &mut buf)?;
     let (challenge, _) =
         decode::<Challenge>(&buf).map_err(|e| invalid(format!("expected the replay challenge: {e}")))?;
-    let answer = Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &challenge.nonce) };
+    let answer =
+        Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &challenge.nonce) };
     let mut bytes = [0u8; Authenticate::FRAME_SIZE];
     encode(&answer, &mut bytes).expect("sized");
-    stream.write_all(&bytes)
+    stream.write_all(&bytes)?;
+    read_frame(stream, &mut buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the replay service refused the credential: wrong bus key?",
+        ),
+        _ => e,
+    })?;
+    decode::<Welcome>(&buf).map_err(|e| invalid(format!("expected the replay welcome: {e}")))?;
+    Ok(())
 }
 
 /// Replays `from..=to` (`to` 0: up to the head) from a sequencer's replay service,
@@ -142,16 +152,8 @@ pub fn replay(
     stream.write_all(&bytes)?;
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     let mut buf = Vec::with_capacity(256);
-    let mut first = true;
     loop {
-        let size = read_frame(&mut reader, &mut buf).map_err(|e| {
-            if first && e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(io::ErrorKind::PermissionDenied, "replay service closed the connection: wrong bus key?")
-            } else {
-                e
-            }
-        })?;
-        first = false;
+        let size = read_frame(&mut reader, &mut buf)?;
         match Frame::decode(&buf[..size]) {
             Ok((Frame::ReplayEnd(end), _)) => {
                 let end: ReplayEnd = end.to_block();

@@ -5,8 +5,9 @@
 //!
 //! Nothing is served without a credential: the service first sends a Challenge, and
 //! the client must answer HMAC-SHA256(replay key, nonce), the replay key being
-//! derived from a bus key (see `ledgerbus_transport::security`). A wrong or missing
-//! answer closes the connection with nothing sent but the challenge.
+//! derived from a bus key (see `ledgerbus_transport::security`), and waits for a
+//! Welcome before it sends its request. A wrong or missing answer closes the
+//! connection with nothing sent but the challenge.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayRequest};
+use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayRequest, Welcome};
 use ledgerbus_codec::{decode, encode, Message};
 use ledgerbus_transport::ReplayKey;
 
@@ -86,7 +87,11 @@ fn authenticate(stream: &mut TcpStream, keys: &[ReplayKey]) -> io::Result<()> {
     let (answer, _) = decode::<Authenticate>(&answer)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad replay authentication: {e}")))?;
     if keys.iter().any(|key| auth::verify(&key.0, &nonce, &answer.mac)) {
-        Ok(())
+        // The client sends its request only after this, so a refused client never
+        // has unread bytes here (its close is clean, not a reset).
+        let mut welcome = [0u8; Welcome::FRAME_SIZE];
+        encode(&Welcome { session_id: 0.into(), next_sequence: 0.into() }, &mut welcome).expect("sized");
+        stream.write_all(&welcome)
     } else {
         Err(io::Error::new(io::ErrorKind::PermissionDenied, "replay client failed authentication"))
     }

@@ -78,7 +78,9 @@ impl SequencerConfig {
         secret: &[u8],
     ) -> SequencerConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let bus_keys = Arc::new(BusKeys::new(vec![BusKey::from_bytes(auth::nonce().expect("randomness"))]).expect("one key"));
+        let bus_keys = Arc::new(
+            BusKeys::new(vec![BusKey::from_bytes(auth::nonce().expect("randomness"))]).expect("one key"),
+        );
         SequencerConfig {
             bus_keys: bus_keys.clone(),
             data_dir,

@@ -11,9 +11,26 @@ use ledgerbus_sequencer::client::{replay, SequencerClient};
 use ledgerbus_sequencer::core::read_reply;
 use ledgerbus_sequencer::{start, SequencerConfig};
 use ledgerbus_transport::driver::{socket, SocketOptions, Subscriber};
-use ledgerbus_transport::ReceiverConfig;
+use ledgerbus_transport::{BusKey, BusKeys, BusSecurity, ReceiverConfig};
 
 const SECRET: &[u8] = b"a-test-secret-of-some-length";
+
+fn bus_keys() -> std::sync::Arc<BusKeys> {
+    std::sync::Arc::new(BusKeys::new(vec![BusKey::from_bytes([7; 32])]).unwrap())
+}
+
+/// A receiver holding the test's bus key.
+fn receiver() -> ReceiverConfig {
+    ReceiverConfig { security: BusSecurity::Aead(bus_keys()), instance: 1, ..ReceiverConfig::default() }
+}
+
+/// A local sequencer configuration on the test's bus key.
+fn local(dir: &std::path::Path, targets: Vec<std::net::SocketAddrV4>) -> SequencerConfig {
+    let mut config = SequencerConfig::local(dir.to_path_buf(), targets, SECRET);
+    config.bus_keys = bus_keys();
+    config.sender.security = BusSecurity::Aead(bus_keys());
+    config
+}
 
 fn account(correlation: u64, id: u128, negative: bool) -> CreateAccount {
     CreateAccount {
@@ -47,18 +64,10 @@ fn results(client: &mut SequencerClient, count: usize) -> Vec<(u64, u64, ResultC
 fn decide_publish_replay_and_recover() {
     let dir = tempfile::tempdir().unwrap();
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let mut subscriber = Subscriber::new(
-        ReceiverConfig::default(),
-        1,
-        None,
-        loopback,
-        None,
-        loopback,
-        SocketOptions::default(),
-    )
-    .unwrap();
+    let mut subscriber =
+        Subscriber::new(receiver(), 1, None, loopback, None, loopback, SocketOptions::default()).unwrap();
     let target = socket::ipv4(subscriber.local_addr().unwrap()).unwrap();
-    let mut config = SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET);
+    let mut config = local(dir.path(), vec![target]);
     config.metrics_listen = Some(loopback);
     let sequencer = start(config).unwrap();
     subscriber.set_sender_control(sequencer.control_addr).unwrap();
@@ -109,7 +118,7 @@ fn decide_publish_replay_and_recover() {
 
     // The replay service serves the same events.
     let mut replayed = Vec::new();
-    let (next, session) = replay(sequencer.replay_addr, 0, 3, 0, |sequence, _| {
+    let (next, session) = replay(sequencer.replay_addr, &bus_keys().replay_key(), 0, 3, 0, |sequence, _| {
         replayed.push(sequence);
         Ok(())
     })
@@ -117,6 +126,40 @@ fn decide_publish_replay_and_recover() {
     assert_eq!(replayed, (3..=8).collect::<Vec<_>>());
     assert_eq!(next, 9);
     assert_eq!(session, sequencer.session_id);
+
+    // Without the bus key, the replay service serves nothing.
+    let stranger = BusKeys::new(vec![BusKey::from_bytes([8; 32])]).unwrap().replay_key();
+    let mut leaked = 0;
+    let refused = replay(sequencer.replay_addr, &stranger, 0, 1, 0, |_, _| {
+        leaked += 1;
+        Ok(())
+    });
+    assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(leaked, 0);
+    {
+        // A bare request, as before authentication existed, gets the challenge only.
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(sequencer.replay_addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut request = [0u8; 64];
+        let request_size = ledgerbus_codec::encode(
+            &ledgerbus_codec::messages::ReplayRequest {
+                session_id: 0.into(),
+                from_sequence: 1.into(),
+                to_sequence: 0.into(),
+            },
+            &mut request,
+        )
+        .unwrap();
+        stream.write_all(&request[..request_size]).unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        assert_eq!(
+            got.len(),
+            <ledgerbus_codec::messages::Challenge as ledgerbus_codec::Message>::FRAME_SIZE,
+            "only the challenge: {got:?}"
+        );
+    }
 
     // Prometheus metrics: events, last sequence, the consumer's position.
     let mut text = String::new();
@@ -143,7 +186,7 @@ fn decide_publish_replay_and_recover() {
     sequencer.stop().unwrap();
 
     // Restart: same session, same state, sequence continues.
-    let sequencer = start(SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET)).unwrap();
+    let sequencer = start(local(dir.path(), vec![target])).unwrap();
     assert_eq!(sequencer.session_id, session_before);
     assert_eq!(sequencer.recovered_events, 8);
     let mut client = SequencerClient::connect(sequencer.gateway_addr, SECRET, 1).unwrap();
@@ -172,7 +215,7 @@ fn naks_older_than_the_ring_are_served_from_the_journal() {
     // A subscriber address nobody listens on yet: the first events are lost to it.
     let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let target = socket::ipv4(free).unwrap();
-    let mut config = SequencerConfig::local(dir.path().to_path_buf(), vec![target], SECRET);
+    let mut config = local(dir.path(), vec![target]);
     config.sender.ring_datagrams = 16;
     let sequencer = start(config).unwrap();
     let mut client = SequencerClient::connect(sequencer.gateway_addr, SECRET, 1).unwrap();
@@ -185,16 +228,9 @@ fn naks_older_than_the_ring_are_served_from_the_journal() {
 
     // Now the subscriber comes up, from sequence 1: 2,002 events, far more than 16
     // datagrams, must come from the journal through NAKs, not a bulk replay.
-    let mut subscriber = Subscriber::new(
-        ReceiverConfig::default(),
-        1,
-        None,
-        free,
-        None,
-        sequencer.control_addr,
-        SocketOptions::default(),
-    )
-    .unwrap();
+    let mut subscriber =
+        Subscriber::new(receiver(), 1, None, free, None, sequencer.control_addr, SocketOptions::default())
+            .unwrap();
     let mut delivered = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while delivered.len() < 2_002 && Instant::now() < deadline {
@@ -210,9 +246,7 @@ fn hostile_bytes_on_the_gateway_port_close_only_that_connection() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let sequencer =
-        start(SequencerConfig::local(dir.path().to_path_buf(), vec![socket::ipv4(free).unwrap()], SECRET))
-            .unwrap();
+    let sequencer = start(local(dir.path(), vec![socket::ipv4(free).unwrap()])).unwrap();
     let closed = |mut stream: std::net::TcpStream| {
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut sink = [0u8; 256];

@@ -20,7 +20,10 @@ pub fn transport(args: &BenchTransportArgs) -> anyhow::Result<()> {
     }
     if let [(first, a), (_, b)] = rates[..] {
         let (sealed, plain) = if first == BusSecurityMode::Aes256Gcm { (a, b) } else { (b, a) };
-        println!("sealed / plain    {:>14.2}  ({sealed:.0} / {plain:.0} events/s, same invocation)", sealed / plain);
+        println!(
+            "sealed / plain    {:>14.2}  ({sealed:.0} / {plain:.0} events/s, same invocation)",
+            sealed / plain
+        );
     }
     Ok(())
 }

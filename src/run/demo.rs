@@ -340,16 +340,15 @@ impl System {
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
     let started = Instant::now();
-    let system =
-        System::start(
-            args.durability,
-            args.data.clone(),
-            args.http,
-            args.tcp,
-            args.api_key.clone(),
-            None,
-            BusSecurityMode::Aes256Gcm,
-        )?;
+    let system = System::start(
+        args.durability,
+        args.data.clone(),
+        args.http,
+        args.tcp,
+        args.api_key.clone(),
+        None,
+        BusSecurityMode::Aes256Gcm,
+    )?;
     let addresses = &system.addresses;
     let key = system.api_key.clone();
     println!(

@@ -102,7 +102,11 @@ impl TransportArgs {
     }
 
     /// Receiver settings.
-    pub fn receiver_config(&self, receiver_id: u32, reorder_datagrams_max: usize) -> anyhow::Result<ReceiverConfig> {
+    pub fn receiver_config(
+        &self,
+        receiver_id: u32,
+        reorder_datagrams_max: usize,
+    ) -> anyhow::Result<ReceiverConfig> {
         Ok(ReceiverConfig {
             security: self.bus.security()?,
             instance: random_instance()?,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const SECRET: &str = "e2e-test-secret-0123456789";
 pub const API_KEY: &str = "e2e-test-api-key-0123456789";
+pub const BUS_KEY: &str = "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0";
 
 /// A free port below the kernel's ephemeral range (10000–32767): a port from bind
 /// to port 0 could be taken by any outgoing connection of a test running in
@@ -57,6 +58,7 @@ pub fn spawn(args: &[String]) -> Process {
         .args(args)
         .env("LEDGERBUS_SEQUENCER_SECRET", SECRET)
         .env("LEDGERBUS_API_KEYS", API_KEY)
+        .env("LEDGERBUS_BUS_KEY", BUS_KEY)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

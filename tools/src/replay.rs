@@ -70,12 +70,18 @@ pub fn read(
     let last = to.unwrap_or(u64::MAX);
     match source {
         Source::Sequencer(address, key) => {
-            let (_, session) =
-                ledgerbus_sequencer::client::replay(*address, key, 0, from, to.unwrap_or(0), |sequence, frame| {
+            let (_, session) = ledgerbus_sequencer::client::replay(
+                *address,
+                key,
+                0,
+                from,
+                to.unwrap_or(0),
+                |sequence, frame| {
                     checker.check(&mut summary, sequence, frame);
                     event(sequence, frame).map_err(std::io::Error::other)
-                })
-                .with_context(|| format!("replay from {address}"))?;
+                },
+            )
+            .with_context(|| format!("replay from {address}"))?;
             summary.sessions.push(format!("{session:016x}"));
         }
         Source::Journal(dir) => read_journal(dir, from, last, &mut summary, &mut checker, &mut event)?,

@@ -107,7 +107,9 @@ impl BusKey {
     pub fn replay_key(&self) -> ReplayKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ledgerbus replay").extract(&self.secret);
         let mut key = [0u8; 32];
-        prk.expand(&[KDF_LABEL], Len(32)).and_then(|okm| okm.fill(&mut key)).expect("32 bytes is a valid HKDF length");
+        prk.expand(&[KDF_LABEL], Len(32))
+            .and_then(|okm| okm.fill(&mut key))
+            .expect("32 bytes is a valid HKDF length");
         ReplayKey(key)
     }
 }

@@ -147,7 +147,6 @@ pub struct Sender {
     stats: SenderStats,
 }
 
-
 impl Sender {
     /// A sender whose first event gets `first_sequence` (1 for a new log; the next
     /// sequence after a restart that continues a log).
