@@ -320,6 +320,11 @@ pub struct GatewayArgs {
     )]
     pub api_keys: Vec<String>,
 
+    /// The key presented to the memory consumer's query API (default: the first
+    /// of --api-keys).
+    #[arg(long, env = "LEDGERBUS_QUERY_KEY", hide_env_values = true, value_name = "KEY")]
+    pub query_key: Option<String>,
+
     /// Commands waiting for the sequencer; beyond this clients get 503 / busy (a
     /// TCP read is split at linked-chain boundaries to use what room is left; a
     /// chain longer than this is always busy).
@@ -390,6 +395,18 @@ pub struct ConsumerArgs {
     /// Out-of-order datagrams buffered while a gap is repaired (memory: this × --mtu).
     #[arg(long, env = "LEDGERBUS_REORDER_DATAGRAMS_MAX", default_value_t = 4_096, value_name = "COUNT")]
     pub reorder_datagrams_max: u32,
+
+    /// Memory consumer: API keys its query routes accept, comma-separated
+    /// (`Authorization: Bearer <key>`); the gateway presents its --query-key. Required
+    /// for `memory`; `/status` stays open.
+    #[arg(
+        long,
+        env = "LEDGERBUS_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "KEY,..."
+    )]
+    pub api_keys: Vec<String>,
 
     #[command(flatten)]
     pub transport: TransportArgs,

@@ -95,7 +95,7 @@ fn init_tracing(level: LogLevel, format: LogFormat) {
 }
 
 /// Settings whose values must never be printed.
-const SECRET_SETTINGS: &[&str] = &["secret", "api_keys", "bus_key"];
+const SECRET_SETTINGS: &[&str] = &["secret", "api_keys", "bus_key", "query_key"];
 
 /// Prints `name = value  # source` for every setting of the chosen subcommand path.
 fn print_settings(

@@ -126,6 +126,9 @@ impl ConsumerArgs {
             format!("{} is not in 4..=65535", self.reorder_datagrams_max)
         })?;
         check(self.snapshot_every > 0, "snapshot-every", || "must be at least 1".into())?;
+        check(self.kind != ConsumerKind::Memory || !self.api_keys.is_empty(), "api-keys", || {
+            "at least one key is required for the memory consumer's query API (or LEDGERBUS_API_KEYS)".into()
+        })?;
         self.transport.bus.validate()
     }
 }

@@ -137,7 +137,8 @@ fn invalid_configuration_fails_at_start_naming_the_setting() {
             &[("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0")],
             "--bus-key",
         ),
-        (&["consumer", "memory"], &[("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0")], "--bus-key"),
+        (&["consumer", "disk"], &[], "--bus-key"),
+        (&["consumer", "memory"], &[], "--api-keys"),
     ];
     for (args, env, setting) in cases {
         let output = ledgerbus(args, env);

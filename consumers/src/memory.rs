@@ -6,6 +6,7 @@
 //! the handler waits, bounded, until the model has applied it, which is what makes
 //! a GET after a 201 see that write.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,6 +34,9 @@ pub struct Shared {
     model: Arc<RwLock<ReadModel>>,
     progress: Arc<Progress>,
     applied: watch::Receiver<u64>,
+    /// Keys accepted on the query routes (`Authorization: Bearer <key>`): the
+    /// gateway presents one of its own; nothing answers a bare GET with data.
+    api_keys: Arc<HashSet<String>>,
 }
 
 struct MemorySink {
@@ -86,13 +90,19 @@ impl Sink for MemorySink {
 pub fn run(
     config: FollowConfig,
     transfer_capacity: usize,
+    api_keys: Vec<String>,
     http: std::net::TcpListener,
     stop: Arc<AtomicBool>,
 ) -> Result<(), FollowError> {
     let model = Arc::new(RwLock::new(ReadModel::with_capacity(transfer_capacity)));
     let progress = Arc::new(Progress::default());
     let (applied_tx, applied_rx) = watch::channel(0u64);
-    let shared = Shared { model: Arc::clone(&model), progress: Arc::clone(&progress), applied: applied_rx };
+    let shared = Shared {
+        model: Arc::clone(&model),
+        progress: Arc::clone(&progress),
+        applied: applied_rx,
+        api_keys: Arc::new(api_keys.into_iter().collect()),
+    };
     ledgerbus_sequencer::metrics::serve_router(http, router(shared), "query-http")?;
     let mut sink = MemorySink {
         model,
@@ -105,14 +115,33 @@ pub fn run(
     follow(&mut sink, &config, &progress, &stop)
 }
 
-/// The query API.
+/// The query API: data only with a key; `/status` (position, lag, state hash,
+/// session) stays open for health checks and replica comparison.
 pub fn router(shared: Shared) -> Router {
-    Router::new()
+    let data = Router::new()
         .route("/accounts/{id}", get(get_account))
         .route("/accounts/{id}/transfers", get(get_history))
         .route("/transfers/{id}", get(get_transfer))
-        .route("/status", get(get_status))
-        .with_state(shared)
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_api_key));
+    Router::new().route("/status", get(get_status)).merge(data).with_state(shared)
+}
+
+/// 401 unless `Authorization: Bearer <key>` names a configured key.
+async fn require_api_key(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if shared.api_keys.contains(key) => next.run(request).await,
+        _ => error(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)"),
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -23,14 +23,27 @@ fn free_udp() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+const QUERY_KEY: &str = "query-key-of-the-test";
+
+/// A GET with the query key; the body as JSON, with the status under `"status"`.
 fn http_get(address: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    http_get_as(address, path, Some(QUERY_KEY))
+}
+
+fn http_get_as(address: SocketAddr, path: &str, key: Option<&str>) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
+    let status: u64 = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str(body).ok()
+    let mut json: serde_json::Value = serde_json::from_str(body).ok()?;
+    if let Some(object) = json.as_object_mut() {
+        object.insert("status".into(), status.into());
+    }
+    Some(json)
 }
 
 fn follow_config(
@@ -109,7 +122,13 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     let memory_config = follow_config(memory_udp, &sequencer, &config, 1);
     let memory_stop = Arc::clone(&stop);
     let memory = std::thread::spawn(move || {
-        ledgerbus_consumers::memory::run(memory_config, 1 << 16, memory_http, memory_stop)
+        ledgerbus_consumers::memory::run(
+            memory_config,
+            1 << 16,
+            vec![QUERY_KEY.into()],
+            memory_http,
+            memory_stop,
+        )
     });
 
     let disk_http = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -159,7 +178,7 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     let late_config = follow_config(late_udp, &sequencer, &config, 3);
     let late_stop = Arc::clone(&stop);
     let late = std::thread::spawn(move || {
-        ledgerbus_consumers::memory::run(late_config, 1 << 16, late_http, late_stop)
+        ledgerbus_consumers::memory::run(late_config, 1 << 16, vec![QUERY_KEY.into()], late_http, late_stop)
     });
     wait_for(late_addr, head);
     send_transfers(&mut client, 200_000, 1_000);
@@ -170,6 +189,12 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     }
 
     // The query API answers from the model.
+    // Without the key, or with a wrong one, no data.
+    for key in [None, Some("not-the-key")] {
+        let refused = http_get_as(memory_addr, "/accounts/3", key).unwrap();
+        assert_eq!(refused["status"], 401, "{refused}");
+        assert!(refused.get("balance").is_none() && refused.get("credits_posted").is_none(), "{refused}");
+    }
     let account = http_get(memory_addr, "/accounts/3").unwrap();
     assert_eq!(account["id"], "3");
     let transfer = http_get(late_addr, "/transfers/1000").unwrap();

@@ -38,17 +38,26 @@ pub struct AppState {
     pub api_keys: Arc<HashSet<String>>,
     /// The memory consumer's query API.
     pub query_upstream: SocketAddr,
+    /// `Bearer <key>` this gateway presents to the query API (its own credential,
+    /// never the client's).
+    pub query_authorization: Arc<str>,
     /// Pooled HTTP client for the proxied queries.
     pub client: Client<HttpConnector, Body>,
 }
 
 impl AppState {
     /// State for a gateway in front of `upstream`.
-    pub fn new(upstream: Upstream, api_keys: Vec<String>, query_upstream: SocketAddr) -> AppState {
+    pub fn new(
+        upstream: Upstream,
+        api_keys: Vec<String>,
+        query_upstream: SocketAddr,
+        query_key: String,
+    ) -> AppState {
         AppState {
             upstream,
             api_keys: Arc::new(api_keys.into_iter().collect()),
             query_upstream,
+            query_authorization: format!("Bearer {query_key}").into(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -209,7 +218,9 @@ async fn proxy(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> R
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let target = format!("http://{}{}", state.query_upstream, path);
     let min_sequence = state.upstream.highest_sequence.load(Ordering::Acquire);
-    let mut request = axum::http::Request::get(target).header("x-min-sequence", min_sequence.to_string());
+    let mut request = axum::http::Request::get(target)
+        .header("x-min-sequence", min_sequence.to_string())
+        .header("authorization", &*state.query_authorization);
     if let Some(accept) = headers.get("accept") {
         request = request.header("accept", accept);
     }

@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub api_keys: Vec<String>,
     /// The memory consumer's query API.
     pub query_upstream: SocketAddr,
+    /// The key this gateway presents there (`Authorization: Bearer`).
+    pub query_key: String,
     /// Commands waiting for results before clients get 503/busy.
     pub queue_max: usize,
     /// This gateway's id (logs, metrics).
@@ -66,7 +68,12 @@ pub async fn run(
         config.gateway_id,
         config.queue_max,
     );
-    let state = http::AppState::new(upstream.clone(), config.api_keys.clone(), config.query_upstream);
+    let state = http::AppState::new(
+        upstream.clone(),
+        config.api_keys.clone(),
+        config.query_upstream,
+        config.query_key.clone(),
+    );
     let keys = Arc::clone(&state.api_keys);
     tokio::spawn(tcp::serve(tcp, upstream, keys));
     let _ = bound.send(addresses);

@@ -35,7 +35,13 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
     tracing::info!(kind = ?args.kind, http = %http.local_addr()?, listen = %args.listen, "consumer starting");
     let config = follow_config(args)?;
     let result = match args.kind {
-        ConsumerKind::Memory => ledgerbus_consumers::memory::run(config, args.transfer_capacity, http, stop),
+        ConsumerKind::Memory => ledgerbus_consumers::memory::run(
+            config,
+            args.transfer_capacity,
+            args.api_keys.clone(),
+            http,
+            stop,
+        ),
         ConsumerKind::Disk => {
             let disk = DiskConfig {
                 data_dir: args.data_dir.clone(),

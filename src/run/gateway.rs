@@ -13,6 +13,10 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         secret: args.secret.clone().unwrap_or_default().into_bytes(),
         api_keys: args.api_keys.clone(),
         query_upstream: args.query_upstream,
+        query_key: match &args.query_key {
+            Some(key) => key.clone(),
+            None => args.api_keys.first().cloned().unwrap_or_default(),
+        },
         queue_max: args.queue_max as usize,
         gateway_id: std::process::id(),
     };
