@@ -325,6 +325,26 @@ pub struct GatewayArgs {
     #[arg(long, env = "LEDGERBUS_QUERY_KEY", hide_env_values = true, value_name = "KEY")]
     pub query_key: Option<String>,
 
+    /// Largest HTTP request body in bytes; a larger one is answered 413 before it is
+    /// read (by its Content-Length) or as soon as it passes the limit.
+    #[arg(long, env = "LEDGERBUS_BODY_MAX", default_value_t = 2 << 20, value_name = "BYTES")]
+    pub body_max: usize,
+
+    /// Seconds an HTTP client has to send a request's headers; also how long a
+    /// kept-alive connection may stay idle.
+    #[arg(long, env = "LEDGERBUS_HEADER_TIMEOUT_SECS", default_value_t = 10.0, value_name = "SECS")]
+    pub header_timeout_secs: f64,
+
+    /// Seconds a TCP client may stop in the middle of a frame (or its hello) before it
+    /// is disconnected; idle time between frames is not limited.
+    #[arg(long, env = "LEDGERBUS_FRAME_TIMEOUT_SECS", default_value_t = 10.0, value_name = "SECS")]
+    pub frame_timeout_secs: f64,
+
+    /// Open connections at most, per API (HTTP and TCP each); beyond it HTTP clients
+    /// get 503 and TCP clients are closed before the hello.
+    #[arg(long, env = "LEDGERBUS_CONNECTIONS_MAX", default_value_t = 1_024, value_name = "COUNT")]
+    pub connections_max: usize,
+
     /// Commands waiting for the sequencer; beyond this clients get 503 / busy (a
     /// TCP read is split at linked-chain boundaries to use what room is left; a
     /// chain longer than this is always busy).

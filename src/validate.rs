@@ -99,6 +99,10 @@ impl SequencerArgs {
 impl GatewayArgs {
     /// Cross-setting checks of the gateway configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        positive_seconds(self.header_timeout_secs, "header-timeout-secs")?;
+        positive_seconds(self.frame_timeout_secs, "frame-timeout-secs")?;
+        check(self.connections_max > 0, "connections-max", || "must be at least 1".into())?;
+        check(self.body_max >= 1024, "body-max", || "must be at least 1024 bytes".into())?;
         check(self.http_listen != self.tcp_listen, "tcp-listen", || "must differ from --http-listen".into())?;
         check(self.queue_max > 0, "queue-max", || "must be at least 1".into())?;
         check(!self.api_keys.is_empty(), "api-keys", || {

@@ -15,6 +15,7 @@ pub mod client;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod serve;
 pub mod tcp;
 pub mod upstream;
 pub mod wire;
@@ -43,6 +44,10 @@ pub struct GatewayConfig {
     pub queue_max: usize,
     /// This gateway's id (logs, metrics).
     pub gateway_id: u32,
+    /// Body, header-time and connection limits of the HTTP API.
+    pub http_limits: serve::HttpLimits,
+    /// Limits of the TCP API.
+    pub tcp_limits: tcp::TcpLimits,
 }
 
 /// The bound addresses of a started gateway.
@@ -75,8 +80,9 @@ pub async fn run(
         config.query_key.clone(),
     );
     let keys = Arc::clone(&state.api_keys);
-    tokio::spawn(tcp::serve(tcp, upstream, keys));
+    tokio::spawn(tcp::serve(tcp, upstream, keys, config.tcp_limits));
     let _ = bound.send(addresses);
     tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencer = %config.sequencer, "gateway running");
-    axum::serve(http, http::router(state)).await
+    serve::serve(http, http::router(state), config.http_limits).await;
+    Ok(())
 }

@@ -32,17 +32,47 @@ const UNWRITTEN_MAX: usize = 4 << 20;
 /// Read buffer per client: a linked chain must fit in it.
 const BUFFER_SIZE: usize = 1 << 20;
 
+/// Limits of the TCP API.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// A client that stops in the middle of a frame (or of its hello) for this long
+    /// is disconnected; between frames it may stay idle.
+    pub frame_timeout: Duration,
+    /// Open client connections at most; more are closed at once (before the hello).
+    pub connections_max: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits { frame_timeout: Duration::from_secs(10), connections_max: 1_024 }
+    }
+}
+
 /// Accepts TCP clients forever.
-pub async fn serve(listener: TcpListener, upstream: Upstream, api_keys: Arc<HashSet<String>>) {
+pub async fn serve(
+    listener: TcpListener,
+    upstream: Upstream,
+    api_keys: Arc<HashSet<String>>,
+    limits: TcpLimits,
+) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(%peer, max = limits.connections_max, "too many TCP clients; refused");
+                    drop(stream);
+                    continue;
+                }
                 let upstream = upstream.clone();
                 let keys = Arc::clone(&api_keys);
+                let open = Arc::clone(&open);
                 tokio::spawn(async move {
-                    if let Err(reason) = client(stream, upstream, keys).await {
+                    if let Err(reason) = client(stream, upstream, keys, limits).await {
                         tracing::info!(%peer, %reason, "TCP client closed");
                     }
+                    open.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             Err(error) => {
@@ -140,9 +170,14 @@ impl ResultSink for Outbox {
     }
 }
 
-async fn client(stream: TcpStream, upstream: Upstream, keys: Arc<HashSet<String>>) -> Result<(), String> {
+async fn client(
+    stream: TcpStream,
+    upstream: Upstream,
+    keys: Arc<HashSet<String>>,
+    limits: TcpLimits,
+) -> Result<(), String> {
     let stream = Arc::new(stream);
-    let outcome = serve_client(&stream, upstream, keys).await;
+    let outcome = serve_client(&stream, upstream, keys, limits).await;
     // Send FIN before the socket closes: closing with unread input would otherwise
     // reset the connection, and the client could not tell a refusal from a crash.
     let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write);
@@ -153,12 +188,13 @@ async fn serve_client(
     stream: &Arc<TcpStream>,
     upstream: Upstream,
     keys: Arc<HashSet<String>>,
+    limits: TcpLimits,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut hello = [0u8; ClientHello::FRAME_SIZE];
-    tokio::time::timeout(Duration::from_secs(5), read_exact(stream, &mut hello))
+    tokio::time::timeout(limits.frame_timeout, read_exact(stream, &mut hello))
         .await
-        .map_err(|_| "no ClientHello within 5 s".to_string())?
+        .map_err(|_| format!("no ClientHello within {:?}", limits.frame_timeout))?
         .map_err(|e| e.to_string())?;
     let (hello, _) = decode::<ClientHello>(&hello).map_err(|e| format!("expected ClientHello: {e}"))?;
     let key_len = hello.api_key.iter().position(|&b| b == 0).unwrap_or(hello.api_key.len());
@@ -186,6 +222,8 @@ async fn serve_client(
     });
     let sink: Arc<dyn ResultSink> = outbox.clone();
     let mut incoming = Incoming::with_capacity(BUFFER_SIZE);
+    // Set while a frame (or a linked chain) is incomplete: when its rest is due.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         let reading = {
             let mut state = outbox.lock();
@@ -199,6 +237,7 @@ async fn serve_client(
             state.paused = !Outbox::has_room(&state);
             !state.paused
         };
+        let partial_deadline = partial_since.map(|since| since + limits.frame_timeout);
         tokio::select! {
             ready = stream.readable(), if reading => {
                 ready.map_err(|e| e.to_string())?;
@@ -215,6 +254,18 @@ async fn serve_client(
                 if let Some(error) = groups.error {
                     return Err(format!("malformed frame: {error}"));
                 }
+                // The clock runs from the first byte of an incomplete frame or chain,
+                // and restarts only when a whole one went through: a client dribbling
+                // a byte at a time cannot hold the connection for ever.
+                if incoming.bytes().is_empty() {
+                    partial_since = None;
+                } else if groups.whole > 0 || partial_since.is_none() {
+                    partial_since = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(partial_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if partial_deadline.is_some() && reading => {
+                return Err(format!("stopped in the middle of a frame for {:?}", limits.frame_timeout));
             }
             _ = outbox.wake.notified() => {
                 drain(stream, || outbox.lock().out.flush(stream)).await.map_err(|e| e.to_string())?;

@@ -19,6 +19,15 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         },
         queue_max: args.queue_max as usize,
         gateway_id: std::process::id(),
+        http_limits: ledgerbus_gateway::serve::HttpLimits {
+            body_max: args.body_max,
+            header_timeout: std::time::Duration::from_secs_f64(args.header_timeout_secs),
+            connections_max: args.connections_max,
+        },
+        tcp_limits: ledgerbus_gateway::tcp::TcpLimits {
+            frame_timeout: std::time::Duration::from_secs_f64(args.frame_timeout_secs),
+            connections_max: args.connections_max,
+        },
     };
     let stop = super::shutdown_on_signal()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
