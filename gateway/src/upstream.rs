@@ -253,7 +253,17 @@ async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link:
                 backoff = Duration::from_millis(50);
                 let stream = Arc::new(stream);
                 link.link.lock().stream = Some(Arc::clone(&stream));
-                link.session.store(welcome.session_id.get(), Ordering::Release);
+                let previous = link.session.swap(welcome.session_id.get(), Ordering::AcqRel);
+                if previous != 0 && previous != welcome.session_id.get() {
+                    // A new log: sequences start over, and reads must not wait for
+                    // a position of the old one.
+                    tracing::warn!(
+                        previous = format_args!("{previous:#018x}"),
+                        "the sequencer started a new log"
+                    );
+                    link.highest_sequence
+                        .store(welcome.next_sequence.get().saturating_sub(1), Ordering::Release);
+                }
                 link.connected.store(true, Ordering::Release);
                 let reason = serve(&link, &stream).await;
                 link.connected.store(false, Ordering::Release);
