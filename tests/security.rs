@@ -282,10 +282,8 @@ fn consumers_follow_a_sequencer_that_starts_a_new_log() {
     wait_until("gateway to reconnect", || get(http, "/health", None).is_some_and(|r| r.status == 200));
     let accounts = r#"[{"id":"7","ledger":1,"code":1,"allow_negative":true},{"id":"8","ledger":1,"code":1}]"#;
     assert_eq!(post(http, "/accounts", accounts).status, 200);
-    let moved = format!(
-        r#"{{"id":"5","debit_account_id":"7","credit_account_id":"8","amount":9,"ledger":1,"code":1}}"#
-    );
-    assert_eq!(post(http, "/transfers", &moved).status, 201);
+    let moved = r#"{"id":"5","debit_account_id":"7","credit_account_id":"8","amount":9,"ledger":1,"code":1}"#;
+    assert_eq!(post(http, "/transfers", moved).status, 201);
 
     for consumer in [cluster.memory_http, cluster.disk_http] {
         let (sequence, consumer_hash, sequencer_hash) = cluster.converge(consumer);
