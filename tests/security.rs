@@ -112,6 +112,15 @@ fn forged_datagrams_change_nothing_and_get_no_answer() {
     }
     let metrics = get(cluster.sequencer_status, "/metrics", None).unwrap().body;
     assert!(!metrics.contains("receiver_id=\"99\""), "the forged status made a receiver:\n{metrics}");
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ledgerbus_unauthenticated_datagrams_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(counted.is_some_and(|n| n >= 100), "forgeries are counted: {counted:?}");
+    for consumer in [cluster.memory_http, cluster.disk_http] {
+        let status = get(consumer, "/status", None).unwrap().json;
+        assert!(status["unauthenticated_datagrams"].as_u64().unwrap() >= 100, "{status}");
+    }
 }
 
 fn ledgerbus_with_key(args: &[&str], bus_key: &str) -> std::process::Output {

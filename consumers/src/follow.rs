@@ -62,6 +62,8 @@ pub struct Progress {
     pub state_hash: AtomicU64,
     /// Session followed.
     pub session: AtomicU64,
+    /// Datagrams dropped because their authentication tag did not verify.
+    pub unauthenticated: AtomicU64,
 }
 
 /// Why following stopped.
@@ -235,6 +237,7 @@ pub fn follow(
         if let Some(session) = core.session() {
             progress.session.store(session, Ordering::Relaxed);
         }
+        progress.unauthenticated.store(core.stats().unauthenticated, Ordering::Relaxed);
         match event {
             Some(ReceiverEvent::NeedsReplay { from_sequence, oldest_retained_sequence }) => {
                 tracing::warn!(

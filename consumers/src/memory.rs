@@ -303,6 +303,7 @@ pub fn status_json(role: &str, progress: &Progress) -> Value {
         "last_sequence": progress.last_sequence.load(Ordering::Relaxed),
         "lag": progress.lag.load(Ordering::Relaxed),
         "state_hash": format!("{:016x}", progress.state_hash.load(Ordering::Relaxed)),
+        "unauthenticated_datagrams": progress.unauthenticated.load(Ordering::Relaxed),
     })
 }
 

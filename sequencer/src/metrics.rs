@@ -47,6 +47,9 @@ pub struct SequencerMetrics {
     pub naks_total: AtomicU64,
     /// Malformed or unauthenticated packets dropped on any port.
     pub bad_packets_total: AtomicU64,
+    /// Datagrams on the bus port dropped because their tag did not verify (forged,
+    /// corrupted, another key, replayed control).
+    pub unauthenticated_datagrams_total: AtomicU64,
     /// Replay sessions served.
     pub replays_total: AtomicU64,
     /// Replay connections refused for a missing or wrong credential.
@@ -125,6 +128,13 @@ impl SequencerMetrics {
             "Malformed or unauthenticated packets dropped.",
             "counter",
             get(&self.bad_packets_total),
+        );
+        counter(
+            &mut out,
+            "ledgerbus_unauthenticated_datagrams_total",
+            "Datagrams on the bus port dropped because their authentication tag did not verify.",
+            "counter",
+            get(&self.unauthenticated_datagrams_total),
         );
         counter(
             &mut out,

@@ -775,6 +775,7 @@ impl HotLoop {
         let stats = self.publisher.core().stats();
         self.metrics.retransmits_total.store(stats.retransmits, Ordering::Relaxed);
         self.metrics.naks_total.store(stats.naks_received, Ordering::Relaxed);
+        self.metrics.unauthenticated_datagrams_total.store(stats.unauthenticated, Ordering::Relaxed);
         let positions = self
             .publisher
             .core()
