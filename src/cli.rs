@@ -345,6 +345,14 @@ pub struct GatewayArgs {
     #[arg(long, env = "LEDGERBUS_CONNECTIONS_MAX", default_value_t = 1_024, value_name = "COUNT")]
     pub connections_max: usize,
 
+    /// PEM certificate chain: with --tls-key, both APIs speak TLS only (rustls).
+    #[arg(long, env = "LEDGERBUS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LEDGERBUS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Commands waiting for the sequencer; beyond this clients get 503 / busy (a
     /// TCP read is split at linked-chain boundaries to use what room is left; a
     /// chain longer than this is always busy).
@@ -553,6 +561,14 @@ pub struct BenchE2eArgs {
     /// API key for the gateway.
     #[arg(long, env = "LEDGERBUS_API_KEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
+    /// Connect to the gateway's TCP API over TLS, trusting the CA certificates in
+    /// this PEM file (the gateway runs with --tls-cert).
+    #[arg(long, value_name = "FILE", conflicts_with = "spawn")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the name the gateway's certificate must carry (default: the
+    /// IP address of --gateway).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
     /// With --spawn: seal the bus (`aes-256-gcm`, the default) or not (`none`), to
     /// measure what security costs.
     #[arg(long, default_value = "aes-256-gcm", value_name = "MODE")]

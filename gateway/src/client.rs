@@ -23,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing};
+use crate::tls::TlsClient;
+use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
 
 /// A command to send.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +67,7 @@ const UNANSWERED_MAX: usize = 65_536;
 #[derive(Default)]
 struct ConnState {
     /// None while reconnecting.
-    stream: Option<Arc<TcpStream>>,
+    stream: Option<Arc<Stream>>,
     out: Outgoing,
     unanswered: VecDeque<Unanswered>,
     /// Every `Client` handle is gone: finish what is unanswered, then stop.
@@ -121,13 +122,23 @@ impl Client {
     /// Connects and authenticates with `api_key`; the connection is kept up (and
     /// re-established) by a background task on the current runtime.
     pub async fn connect(address: SocketAddr, api_key: &str) -> io::Result<Client> {
-        let stream = handshake(address, api_key).await?;
+        Client::connect_with(address, api_key, None).await
+    }
+
+    /// [`connect`](Self::connect), over TLS when `tls` is given (the gateway runs
+    /// with `--tls-cert`).
+    pub async fn connect_with(
+        address: SocketAddr,
+        api_key: &str,
+        tls: Option<TlsClient>,
+    ) -> io::Result<Client> {
+        let stream = handshake(address, api_key, tls.as_ref()).await?;
         let conn = Arc::new(Conn {
             state: Mutex::new(ConnState { stream: Some(Arc::new(stream)), ..ConnState::default() }),
             wake: Notify::new(),
             room: Arc::new(Semaphore::new(UNANSWERED_MAX)),
         });
-        tokio::spawn(drive(address, api_key.to_string(), Arc::clone(&conn)));
+        tokio::spawn(drive(address, api_key.to_string(), tls, Arc::clone(&conn)));
         Ok(Client { handle: Arc::new(Handle { conn }) })
     }
 
@@ -194,14 +205,37 @@ fn encode_commands(commands: &[Command]) -> Vec<u8> {
     frames
 }
 
-async fn handshake(address: SocketAddr, api_key: &str) -> io::Result<TcpStream> {
+async fn handshake(address: SocketAddr, api_key: &str, tls: Option<&TlsClient>) -> io::Result<Stream> {
     if api_key.len() > 64 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "API keys are at most 64 bytes"));
     }
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+    let connected = async {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        match tls {
+            None => Ok::<_, io::Error>(Stream::Tcp(stream)),
+            Some(tls) => Ok(Stream::Bridged(tls.connect_bridged(stream).await?)),
+        }
+    };
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), connected)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
+    hello(&mut stream, api_key).await?;
+    Ok(stream)
+}
+
+/// Sends the ClientHello and reads the Welcome.
+async fn hello(stream: &mut Stream, api_key: &str) -> io::Result<()> {
+    match stream {
+        Stream::Tcp(s) => hello_on(s, api_key).await,
+        Stream::Bridged(s) => hello_on(s, api_key).await,
+    }
+}
+
+async fn hello_on<S>(stream: &mut S, api_key: &str) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut key = [0u8; 64];
     key[..api_key.len()].copy_from_slice(api_key.as_bytes());
     let mut hello = [0u8; ClientHello::FRAME_SIZE];
@@ -212,7 +246,7 @@ async fn handshake(address: SocketAddr, api_key: &str) -> io::Result<TcpStream> 
         io::Error::new(io::ErrorKind::PermissionDenied, "gateway closed the connection: invalid API key?")
     })?;
     decode::<Welcome>(&welcome).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(stream)
+    Ok(())
 }
 
 fn outcome(frame: &[u8]) -> Option<Outcome> {
@@ -228,7 +262,7 @@ fn outcome(frame: &[u8]) -> Option<Outcome> {
 
 /// Keeps the connection: hands out results, drains queued bytes, and after a drop
 /// reconnects and sends every unanswered group again, in order.
-async fn drive(address: SocketAddr, api_key: String, conn: Arc<Conn>) {
+async fn drive(address: SocketAddr, api_key: String, tls: Option<TlsClient>, conn: Arc<Conn>) {
     let mut backoff = Duration::from_millis(20);
     loop {
         let stream = conn.lock().stream.clone();
@@ -252,7 +286,7 @@ async fn drive(address: SocketAddr, api_key: String, conn: Arc<Conn>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
-        match handshake(address, &api_key).await {
+        match handshake(address, &api_key, tls.as_ref()).await {
             Ok(stream) => {
                 backoff = Duration::from_millis(20);
                 let stream = Arc::new(stream);
@@ -272,7 +306,7 @@ async fn drive(address: SocketAddr, api_key: String, conn: Arc<Conn>) {
 
 /// Until the connection fails (`Err`) or every handle is gone and every group is
 /// answered (`Ok`).
-async fn serve(conn: &Conn, stream: &TcpStream) -> io::Result<()> {
+async fn serve(conn: &Conn, stream: &Stream) -> io::Result<()> {
     let reading = async {
         let mut incoming = Incoming::with_capacity(1 << 20);
         loop {

@@ -17,6 +17,7 @@ pub mod json;
 pub mod metrics;
 pub mod serve;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 
@@ -80,9 +81,10 @@ pub async fn run(
         config.query_key.clone(),
     );
     let keys = Arc::clone(&state.api_keys);
-    tokio::spawn(tcp::serve(tcp, upstream, keys, config.tcp_limits));
+    tokio::spawn(tcp::serve(tcp, upstream, keys, config.tcp_limits.clone()));
     let _ = bound.send(addresses);
-    tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencer = %config.sequencer, "gateway running");
-    serve::serve(http, http::router(state), config.http_limits).await;
+    tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencer = %config.sequencer,
+        tls = config.http_limits.tls.is_some(), "gateway running");
+    serve::serve(http, http::router(state), config.http_limits.clone()).await;
     Ok(())
 }

@@ -22,11 +22,11 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Limits of the HTTP listener.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the HTTP listener, and its TLS.
+#[derive(Clone)]
 pub struct HttpLimits {
     /// Largest request body, in bytes.
     pub body_max: usize,
@@ -35,11 +35,29 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Open connections at most; more are answered 503 and closed.
     pub connections_max: usize,
+    /// HTTPS when the gateway has a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for HttpLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpLimits")
+            .field("body_max", &self.body_max)
+            .field("header_timeout", &self.header_timeout)
+            .field("connections_max", &self.connections_max)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { body_max: 2 << 20, header_timeout: Duration::from_secs(10), connections_max: 1_024 }
+        HttpLimits {
+            body_max: 2 << 20,
+            header_timeout: Duration::from_secs(10),
+            connections_max: 1_024,
+            tls: None,
+        }
     }
 }
 
@@ -75,24 +93,54 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
                 let _ = stream.shutdown().await;
+                // Read what the client sent (briefly, boundedly) before closing: closing
+                // over unread bytes would reset the connection and lose the 503.
+                let mut sink = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut read = 0;
+                    while read < 64 << 10 {
+                        match stream.read(&mut sink).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => read += n,
+                        }
+                    }
+                })
+                .await;
             });
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let open = Arc::clone(&open);
+        let (tls, header_timeout) = (limits.tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let served = match tls {
+                None => serve_connection(stream, router, header_timeout).await,
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(session)) => serve_connection(session, router, header_timeout).await,
+                    Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
+                    Err(_) => Err("TLS handshake timed out".to_string()),
+                },
+            };
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "HTTP connection ended");
             }
             open.fetch_sub(1, Ordering::AcqRel);
         });
     }
+}
+
+/// One HTTP/1.1 connection, plain or TLS.
+async fn serve_connection<I>(io: I, router: Router, header_timeout: Duration) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn too_large(limit: usize) -> Response {

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::upstream::{ReplyTo, ResultSink, Upstream};
-use crate::wire::{drain, Filled, Incoming, Outgoing};
+use crate::wire::{drain, Filled, Incoming, Outgoing, Stream};
 
 /// Submissions (one per read of a client's bytes) in flight per client connection
 /// before we stop reading from it.
@@ -32,19 +32,31 @@ const UNWRITTEN_MAX: usize = 4 << 20;
 /// Read buffer per client: a linked chain must fit in it.
 const BUFFER_SIZE: usize = 1 << 20;
 
-/// Limits of the TCP API.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the TCP API, and its TLS.
+#[derive(Clone)]
 pub struct TcpLimits {
     /// A client that stops in the middle of a frame (or of its hello) for this long
     /// is disconnected; between frames it may stay idle.
     pub frame_timeout: Duration,
     /// Open client connections at most; more are closed at once (before the hello).
     pub connections_max: usize,
+    /// TLS for every client connection, when the gateway has a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for TcpLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLimits")
+            .field("frame_timeout", &self.frame_timeout)
+            .field("connections_max", &self.connections_max)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Default for TcpLimits {
     fn default() -> Self {
-        TcpLimits { frame_timeout: Duration::from_secs(10), connections_max: 1_024 }
+        TcpLimits { frame_timeout: Duration::from_secs(10), connections_max: 1_024, tls: None }
     }
 }
 
@@ -68,6 +80,7 @@ pub async fn serve(
                 let upstream = upstream.clone();
                 let keys = Arc::clone(&api_keys);
                 let open = Arc::clone(&open);
+                let limits = limits.clone();
                 tokio::spawn(async move {
                     if let Err(reason) = client(stream, upstream, keys, limits).await {
                         tracing::info!(%peer, %reason, "TCP client closed");
@@ -85,7 +98,7 @@ pub async fn serve(
 
 /// A client connection's answers, in the order of its commands.
 struct Outbox {
-    stream: Arc<TcpStream>,
+    stream: Arc<Stream>,
     state: Mutex<OutboxState>,
     /// Bytes were left queued, the sequencer link dropped, or reading may resume.
     wake: Notify,
@@ -176,21 +189,27 @@ async fn client(
     keys: Arc<HashSet<String>>,
     limits: TcpLimits,
 ) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let stream = match &limits.tls {
+        None => Stream::Tcp(stream),
+        Some(acceptor) => crate::tls::accept_bridged(acceptor, stream, limits.frame_timeout)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?,
+    };
     let stream = Arc::new(stream);
     let outcome = serve_client(&stream, upstream, keys, limits).await;
     // Send FIN before the socket closes: closing with unread input would otherwise
     // reset the connection, and the client could not tell a refusal from a crash.
-    let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write);
+    stream.shutdown_write();
     outcome
 }
 
 async fn serve_client(
-    stream: &Arc<TcpStream>,
+    stream: &Arc<Stream>,
     upstream: Upstream,
     keys: Arc<HashSet<String>>,
     limits: TcpLimits,
 ) -> Result<(), String> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut hello = [0u8; ClientHello::FRAME_SIZE];
     tokio::time::timeout(limits.frame_timeout, read_exact(stream, &mut hello))
         .await
@@ -275,7 +294,7 @@ async fn serve_client(
 }
 
 /// Fills `buf` from a shared stream.
-async fn read_exact(stream: &TcpStream, buf: &mut [u8]) -> Result<(), String> {
+async fn read_exact(stream: &Stream, buf: &mut [u8]) -> Result<(), String> {
     let mut filled = 0;
     while filled < buf.len() {
         stream.readable().await.map_err(|e| e.to_string())?;

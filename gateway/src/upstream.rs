@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
-use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing};
+use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
 
 /// One result frame (CreateAccountResult or TransferResult).
 pub type ReplyFrame = [u8; REPLY_FRAME_SIZE];
@@ -73,7 +73,7 @@ struct Waiting {
 /// The connection as submitters and the reading task share it.
 #[derive(Default)]
 struct LinkState {
-    stream: Option<Arc<TcpStream>>,
+    stream: Option<Arc<Stream>>,
     out: Outgoing,
     waiting: VecDeque<Waiting>,
 }
@@ -251,7 +251,7 @@ async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link:
                 tracing::info!(%sequencer, session = format_args!("{:#018x}", welcome.session_id.get()),
                     next_sequence = welcome.next_sequence.get(), "connected to the sequencer");
                 backoff = Duration::from_millis(50);
-                let stream = Arc::new(stream);
+                let stream = Arc::new(Stream::Tcp(stream));
                 link.link.lock().stream = Some(Arc::clone(&stream));
                 let previous = link.session.swap(welcome.session_id.get(), Ordering::AcqRel);
                 if previous != 0 && previous != welcome.session_id.get() {
@@ -281,7 +281,7 @@ async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link:
 }
 
 /// Reads results and drains queued bytes until the connection fails.
-async fn serve(link: &Upstream, stream: &TcpStream) -> String {
+async fn serve(link: &Upstream, stream: &Stream) -> String {
     let reading = async {
         let mut incoming = Incoming::with_capacity(1 << 20);
         let mut touched: Vec<Arc<dyn ResultSink>> = Vec::new();

@@ -11,7 +11,60 @@ use std::io;
 
 use bytes::{Buf, BytesMut};
 use ledgerbus_codec::{DecodeError, MessageHeader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A connection of the TCP API, read and written without blocking: a TCP socket, or
+/// the plaintext end of a TLS session whose encryption runs on a task of its own
+/// ([`crate::tls`]), so that the code on the request path is the same either way.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// A TLS session, bridged through a socket pair.
+    Bridged(UnixStream),
+}
+
+impl Stream {
+    /// Reads what is there now (`WouldBlock` when nothing is).
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Bridged(s) => s.try_read(buf),
+        }
+    }
+
+    /// Writes what fits now (`WouldBlock` when nothing does).
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Bridged(s) => s.try_write(buf),
+        }
+    }
+
+    /// Waits until a read may make progress.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Bridged(s) => s.readable().await,
+        }
+    }
+
+    /// Waits until a write may make progress.
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.writable().await,
+            Stream::Bridged(s) => s.writable().await,
+        }
+    }
+
+    /// Sends FIN (TLS: close_notify, by the bridge) after what was written.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write),
+            Stream::Bridged(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write),
+        };
+    }
+}
 
 /// Bytes on their way to a socket, in order: written directly while the socket keeps
 /// up, queued behind earlier bytes when it does not.
@@ -23,7 +76,7 @@ pub struct Outgoing {
 impl Outgoing {
     /// Sends `bytes` after anything queued before them. Returns `true` when bytes are
     /// left queued, so that somebody must [`drain`] once the socket is writable.
-    pub fn send(&mut self, stream: &TcpStream, bytes: &[u8]) -> io::Result<bool> {
+    pub fn send(&mut self, stream: &Stream, bytes: &[u8]) -> io::Result<bool> {
         if !self.backlog.is_empty() {
             self.backlog.extend_from_slice(bytes);
             return Ok(true);
@@ -48,7 +101,7 @@ impl Outgoing {
     }
 
     /// Writes what the socket takes now. Returns `true` when nothing is left.
-    pub fn flush(&mut self, stream: &TcpStream) -> io::Result<bool> {
+    pub fn flush(&mut self, stream: &Stream) -> io::Result<bool> {
         while !self.backlog.is_empty() {
             match stream.try_write(&self.backlog) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -73,7 +126,7 @@ impl Outgoing {
 
 /// Waits for writability and calls `flush` (which locks whatever owns the
 /// [`Outgoing`] and calls [`Outgoing::flush`]) until the backlog is gone.
-pub async fn drain(stream: &TcpStream, mut flush: impl FnMut() -> io::Result<bool>) -> io::Result<()> {
+pub async fn drain(stream: &Stream, mut flush: impl FnMut() -> io::Result<bool>) -> io::Result<()> {
     while !flush()? {
         stream.writable().await?;
     }
@@ -107,7 +160,7 @@ impl Incoming {
     }
 
     /// Reads what the socket has now, after moving unconsumed bytes to the front.
-    pub fn fill(&mut self, stream: &TcpStream) -> io::Result<Filled> {
+    pub fn fill(&mut self, stream: &Stream) -> io::Result<Filled> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -170,7 +223,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_queued_behind_a_full_socket_keep_their_order() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let writer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let writer = Stream::Tcp(TcpStream::connect(listener.local_addr().unwrap()).await.unwrap());
         let (mut peer, _) = listener.accept().await.unwrap();
         const PIECE: usize = 64 << 10;
         const PIECES: usize = 128;

@@ -52,6 +52,18 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         batch: args.batch,
         accounts: args.accounts,
         in_flight: args.in_flight,
+        tls: match &args.tls_ca {
+            None => None,
+            Some(ca) => {
+                if args.protocol == BenchProtocol::Http {
+                    anyhow::bail!(
+                        "--tls-ca works with --protocol tcp; for HTTPS use a client such as curl --cacert"
+                    );
+                }
+                let name = args.tls_server_name.clone().unwrap_or_else(|| gateway_tcp.ip().to_string());
+                Some(ledgerbus_gateway::tls::TlsClient::new(ca, &name)?)
+            }
+        },
     };
     let bar = ProgressBar::new((args.duration * 4.0).ceil() as u64);
     bar.set_style(

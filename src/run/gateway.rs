@@ -6,6 +6,10 @@ use crate::cli::GatewayArgs;
 
 /// Runs the gateway until SIGINT/SIGTERM.
 pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ledgerbus_gateway::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let config = GatewayConfig {
         http_listen: args.http_listen,
         tcp_listen: args.tcp_listen,
@@ -23,10 +27,12 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
             body_max: args.body_max,
             header_timeout: std::time::Duration::from_secs_f64(args.header_timeout_secs),
             connections_max: args.connections_max,
+            tls: tls.clone(),
         },
         tcp_limits: ledgerbus_gateway::tcp::TcpLimits {
             frame_timeout: std::time::Duration::from_secs_f64(args.frame_timeout_secs),
             connections_max: args.connections_max,
+            tls,
         },
     };
     let stop = super::shutdown_on_signal()?;

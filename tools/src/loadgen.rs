@@ -53,6 +53,8 @@ pub struct E2eOptions {
     pub accounts: u32,
     /// Requests in flight per connection with `--rate max` (see [`pipeline_depth`]).
     pub in_flight: Option<u32>,
+    /// TLS to the gateway's TCP API (it runs with `--tls-cert`).
+    pub tls: Option<ledgerbus_gateway::tls::TlsClient>,
 }
 
 /// What it measured.
@@ -266,8 +268,9 @@ pub async fn run(
     if options.connections == 0 || options.batch == 0 || options.accounts < 2 {
         bail!("connections and batch must be positive and accounts at least 2");
     }
-    let setup =
-        Client::connect(options.gateway_tcp, &options.api_key).await.context("connecting to the gateway")?;
+    let setup = Client::connect_with(options.gateway_tcp, &options.api_key, options.tls.clone())
+        .await
+        .context("connecting to the gateway")?;
     set_up(&setup, options.accounts).await?;
     let counters = Arc::new(Counters::default());
     let histogram = Arc::new(Mutex::new(new_histogram()));
@@ -277,7 +280,9 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..options.connections {
         let sender = Arc::new(match options.protocol {
-            Protocol::Tcp => Sender::Tcp(Client::connect(options.gateway_tcp, &options.api_key).await?),
+            Protocol::Tcp => Sender::Tcp(
+                Client::connect_with(options.gateway_tcp, &options.api_key, options.tls.clone()).await?,
+            ),
             Protocol::Http => Sender::Http {
                 client: HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http(),
                 uri: format!("http://{}/transfers", options.gateway_http),
