@@ -392,19 +392,6 @@ impl Opener {
                 return Err(OpenError::Replayed);
             }
         }
-        let derived = match found {
-            Some(_) => None,
-            None => {
-                let bus_key =
-                    self.keys.all().iter().find(|k| k.id() == key_id).ok_or(OpenError::UnknownKey)?;
-                Some(derive(bus_key, session_id, origin.sender_id, origin.instance))
-            }
-        };
-        let key = match (found, &derived) {
-            (Some(index), _) => &self.known[index].key,
-            (None, Some(key)) => key,
-            (None, None) => unreachable!("derived when not found"),
-        };
         let mut aad = [0u8; PACKET_HEADER_SIZE + TRAILER_CLEAR];
         aad[..PACKET_HEADER_SIZE].copy_from_slice(&datagram[..PACKET_HEADER_SIZE]);
         aad[PACKET_HEADER_SIZE..].copy_from_slice(&trailer[..TRAILER_CLEAR]);
@@ -413,23 +400,35 @@ impl Opener {
         let body = &mut out[PACKET_HEADER_SIZE..PACKET_HEADER_SIZE + sealed_len];
         body[..size - PACKET_HEADER_SIZE].copy_from_slice(&datagram[PACKET_HEADER_SIZE..]);
         body[size - PACKET_HEADER_SIZE..].copy_from_slice(&trailer[TRAILER_CLEAR..]);
-        key.open_in_place(nonce(origin.sender_id, origin.counter), Aad::from(&aad[..]), body)
-            .map_err(|_| OpenError::BadTag)?;
+        let verify = |key: &LessSafeKey, body: &mut [u8]| {
+            key.open_in_place(nonce(origin.sender_id, origin.counter), Aad::from(&aad[..]), body)
+                .map(|_| ())
+                .map_err(|_| OpenError::BadTag)
+        };
 
-        // Authentic: remember the sender (and its control counter).
+        // Verified with the sender's known key, or with one derived for it, which is
+        // remembered only once a datagram proved it.
         self.uses += 1;
-        let index = match (found, derived) {
-            (Some(index), _) => index,
-            (None, Some(key)) => self.remember(KnownSender {
-                key_id,
-                session_id,
-                sender_id: origin.sender_id,
-                instance: origin.instance,
-                key,
-                last_control: None,
-                used_at: 0,
-            }),
-            (None, None) => unreachable!("derived when not found"),
+        let index = match found {
+            Some(index) => {
+                verify(&self.known[index].key, body)?;
+                index
+            }
+            None => {
+                let bus_key =
+                    self.keys.all().iter().find(|k| k.id() == key_id).ok_or(OpenError::UnknownKey)?;
+                let key = derive(bus_key, session_id, origin.sender_id, origin.instance);
+                verify(&key, body)?;
+                self.remember(KnownSender {
+                    key_id,
+                    session_id,
+                    sender_id: origin.sender_id,
+                    instance: origin.instance,
+                    key,
+                    last_control: None,
+                    used_at: 0,
+                })
+            }
         };
         let known = &mut self.known[index];
         known.used_at = self.uses;
@@ -521,6 +520,30 @@ mod tests {
         let size = Sealer::new(both, 0, 2).seal(&mut buf, plain);
         assert_eq!(u32::from_le_bytes(buf[plain..plain + 4].try_into().unwrap()), new.id());
         assert_eq!(Opener::new(keys(1)).open(&buf[..size], &mut out), Err(OpenError::UnknownKey));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, or a sealed datagram with arbitrary bytes spliced in, never
+        /// panic and never open.
+        #[test]
+        fn hostile_bytes_never_open(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            at in 0usize..200,
+        ) {
+            let mut opener = Opener::new(keys(1));
+            let mut out = [0u8; 512];
+            proptest::prop_assert!(opener.open(&noise, &mut out).is_err());
+            let mut buf = [0u8; 256];
+            let plain = heartbeat(&mut buf, 9);
+            let size = Sealer::new(keys(1), 0, 5).seal(&mut buf, plain);
+            let mut spliced = buf[..size].to_vec();
+            let at = at.min(size);
+            let end = (at + noise.len()).min(size);
+            spliced[at..end].copy_from_slice(&noise[..end - at]);
+            if spliced[..] != buf[..size] {
+                proptest::prop_assert!(opener.open(&spliced, &mut out).is_err());
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ledgerbus_transport::sim::event_frame;
-use ledgerbus_transport::{MonoTime, Receiver, ReceiverConfig, Sender, SenderConfig};
+use ledgerbus_transport::{
+    BusKey, BusKeys, BusSecurity, MonoTime, Receiver, ReceiverConfig, Sender, SenderConfig,
+};
 
 struct Counting;
 
@@ -30,11 +32,22 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// One test, run plain and sealed in turn (a second test in this binary would
+/// allocate on its own thread while the first counts).
 #[test]
 fn steady_state_publish_send_receive_deliver_does_not_allocate() {
+    steady_state(BusSecurity::None);
+    let keys = std::sync::Arc::new(BusKeys::new(vec![BusKey::from_bytes([3; 32])]).unwrap());
+    steady_state(BusSecurity::Aead(keys));
+}
+
+fn steady_state(security: BusSecurity) {
     let source: SocketAddr = "198.18.0.1:4000".parse().unwrap();
-    let mut sender = Sender::new(SenderConfig::default(), 1, MonoTime(0)).unwrap();
-    let mut receiver = Receiver::new(ReceiverConfig::default(), 1, None, MonoTime(0)).unwrap();
+    let sender_config = SenderConfig { security: security.clone(), instance: 1, ..SenderConfig::default() };
+    let receiver_config =
+        ReceiverConfig { security: security.clone(), instance: 2, ..ReceiverConfig::default() };
+    let mut sender = Sender::new(sender_config, 1, MonoTime(0)).unwrap();
+    let mut receiver = Receiver::new(receiver_config, 1, None, MonoTime(0)).unwrap();
     let mut buf = vec![0u8; 1408];
     let mut control = vec![0u8; 1408];
     let frames: Vec<_> = (1..=200_000u64).map(event_frame).collect();
@@ -60,5 +73,11 @@ fn steady_state_publish_send_receive_deliver_does_not_allocate() {
     run(100_000, 200_000, &mut delivered);
     let after = ALLOCATIONS.load(Ordering::Relaxed);
     assert!(delivered > 190_000);
-    assert_eq!(after - before, 0, "the steady state allocated {} times", after - before);
+    assert_eq!(
+        after - before,
+        0,
+        "the steady state ({}) allocated {} times",
+        security.name(),
+        after - before
+    );
 }
