@@ -162,6 +162,8 @@ fn multicast_across_namespaces_with_five_percent_loss() {
                     receiver_id: index as u32,
                     mode: DeliveryMode::Multicast,
                     rng_seed: index as u64,
+                    security: sealed(),
+                    instance: index as u64 + 100,
                     ..ReceiverConfig::default()
                 };
                 let bind = SocketAddr::from((GROUP, DATA_PORT));
@@ -189,7 +191,12 @@ fn multicast_across_namespaces_with_five_percent_loss() {
     let all_finished = Arc::clone(&finished);
     let sender = std::thread::spawn(move || {
         enter(&sender_host);
-        let config = SenderConfig { mode: DeliveryMode::Multicast, ..SenderConfig::default() };
+        let config = SenderConfig {
+            mode: DeliveryMode::Multicast,
+            security: sealed(),
+            instance: 1,
+            ..SenderConfig::default()
+        };
         let targets =
             Targets::Multicast { group: SocketAddrV4::new(GROUP, DATA_PORT), options: multicast(0) };
         let mut publisher = Publisher::new(config, 1, control, targets, SocketOptions::default()).unwrap();
@@ -236,4 +243,11 @@ fn multicast_across_namespaces_with_five_percent_loss() {
     assert!(drops.iter().all(|&d| d > 0), "nftables dropped packets on every receiver: {drops:?}");
     assert!(sender_stats.retransmits > 0, "{sender_stats:?}");
     println!("sender: {sender_stats:?}");
+}
+
+/// The group's traffic is sealed, as in production.
+fn sealed() -> ledgerbus_transport::BusSecurity {
+    let keys =
+        ledgerbus_transport::BusKeys::new(vec![ledgerbus_transport::BusKey::from_bytes([9; 32])]).unwrap();
+    ledgerbus_transport::BusSecurity::Aead(std::sync::Arc::new(keys))
 }
