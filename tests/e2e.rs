@@ -303,19 +303,7 @@ fn a_full_gateway_answers_busy_in_command_order() {
     );
     assert_eq!(created.status, 200, "{}", created.body);
     let (small_http, small_tcp) = (free_tcp(), free_tcp());
-    let _small = spawn(&[
-        "gateway".into(),
-        "--http-listen".into(),
-        small_http.to_string(),
-        "--tcp-listen".into(),
-        small_tcp.to_string(),
-        "--sequencer".into(),
-        cluster.sequencer.to_string(),
-        "--query-upstream".into(),
-        cluster.memory_http.to_string(),
-        "--queue-max".into(),
-        "8".into(),
-    ]);
+    let _small = cluster.spawn_gateway(small_http, small_tcp, &["--queue-max", "8"]);
     wait_until("small gateway", || get(small_http, "/health", None).is_some_and(|r| r.status == 200));
 
     let mut stream = std::net::TcpStream::connect(small_tcp).unwrap();

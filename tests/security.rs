@@ -191,23 +191,11 @@ fn gateway_limits_answer_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path());
     let (http, tcp) = (free_tcp(), free_tcp());
-    let _gateway = spawn(&[
-        "gateway".into(),
-        "--http-listen".into(),
-        http.to_string(),
-        "--tcp-listen".into(),
-        tcp.to_string(),
-        "--sequencer".into(),
-        cluster.sequencer.to_string(),
-        "--query-upstream".into(),
-        cluster.memory_http.to_string(),
-        "--header-timeout-secs".into(),
-        "1".into(),
-        "--frame-timeout-secs".into(),
-        "1".into(),
-        "--connections-max".into(),
-        "8".into(),
-    ]);
+    let _gateway = cluster.spawn_gateway(
+        http,
+        tcp,
+        &["--header-timeout-secs", "1", "--frame-timeout-secs", "1", "--connections-max", "8"],
+    );
     wait_until("gateway", || get(http, "/health", None).is_some_and(|r| r.status == 200));
 
     // 8 MiB with Python's http.client, which sends the whole body before reading.

@@ -42,21 +42,12 @@ fn gateway_speaks_tls_to_curl_the_rust_client_and_the_load_generator() {
     make_certificates(&certs);
     let cluster = Cluster::start(dir.path());
     let (https, tls_tcp) = (free_tcp(), free_tcp());
-    let _gateway = spawn(&[
-        "gateway".into(),
-        "--http-listen".into(),
-        https.to_string(),
-        "--tcp-listen".into(),
-        tls_tcp.to_string(),
-        "--sequencer".into(),
-        cluster.sequencer.to_string(),
-        "--query-upstream".into(),
-        cluster.memory_http.to_string(),
-        "--tls-cert".into(),
-        certs.join("cert.pem").display().to_string(),
-        "--tls-key".into(),
-        certs.join("key.pem").display().to_string(),
-    ]);
+    let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
+    let _gateway = cluster.spawn_gateway(
+        https,
+        tls_tcp,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
     let ca = certs.join("ca.pem");
 
     // The Rust client over TLS.

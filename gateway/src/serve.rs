@@ -61,6 +61,40 @@ impl Default for HttpLimits {
     }
 }
 
+/// Counts a listener's open connections against its limit. A [`Slot`] is held for the
+/// life of a connection and given back when dropped, however the connection ends.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlots {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One open connection's place within [`ConnectionSlots`].
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionSlots {
+    /// Room for `max` connections at once.
+    pub fn new(max: usize) -> ConnectionSlots {
+        ConnectionSlots { open: Arc::new(AtomicUsize::new(0)), max }
+    }
+
+    /// A place for one more connection, or None when `max` are open.
+    pub fn take(&self) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(Arc::clone(&self.open)))
+    }
+}
+
 /// Bytes of an over-limit body read and discarded at most, so the client sees the 413.
 const DISCARD_MAX: u64 = 64 << 20;
 /// Time spent discarding at most.
@@ -71,7 +105,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
     let router = router
         .layer(axum::extract::DefaultBodyLimit::max(limits.body_max))
         .layer(middleware::from_fn_with_state(limits.body_max, limit_body));
-    let open = Arc::new(AtomicUsize::new(0));
+    let slots = ConnectionSlots::new(limits.connections_max);
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -81,8 +115,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
                 continue;
             }
         };
-        if open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
-            open.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = slots.take() else {
             tracing::warn!(%peer, max = limits.connections_max, "too many HTTP connections; refused");
             tokio::spawn(async move {
                 let body = r#"{"error":"too many connections to this gateway; retry later"}"#;
@@ -108,10 +141,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
                 .await;
             });
             continue;
-        }
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let open = Arc::clone(&open);
         let (tls, header_timeout) = (limits.tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
             let served = match tls {
@@ -125,7 +157,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "HTTP connection ended");
             }
-            open.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
     }
 }

@@ -67,25 +67,23 @@ pub async fn serve(
     api_keys: Arc<HashSet<String>>,
     limits: TcpLimits,
 ) {
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slots = crate::serve::ConnectionSlots::new(limits.connections_max);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                if open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
-                    open.fetch_sub(1, Ordering::AcqRel);
+                let Some(slot) = slots.take() else {
                     tracing::warn!(%peer, max = limits.connections_max, "too many TCP clients; refused");
                     drop(stream);
                     continue;
-                }
+                };
                 let upstream = upstream.clone();
                 let keys = Arc::clone(&api_keys);
-                let open = Arc::clone(&open);
                 let limits = limits.clone();
                 tokio::spawn(async move {
                     if let Err(reason) = client(stream, upstream, keys, limits).await {
                         tracing::info!(%peer, %reason, "TCP client closed");
                     }
-                    open.fetch_sub(1, Ordering::AcqRel);
+                    drop(slot);
                 });
             }
             Err(error) => {

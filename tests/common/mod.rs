@@ -112,17 +112,7 @@ impl Cluster {
         wait_until("sequencer", || get(cluster.sequencer_status, "/status", None).is_some());
         cluster.memory_process = Some(cluster.spawn_consumer("memory"));
         cluster.disk_process = Some(cluster.spawn_consumer("disk"));
-        cluster.gateway_process = Some(spawn(&[
-            s("gateway"),
-            s("--http-listen"),
-            s(cluster.gateway_http),
-            s("--tcp-listen"),
-            s(cluster.gateway_tcp),
-            s("--sequencer"),
-            s(cluster.sequencer),
-            s("--query-upstream"),
-            s(cluster.memory_http),
-        ]));
+        cluster.gateway_process = Some(cluster.spawn_gateway(cluster.gateway_http, cluster.gateway_tcp, &[]));
         wait_until("gateway", || get(cluster.gateway_http, "/health", None).is_some_and(|r| r.status == 200));
         wait_until("consumers", || {
             get(cluster.memory_http, "/status", None).is_some()
@@ -176,6 +166,24 @@ impl Cluster {
             s("--snapshot-every"),
             s(20_000),
         ])
+    }
+
+    /// Another gateway in front of this cluster's sequencer and memory consumer, on
+    /// the given addresses, with `extra` flags.
+    pub fn spawn_gateway(&self, http: SocketAddr, tcp: SocketAddr, extra: &[&str]) -> Process {
+        let mut args = vec![
+            s("gateway"),
+            s("--http-listen"),
+            s(http),
+            s("--tcp-listen"),
+            s(tcp),
+            s("--sequencer"),
+            s(self.sequencer),
+            s("--query-upstream"),
+            s(self.memory_http),
+        ];
+        args.extend(extra.iter().map(s));
+        spawn(&args)
     }
 
     /// Waits until the consumer at `http` has applied everything the sequencer has and
