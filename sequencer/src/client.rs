@@ -9,9 +9,10 @@ use std::time::Duration;
 use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayRequest, Welcome};
 use ledgerbus_codec::{decode, encode, Frame, Message, MessageHeader, MESSAGE_HEADER_SIZE};
 
-use ledgerbus_transport::ReplayKey;
+use ledgerbus_transport::{RecordDirection, ReplayKey};
 
 use crate::auth;
+use crate::sealed_stream::{SealedReader, SealedWriter};
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -109,14 +110,16 @@ pub fn sequencer_session(address: SocketAddr, key: &ReplayKey) -> io::Result<u64
     Ok(session)
 }
 
-/// Answers the replay service's challenge with `key`.
-fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<()> {
+/// Answers the replay service's challenge with `key`; returns the challenge, from
+/// which the connection's record keys are derived.
+fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<[u8; 32]> {
     let mut buf = Vec::with_capacity(64);
     read_frame(stream, &mut buf)?;
-    let (challenge, _) =
-        decode::<Challenge>(&buf).map_err(|e| invalid(format!("expected the replay challenge: {e}")))?;
-    let answer =
-        Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &challenge.nonce) };
+    let nonce = decode::<Challenge>(&buf)
+        .map_err(|e| invalid(format!("expected the replay challenge: {e}")))?
+        .0
+        .nonce;
+    let answer = Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &nonce) };
     let mut bytes = [0u8; Authenticate::FRAME_SIZE];
     encode(&answer, &mut bytes).expect("sized");
     stream.write_all(&bytes)?;
@@ -128,7 +131,7 @@ fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<()
         _ => e,
     })?;
     decode::<Welcome>(&buf).map_err(|e| invalid(format!("expected the replay welcome: {e}")))?;
-    Ok(())
+    Ok(nonce)
 }
 
 /// Replays `from..=to` (`to` 0: up to the head) from a sequencer's replay service,
@@ -144,13 +147,18 @@ pub fn replay(
 ) -> io::Result<(u64, u64)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    authenticate_replay(&mut stream, key)?;
+    let challenge = authenticate_replay(&mut stream, key)?;
     let request =
         ReplayRequest { session_id: session_id.into(), from_sequence: from.into(), to_sequence: to.into() };
     let mut bytes = [0u8; ReplayRequest::FRAME_SIZE];
     encode(&request, &mut bytes).expect("sized");
-    stream.write_all(&bytes)?;
-    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let mut out = SealedWriter::new(&stream, key.record_sealer(&challenge, RecordDirection::ToServer));
+    out.write_all(&bytes)?;
+    out.flush()?;
+    let mut reader = SealedReader::new(
+        BufReader::with_capacity(1 << 20, &stream),
+        key.record_opener(&challenge, RecordDirection::ToClient),
+    );
     let mut buf = Vec::with_capacity(256);
     loop {
         let size = read_frame(&mut reader, &mut buf)?;

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod recovery;
 pub mod replay;
+pub mod sealed_stream;
 pub mod server;
 
 pub use journal::Durability;

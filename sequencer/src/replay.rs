@@ -7,7 +7,9 @@
 //! the client must answer HMAC-SHA256(replay key, nonce), the replay key being
 //! derived from a bus key (see `ledgerbus_transport::security`), and waits for a
 //! Welcome before it sends its request. A wrong or missing answer closes the
-//! connection with nothing sent but the challenge.
+//! connection with nothing sent but the challenge. After the handshake, the request
+//! and the events travel in AES-256-GCM records keyed from the replay key and the
+//! challenge ([`crate::sealed_stream`]).
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,9 +20,10 @@ use std::time::Duration;
 
 use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayRequest, Welcome};
 use ledgerbus_codec::{decode, encode, Message};
-use ledgerbus_transport::ReplayKey;
+use ledgerbus_transport::{RecordDirection, ReplayKey};
 
 use crate::auth;
+use crate::sealed_stream::{SealedReader, SealedWriter};
 
 use crate::journal::JournalReader;
 use crate::metrics::SequencerMetrics;
@@ -76,8 +79,9 @@ pub fn serve(
     Ok(())
 }
 
-/// Challenges the client; Ok only if it answered with one of `keys`.
-fn authenticate(stream: &mut TcpStream, keys: &[ReplayKey]) -> io::Result<()> {
+/// Challenges the client; Ok only if it answered with one of `keys`, with that key
+/// and the challenge, from which the connection's record keys are derived.
+fn authenticate<'k>(stream: &mut TcpStream, keys: &'k [ReplayKey]) -> io::Result<(&'k ReplayKey, [u8; 32])> {
     let nonce = auth::nonce()?;
     let mut challenge = [0u8; Challenge::FRAME_SIZE];
     encode(&Challenge { nonce }, &mut challenge).expect("sized");
@@ -86,12 +90,13 @@ fn authenticate(stream: &mut TcpStream, keys: &[ReplayKey]) -> io::Result<()> {
     stream.read_exact(&mut answer)?;
     let (answer, _) = decode::<Authenticate>(&answer)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad replay authentication: {e}")))?;
-    if keys.iter().any(|key| auth::verify(&key.0, &nonce, &answer.mac)) {
+    if let Some(key) = keys.iter().find(|key| auth::verify(&key.0, &nonce, &answer.mac)) {
         // The client sends its request only after this, so a refused client never
         // has unread bytes here (its close is clean, not a reset).
         let mut welcome = [0u8; Welcome::FRAME_SIZE];
         encode(&Welcome { session_id: 0.into(), next_sequence: 0.into() }, &mut welcome).expect("sized");
-        stream.write_all(&welcome)
+        stream.write_all(&welcome)?;
+        Ok((key, nonce))
     } else {
         Err(io::Error::new(io::ErrorKind::PermissionDenied, "replay client failed authentication"))
     }
@@ -106,12 +111,16 @@ fn serve_client(
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
-    if let Err(error) = authenticate(&mut stream, keys) {
-        metrics.replays_refused.fetch_add(1, Ordering::Relaxed);
-        return Err(error);
-    }
+    let (key, challenge) = match authenticate(&mut stream, keys) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            metrics.replays_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(error);
+        }
+    };
     let mut request_bytes = [0u8; ReplayRequest::FRAME_SIZE];
-    stream.read_exact(&mut request_bytes)?;
+    SealedReader::new(&stream, key.record_opener(&challenge, RecordDirection::ToServer))
+        .read_exact(&mut request_bytes)?;
     let (request, _) = decode::<ReplayRequest>(&request_bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad replay request: {e}")))?;
     let from = request.from_sequence.get().max(1);
@@ -120,7 +129,10 @@ fn serve_client(
         to => to,
     };
     let mut reader = JournalReader::open(dir, from).map_err(io::Error::other)?;
-    let mut out = BufWriter::with_capacity(1 << 20, stream);
+    let mut out = SealedWriter::new(
+        BufWriter::with_capacity(1 << 20, stream),
+        key.record_sealer(&challenge, RecordDirection::ToClient),
+    );
     let mut frame = Vec::with_capacity(256);
     let mut next = from;
     while next <= to {

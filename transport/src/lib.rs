@@ -31,7 +31,7 @@ pub mod time;
 
 pub use config::{ConfigError, DeliveryMode, ReceiverConfig, SenderConfig};
 pub use receiver::{Receiver, ReceiverEvent};
-pub use security::{BusKey, BusKeys, BusSecurity, ReplayKey};
+pub use security::{BusKey, BusKeys, BusSecurity, RecordDirection, ReplayKey};
 pub use sender::{ArchiveRequest, Destination, PublishError, ReceiverPosition, Sender, Transmit};
 pub use stats::{ReceiverStats, SenderStats};
 pub use time::{monotonic_now, MonoTime};
