@@ -65,8 +65,13 @@ pub async fn run(
     config: GatewayConfig,
     bound: tokio::sync::oneshot::Sender<GatewayAddresses>,
 ) -> std::io::Result<()> {
-    let http = tokio::net::TcpListener::bind(config.http_listen).await?;
-    let tcp = tokio::net::TcpListener::bind(config.tcp_listen).await?;
+    let bind = |address: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{what} address {address}: {e}")))
+    };
+    let http = bind(config.http_listen, "HTTP API (--http-listen)").await?;
+    let tcp = bind(config.tcp_listen, "TCP API (--tcp-listen)").await?;
     let addresses = GatewayAddresses { http: http.local_addr()?, tcp: tcp.local_addr()? };
     let upstream = upstream::Upstream::start(
         config.sequencer,

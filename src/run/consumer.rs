@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use ledgerbus_consumers::disk::DiskConfig;
 use ledgerbus_consumers::follow::FollowConfig;
 
@@ -31,7 +33,8 @@ pub fn follow_config(args: &ConsumerArgs) -> anyhow::Result<FollowConfig> {
 /// Runs the consumer until SIGINT/SIGTERM.
 pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
-    let http = std::net::TcpListener::bind(args.http_listen)?;
+    let http = std::net::TcpListener::bind(args.http_listen)
+        .with_context(|| format!("HTTP address {} (--http-listen)", args.http_listen))?;
     tracing::info!(kind = ?args.kind, http = %http.local_addr()?, listen = %args.listen, "consumer starting");
     let config = follow_config(args)?;
     let result = match args.kind {

@@ -77,11 +77,17 @@ fn free_udp() -> anyhow::Result<SocketAddr> {
     free_port([127, 0, 0, 1].into(), |address| UdpSocket::bind(address).is_ok())
 }
 
-fn with_free_port(address: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if address.port() != 0 {
-        return Ok(address);
+/// `address` if it can be bound now (port 0: a free port on its IP). A port already
+/// taken is refused here, naming it: the child would fail to bind it, and whatever
+/// holds it might even answer the health check in its place.
+fn with_free_port(address: SocketAddr, what: &str, flag: &str) -> anyhow::Result<SocketAddr> {
+    if address.port() == 0 {
+        return free_port(address.ip(), tcp_is_free);
     }
-    free_port(address.ip(), tcp_is_free)
+    match TcpListener::bind(address) {
+        Ok(_) => Ok(address),
+        Err(error) => bail!("the {what} address {address} is not available ({error}); choose another with {flag}"),
+    }
 }
 
 fn random_hex() -> anyhow::Result<String> {
@@ -247,6 +253,12 @@ fn start_all(
         http_json(a.memory_http, "/status", None).is_some()
             && http_json(a.disk_http, "/status", None).is_some()
     })?;
+    // Ready is not enough: each child must still be the one serving its address.
+    for service in services.iter_mut() {
+        if let Ok(Some(status)) = service.child.try_wait() {
+            bail!("the {} exited while starting ({status}); its log is above", service.name);
+        }
+    }
     // Stopped in reverse order of start: the gateway first, the sequencer last.
     services.reverse();
     Ok(services)
@@ -305,8 +317,8 @@ impl System {
         };
         std::fs::create_dir_all(&data)?;
         let addresses = Addresses {
-            gateway_http: with_free_port(http).context("--http")?,
-            gateway_tcp: with_free_port(tcp).context("--tcp")?,
+            gateway_http: with_free_port(http, "gateway HTTP", "--http")?,
+            gateway_tcp: with_free_port(tcp, "gateway TCP", "--tcp")?,
             sequencer: free_tcp()?,
             sequencer_status: free_tcp()?,
             control: free_udp()?,
