@@ -245,7 +245,7 @@ pub struct SequencerArgs {
     pub replay_listen: SocketAddr,
 
     /// HTTP address of the Prometheus /metrics endpoint.
-    #[arg(long, env = "LEDGERBUS_METRICS_LISTEN", default_value = "127.0.0.1:9100", value_name = "ADDR")]
+    #[arg(long, env = "LEDGERBUS_METRICS_LISTEN", default_value = "127.0.0.1:7003", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,
 
     /// Unicast subscribers (consumer UDP addresses), comma-separated. Ignored when

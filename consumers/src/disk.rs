@@ -222,10 +222,14 @@ pub fn run(
     let session = if has_journal {
         0
     } else {
-        ledgerbus_sequencer::client::sequencer_session(
-            follow_config.sequencer_replay,
-            &follow_config.replay_key,
-        )?
+        // Waits (with back-off, saying so) until the sequencer is up.
+        crate::follow::with_replay_service(follow_config.sequencer_replay, &stop, 1, || {
+            ledgerbus_sequencer::client::sequencer_session(
+                follow_config.sequencer_replay,
+                &follow_config.replay_key,
+            )
+            .map_err(FollowError::Io)
+        })?
     };
     let (mut sink, resumed) =
         DiskSink::open(config, session, Arc::clone(&progress)).map_err(FollowError::Apply)?;

@@ -70,7 +70,7 @@ pub struct Progress {
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
     /// A socket or the replay service failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The sink refused an event (corruption or a bug).
     #[error("applying events: {0}")]
@@ -174,14 +174,41 @@ fn catch_up_retrying(
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<u64, FollowError> {
+    let next = sink.next_sequence();
+    let replay = config.sequencer_replay;
+    with_replay_service(replay, stop, next, || catch_up(sink, config, progress))
+}
+
+/// Runs `attempt` until the replay service answers it, waiting with back-off (and
+/// saying so) while it cannot be reached or drops the connection: a sequencer that is
+/// starting or restarting is not the consumer's failure. A refused credential or a
+/// sink error ends at once.
+pub fn with_replay_service<T>(
+    replay: SocketAddr,
+    stop: &AtomicBool,
+    next: u64,
+    mut attempt: impl FnMut() -> Result<T, FollowError>,
+) -> Result<T, FollowError> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match catch_up(sink, config, progress) {
-            Err(FollowError::Io(error)) if !stop.load(Ordering::Relaxed) => {
-                tracing::warn!(replay = %config.sequencer_replay, %error, retry_ms = backoff.as_millis() as u64,
-                    next = sink.next_sequence(), "bulk replay failed; retrying");
+        match attempt() {
+            Err(FollowError::Io(error))
+                if !stop.load(Ordering::Relaxed)
+                    && !matches!(
+                        error.kind(),
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidData
+                    ) =>
+            {
+                tracing::warn!(%replay, %error, retry_ms = backoff.as_millis() as u64, next,
+                    "waiting for the sequencer's replay service");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(FollowError::Io(error)) if error.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(FollowError::Io(io::Error::new(
+                    error.kind(),
+                    format!("replay service {replay}: {error} (check LEDGERBUS_BUS_KEY)"),
+                )));
             }
             outcome => return outcome,
         }

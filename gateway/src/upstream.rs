@@ -271,7 +271,7 @@ async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link:
                 tracing::warn!(%sequencer, %reason, "lost the sequencer; reconnecting");
             }
             Err(error) => {
-                tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "cannot reach the sequencer");
+                tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "waiting for the sequencer (gateway port)");
             }
         }
         // While disconnected, submissions fail at once (`stream` is None).

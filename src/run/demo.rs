@@ -86,7 +86,9 @@ fn with_free_port(address: SocketAddr, what: &str, flag: &str) -> anyhow::Result
     }
     match TcpListener::bind(address) {
         Ok(_) => Ok(address),
-        Err(error) => bail!("the {what} address {address} is not available ({error}); choose another with {flag}"),
+        Err(error) => {
+            bail!("the {what} address {address} is not available ({error}); choose another with {flag}")
+        }
     }
 }
 
