@@ -92,7 +92,7 @@ pub enum Durability {
 }
 
 /// Settings of the reliable UDP transport, shared by senders and receivers.
-/// Defaults follow DESIGN.md ("Wire format guidance", Aeron's reference values,
+/// Defaults follow docs/architecture.md ("Wire format", Aeron's reference values,
 /// with the multicast NAK back-off made smaller for a LAN ledger).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Transport")]

@@ -1,4 +1,4 @@
-//! `ledgerbus`: one binary, one subcommand per component (DESIGN.md).
+//! `ledgerbus`: one binary, one subcommand per component (docs/architecture.md).
 
 mod cli;
 mod config_file;

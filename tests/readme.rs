@@ -97,3 +97,14 @@ fn running_the_parts_yourself_works_as_written() {
     assert_eq!(account.status, 200, "{}", account.body);
     assert!(dir.path().join("data/seq").is_dir() && dir.path().join("data/disk").is_dir());
 }
+
+/// What a clone's user reads must be in the clone: no pointer outside the repository.
+#[test]
+fn docs_point_only_inside_the_repository() {
+    for doc in ["README.md", "docs/architecture.md"] {
+        let text = std::fs::read_to_string(format!("{}/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(!text.contains("../"), "{doc} points outside the repository");
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("docs/architecture.md"), "the README points at the architecture document");
+}

@@ -6,7 +6,7 @@
 //! a name, offset, size, type, template id or block length differs.
 //!
 //! Decoding never panics on hostile bytes: every decode returns a
-//! `Result<_, DecodeError>` (DESIGN.md, "Codec"). A reader honours the on-wire block
+//! `Result<_, DecodeError>` (docs/architecture.md, "Codec"). A reader honours the on-wire block
 //! length, so a newer writer's extra trailing fields are skipped and an older
 //! writer's shorter block reads with the missing fields as zero.
 //!

@@ -18,7 +18,7 @@ pub const PACKET_MAGIC: u32 = u32::from_le_bytes(*b"LBUS");
 pub const PACKET_PROTOCOL_VERSION: u8 = 1;
 /// Size of [`PacketHeader`].
 pub const PACKET_HEADER_SIZE: usize = 40;
-/// Default datagram size limit: Aeron's default MTU, safe on cloud networks (DESIGN.md).
+/// Default datagram size limit: Aeron's default MTU, safe on cloud networks (docs/architecture.md).
 pub const DATAGRAM_SIZE_DEFAULT: usize = 1408;
 /// The largest UDP payload over IPv4.
 pub const DATAGRAM_SIZE_MAX: usize = 65507;

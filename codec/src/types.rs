@@ -87,7 +87,7 @@ macro_rules! sbe_enum {
 }
 
 sbe_enum! {
-    /// The one outcome of every command (DESIGN.md, "Ledger semantics").
+    /// The one outcome of every command (docs/architecture.md, "Ledger semantics").
     pub enum ResultCode: u16 {
         /// Applied.
         Ok = 0,

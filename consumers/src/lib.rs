@@ -1,4 +1,4 @@
-//! Consumers of the event stream (DESIGN.md, "Consumers"). Both apply every event
+//! Consumers of the event stream (docs/architecture.md, "Consumers"). Both apply every event
 //! exactly once, in order, catching up through the sequencer's bulk replay when
 //! they start behind or lose more than the transport can repair.
 //!

@@ -1,4 +1,4 @@
-//! The gateway (DESIGN.md, "Gateway"): the client-facing front door. It validates at
+//! The gateway (docs/architecture.md, "Gateway"): the client-facing front door. It validates at
 //! the edge, forwards commands to the sequencer over one authenticated connection,
 //! and answers with the decided outcome; queries go to the memory consumer.
 //!

@@ -1,6 +1,6 @@
 //! The decider: applies commands to accounts and transfers, one result code each.
 //!
-//! Pure and deterministic (DESIGN.md, "Ledger semantics"): no clock (the timestamp
+//! Pure and deterministic (docs/architecture.md, "Ledger semantics"): no clock (the timestamp
 //! is an argument), no randomness, no I/O, and no output ever depends on hash-map
 //! iteration order. Given the same commands in the same order, two ledgers reach the
 //! same state, which [`Ledger::state_digest`] and the rolling log hash confirm.
@@ -86,7 +86,7 @@ impl Ledger {
     }
 
     /// An empty ledger with room for `accounts` and `transfers` without rehashing
-    /// (allocate at start-up, STYLE.md rule 5).
+    /// (allocate at start-up, docs/architecture.md, "Design rules" 5).
     pub fn with_capacity(accounts: usize, transfers: usize) -> Ledger {
         Ledger {
             accounts: HashMap::with_capacity_and_hasher_in(

@@ -1,4 +1,4 @@
-//! The deterministic ledger state machine (DESIGN.md, "Ledger semantics").
+//! The deterministic ledger state machine (docs/architecture.md, "Ledger semantics").
 //!
 //! No I/O, no clock, no randomness: the sequencer calls it to decide, consumers and
 //! recovery call it to replay, and the same log always yields the same state.

@@ -1,7 +1,7 @@
 //! The sequencer's decision core, sans-IO: commands and a timestamp in, a batch of
 //! event frames and replies out. The driver journals the batch, and only with the
 //! journal's [`Durable`] proof can it turn the batch into a [`DurableBatch`] whose
-//! events may be published and whose replies may be sent (STYLE.md, rule 3):
+//! events may be published and whose replies may be sent (docs/architecture.md, "Design rules" 3):
 //! "journal before publish or acknowledge" is a type, not a convention.
 
 use ledgerbus_codec::messages::{

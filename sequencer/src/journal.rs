@@ -1,5 +1,5 @@
 //! The journal: append-only segment files holding the exact wire bytes of every
-//! event, each with its length and CRC32 (DESIGN.md, "Sequencer").
+//! event, each with its length and CRC32 (docs/architecture.md, "Sequencer").
 //!
 //! Layout of a directory: `NNNNNNNNNNNNNNNNNNNN.journal` segments named by their
 //! first sequence. A segment starts with a 32-byte header (magic, format version,
@@ -261,7 +261,7 @@ pub struct Recovered {
 
 /// Proof that a batch of appended records is durable per the configured policy.
 /// Only [`JournalWriter::commit`] makes one, so publishing and acknowledging can
-/// require it in their signatures (STYLE.md, rule 3).
+/// require it in their signatures (docs/architecture.md, "Design rules" 3).
 #[derive(Debug)]
 #[must_use]
 pub struct Durable {

@@ -1,4 +1,4 @@
-//! The sequencer (DESIGN.md, "Sequencer"): the single writer. It decides commands
+//! The sequencer (docs/architecture.md, "Sequencer"): the single writer. It decides commands
 //! with the deterministic ledger, stamps sequence and time, journals them with group
 //! commit, and only then publishes them on the bus and answers the gateways.
 //!

@@ -5,7 +5,7 @@
 //!
 //! The hot thread never spins: with nothing to do it sleeps in `ppoll` on the
 //! listener, every gateway connection and the bus socket, until one is ready or the
-//! transport's next timer is due (DESIGN.md, "Performance facts").
+//! transport's next timer is due (docs/architecture.md, "Performance").
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

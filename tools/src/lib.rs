@@ -1,4 +1,4 @@
-//! Operator tools (DESIGN.md, "Tools").
+//! Operator tools (docs/architecture.md, "Tools").
 //!
 //! # Layout
 //! - [`loadgen`]: the open-loop end-to-end load generator (`ledgerbus bench e2e`).

@@ -1,6 +1,6 @@
 //! Every timing and size of the protocol, with defaults and validation.
 //!
-//! Defaults follow DESIGN.md ("Wire format guidance"): Aeron's 1408-byte MTU, 100 µs
+//! Defaults follow docs/architecture.md ("Wire format"): Aeron's 1408-byte MTU, 100 µs
 //! unicast NAK delay, 10 ms retransmit linger; the multicast NAK back-off is much
 //! smaller than Aeron's 10 ms because a LAN ledger cannot wait that long, and the
 //! NAK retry is short because repair p99 must stay under 1 ms on a LAN.
@@ -66,7 +66,7 @@ pub struct SenderConfig {
     pub control_queue_max: usize,
     /// Answer NAKs only from receivers that sent a status message from that address
     /// or are in `allowed_requesters`, so the NAK port cannot reflect traffic at a
-    /// third party (DESIGN.md security rules, issue 4).
+    /// third party (docs/architecture.md, "Transport").
     pub restrict_naks: bool,
     /// Addresses allowed to NAK before their first status message (configured subscribers).
     pub allowed_requesters: Vec<std::net::SocketAddr>,

@@ -1,8 +1,8 @@
-//! The reliable, sequenced UDP bus (DESIGN.md, "Transport").
+//! The reliable, sequenced UDP bus (docs/architecture.md, "Transport").
 //!
 //! The protocol is two plain state machines, [`Sender`] and [`Receiver`], with no
 //! sockets and no clock inside: bytes and `now` go in, datagrams and the next timer
-//! deadline come out (the quinn-proto shape, STYLE.md rule 1). Loss, reordering and
+//! deadline come out (the quinn-proto shape, docs/architecture.md, "Design rules" 1). Loss, reordering and
 //! duplication are therefore tested deterministically by [`sim`], and the socket
 //! drivers in [`driver`] only move bytes.
 //!

@@ -1,4 +1,4 @@
-//! Authenticated encryption of every datagram on the bus (DESIGN.md, "Security").
+//! Authenticated encryption of every datagram on the bus (docs/architecture.md, "Security").
 //!
 //! With [`BusSecurity::Aead`] every datagram, data and control alike, is sealed with
 //! AES-256-GCM (from `ring`; no hand-rolled crypto) before it leaves a node, and a node

@@ -10,7 +10,7 @@
 //! 3. sleeps until [`Sender::poll_timeout`] or until a socket is readable.
 //!
 //! `now` must never go backwards between calls. The sender holds no socket and reads
-//! no clock (STYLE.md, rule 1), so the simulator drives it exactly like a driver does.
+//! no clock (docs/architecture.md, "Design rules" 1), so the simulator drives it exactly like a driver does.
 //!
 //! Events are packed into the open datagram until it is full or `poll_transmit`
 //! runs, so a burst of publishes becomes few, full datagrams while a single publish

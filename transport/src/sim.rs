@@ -1,4 +1,4 @@
-//! A deterministic network simulator for the protocol core (STYLE.md, rule 9).
+//! A deterministic network simulator for the protocol core (docs/architecture.md, "Design rules" 9).
 //!
 //! One [`Sender`] and several [`Receiver`]s exchange real datagrams through a
 //! simulated network with latency, jitter (which reorders), random loss, loss bursts

@@ -1,6 +1,6 @@
 //! Time as a plain value. The protocol core never reads a clock: the driver passes
 //! `now` into every call, so the simulator can run hours of traffic in milliseconds
-//! and every run replays exactly (STYLE.md, rule 2).
+//! and every run replays exactly (docs/architecture.md, "Design rules" 2).
 
 use core::ops::{Add, Sub};
 

@@ -1,4 +1,4 @@
-//! The hot path allocates nothing after warm-up (STYLE.md, rule 5): publishing,
+//! The hot path allocates nothing after warm-up (docs/architecture.md, "Design rules" 5): publishing,
 //! sending, receiving and delivering in order run on memory reserved at start-up.
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -1,7 +1,7 @@
 //! Socket drivers around the protocol core: they move bytes and read the clock,
-//! nothing else (STYLE.md, rule 1). Threads with blocking waits, not a runtime: the
+//! nothing else (docs/architecture.md, "Design rules" 1). Threads with blocking waits, not a runtime: the
 //! sequencer's hot thread owns its [`Publisher`] and each consumer its
-//! [`Subscriber`], and neither spins while idle (DESIGN.md, "Performance facts").
+//! [`Subscriber`], and neither spins while idle (docs/architecture.md, "Performance").
 
 pub mod mmsg;
 pub mod publisher;

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Multicast settings of one socket (DESIGN.md, "Running on one machine and on many").
+/// Multicast settings of one socket (docs/architecture.md, "Running on one machine and on many").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MulticastOptions {
     /// The group, in 224.0.0.0/4 (tests use 239.255.0.0/16).
