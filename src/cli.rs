@@ -552,12 +552,17 @@ pub enum BenchProtocol {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchE2eArgs {
-    /// Gateway TCP/SBE address (also used to create and fund the accounts).
-    #[arg(long, env = "LEDGERBUS_GATEWAY_TCP", default_value = "127.0.0.1:7070", value_name = "ADDR")]
-    pub gateway: SocketAddr,
-    /// Gateway HTTP address (for --protocol http).
-    #[arg(long, env = "LEDGERBUS_GATEWAY_HTTP", default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub gateway_http: SocketAddr,
+    /// Gateway TCP/SBE address, also used to create and fund the accounts [default:
+    /// from --cluster, else 127.0.0.1:7070].
+    #[arg(long, env = "LEDGERBUS_GATEWAY_TCP", value_name = "ADDR")]
+    pub gateway: Option<SocketAddr>,
+    /// Gateway HTTP address, for --protocol http [default: from --cluster, else
+    /// 127.0.0.1:8080].
+    #[arg(long, env = "LEDGERBUS_GATEWAY_HTTP", value_name = "ADDR")]
+    pub gateway_http: Option<SocketAddr>,
+    /// A `cluster.toml` (written by `demo`) to take the gateway's addresses from.
+    #[arg(long, value_name = "FILE", conflicts_with = "spawn")]
+    pub cluster: Option<PathBuf>,
     /// API key for the gateway.
     #[arg(long, env = "LEDGERBUS_API_KEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
@@ -636,9 +641,12 @@ pub enum ReplayFormat {
 pub struct ReplayArgs {
     #[command(subcommand)]
     pub action: Option<ReplayAction>,
-    /// Read from a running sequencer's replay service.
+    /// Read from a running sequencer's replay service (its --replay-listen address).
     #[arg(long, value_name = "ADDR", conflicts_with = "journal")]
     pub from_sequencer: Option<SocketAddr>,
+    /// Read from the replay service named in this `cluster.toml` (written by `demo`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["journal", "from_sequencer"])]
+    pub cluster: Option<PathBuf>,
     /// Read from a journal directory (a sequencer's, or a disk consumer's `journal/`).
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
@@ -678,18 +686,23 @@ pub enum ReplayAction {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayNakArgs {
-    /// The sequencer's control (NAK) address.
-    #[arg(long, default_value = "127.0.0.1:7001", value_name = "ADDR")]
-    pub sequencer: SocketAddr,
+    /// The sequencer's control (NAK, UDP) address [default: from --cluster, else
+    /// 127.0.0.1:7001].
+    #[arg(long, value_name = "ADDR")]
+    pub sequencer: Option<SocketAddr>,
+    /// A `cluster.toml` (written by `demo`) to take the sequencer's addresses from.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
     /// First sequence to request.
     #[arg(long, value_name = "N")]
     pub from: u64,
     /// Number of events to request.
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub count: u32,
-    /// The sequencer's replay service, asked for the session id (unless --session).
-    #[arg(long, default_value = "127.0.0.1:7002", value_name = "ADDR")]
-    pub replay: SocketAddr,
+    /// The sequencer's replay service, asked for the session id (unless --session)
+    /// [default: from --cluster, else 127.0.0.1:7002].
+    #[arg(long, value_name = "ADDR")]
+    pub replay: Option<SocketAddr>,
     /// Session id in hex (skips asking the replay service).
     #[arg(long, value_name = "HEX")]
     pub session: Option<String>,

@@ -1,6 +1,7 @@
 //! `ledgerbus`: one binary, one subcommand per component (docs/architecture.md).
 
 mod cli;
+mod cluster_file;
 mod config_file;
 mod run;
 mod validate;

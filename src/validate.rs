@@ -180,9 +180,11 @@ impl ReplayArgs {
             return Ok(());
         }
         check(self.to.is_none_or(|to| to >= self.from), "to", || "is before --from".into())?;
-        check(self.from_sequencer.is_some() || self.journal.is_some(), "journal", || {
-            "give --journal DIR or --from-sequencer ADDR".into()
-        })?;
+        check(
+            self.from_sequencer.is_some() || self.journal.is_some() || self.cluster.is_some(),
+            "journal",
+            || "give --journal DIR, --from-sequencer ADDR or --cluster FILE".into(),
+        )?;
         check(self.from >= 1, "from", || "sequences start at 1".into())?;
         if let Some(to) = self.to {
             check(to >= self.from, "to", || format!("{to} is before --from {}", self.from))?;

@@ -201,3 +201,68 @@ fn demo_with_a_taken_port_fails_naming_it() {
     assert!(text.contains(&address) && text.contains("--http"), "{text}");
     assert!(!stdout(&output).contains("is running"), "{}", stdout(&output));
 }
+
+/// The demo prints every port and writes them to `<data>/cluster.toml`, which
+/// `replay`, `replay nak` and `bench e2e` take with `--cluster`.
+#[test]
+fn demo_writes_a_cluster_file_the_tools_take() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_ledgerbus"))
+        .args([
+            "--log-level",
+            "warn",
+            "demo",
+            "--http",
+            "127.0.0.1:0",
+            "--duration",
+            "60",
+            "--payments",
+            "200",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .env_remove("LEDGERBUS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let mut exports = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(rest) = line.trim().strip_prefix("for the tools") {
+            for pair in rest.split_whitespace().filter(|w| w.contains('=')) {
+                let (key, value) = pair.split_once('=').unwrap();
+                exports.push((key.to_string(), value.to_string()));
+            }
+        }
+        if line.contains("all three match") {
+            break;
+        }
+    }
+    let cluster = dir.path().join("cluster.toml");
+    assert!(cluster.is_file(), "{printed}");
+    for needle in ["replay --from-sequencer", "replay nak --sequencer", "cluster.toml"] {
+        assert!(printed.contains(needle), "the demo names {needle}:\n{printed}");
+    }
+    let env: Vec<(&str, &str)> = exports.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert!(env.iter().any(|(k, _)| *k == "LEDGERBUS_BUS_KEY"), "{printed}");
+    let cluster = cluster.to_str().unwrap();
+
+    let verify = ledgerbus(&["replay", "--cluster", cluster, "--verify"], &env);
+    assert!(verify.status.success(), "{}{}", stdout(&verify), stderr(&verify));
+    assert!(stdout(&verify).contains("verified: clean"), "{}", stdout(&verify));
+    let nak = ledgerbus(&["replay", "nak", "--cluster", cluster, "--from", "1", "--count", "2"], &env);
+    assert!(nak.status.success(), "{}{}", stdout(&nak), stderr(&nak));
+    let bench = ledgerbus(
+        &["bench", "e2e", "--cluster", cluster, "--rate", "1000", "--duration", "1", "--json"],
+        &env,
+    );
+    assert!(bench.status.success(), "{}{}", stdout(&bench), stderr(&bench));
+    // SIGTERM: the demo stops its processes in order.
+    assert_eq!(unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) }, 0);
+    assert!(demo.wait().unwrap().success());
+}

@@ -114,11 +114,13 @@ pub fn sequencer_session(address: SocketAddr, key: &ReplayKey) -> io::Result<u64
 /// which the connection's record keys are derived.
 fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<[u8; 32]> {
     let mut buf = Vec::with_capacity(64);
-    read_frame(stream, &mut buf)?;
-    let nonce = decode::<Challenge>(&buf)
-        .map_err(|e| invalid(format!("expected the replay challenge: {e}")))?
-        .0
-        .nonce;
+    let not_replay = |e: &dyn std::fmt::Display| {
+        invalid(format!(
+            "{e}: this is not a ledgerbus replay service (the sequencer's --replay-listen, 127.0.0.1:7002 by default)"
+        ))
+    };
+    read_frame(stream, &mut buf).map_err(|e| not_replay(&e))?;
+    let nonce = decode::<Challenge>(&buf).map_err(|e| not_replay(&e))?.0.nonce;
     let answer = Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &nonce) };
     let mut bytes = [0u8; Authenticate::FRAME_SIZE];
     encode(&answer, &mut bytes).expect("sized");
@@ -126,7 +128,8 @@ fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<[u
     read_frame(stream, &mut buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => io::Error::new(
             io::ErrorKind::PermissionDenied,
-            "the replay service refused the credential: wrong bus key?",
+            "the replay service refused the credential: a wrong bus key (LEDGERBUS_BUS_KEY), or not the \
+             sequencer's replay port (this may be its gateway port)",
         ),
         _ => e,
     })?;

@@ -1,5 +1,6 @@
 //! `ledgerbus bench e2e`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,7 +37,21 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     };
     let (gateway_tcp, gateway_http, api_key) = match &system {
         Some(system) => (system.addresses.gateway_tcp, system.addresses.gateway_http, system.api_key.clone()),
-        None => (args.gateway, args.gateway_http, args.api_key.clone().context("--api-key is required")?),
+        None => {
+            let cluster = match &args.cluster {
+                Some(path) => Some(crate::cluster_file::ClusterFile::load(path)?),
+                None => None,
+            };
+            let tcp = args
+                .gateway
+                .or(cluster.as_ref().map(|c| c.gateway_tcp))
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7070)));
+            let http = args
+                .gateway_http
+                .or(cluster.as_ref().map(|c| c.gateway_http))
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+            (tcp, http, args.api_key.clone().context("--api-key (or LEDGERBUS_API_KEY) is required")?)
+        }
     };
     let options = E2eOptions {
         gateway_tcp,

@@ -148,7 +148,20 @@ fn spawn(name: &'static str, args: &[String], credentials: &Credentials) -> anyh
         BusSecurityMode::Aes256Gcm => "aes-256-gcm",
         BusSecurityMode::None => "none",
     };
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // A child must not outlive the demo, even one killed with SIGKILL: the kernel
+    // sends it SIGTERM when the demo's thread that started it ends.
+    // SAFETY: prctl is async-signal-safe and touches only the child being started.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
         .args(["--log-level", "warn"])
         .args(args)
         .env("LEDGERBUS_SEQUENCER_SECRET", &credentials.sequencer_secret)
@@ -298,6 +311,23 @@ pub struct System {
 }
 
 impl System {
+    /// Its addresses, as `cluster.toml` holds them.
+    pub fn cluster_file(&self) -> crate::cluster_file::ClusterFile {
+        let a = &self.addresses;
+        crate::cluster_file::ClusterFile {
+            gateway_http: a.gateway_http,
+            gateway_tcp: a.gateway_tcp,
+            sequencer_gateway: a.sequencer,
+            sequencer_control: a.control,
+            sequencer_replay: a.replay,
+            sequencer_status: a.sequencer_status,
+            memory_consumer_udp: a.memory_udp,
+            memory_consumer_http: a.memory_http,
+            disk_consumer_udp: a.disk_udp,
+            disk_consumer_http: a.disk_http,
+        }
+    }
+
     /// Starts sequencer, consumers and gateway on free ports (or the given ones);
     /// `transfer_capacity` sizes the transfer-id indexes (their default otherwise).
     pub fn start(
@@ -374,19 +404,28 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "  gateway HTTP      http://{}   (OpenAPI: /openapi.json, metrics: /metrics)",
         addresses.gateway_http
     );
-    println!("  gateway TCP/SBE   {}", addresses.gateway_tcp);
+    println!("  gateway TCP/SBE   {}   (Rust client, bench e2e --gateway)", addresses.gateway_tcp);
+    println!("  sequencer         {}   (gateways connect here)", addresses.sequencer);
+    println!("                    {}   (UDP: NAKs and status; replay nak --sequencer)", addresses.control);
+    println!("                    {}   (bulk replay; replay --from-sequencer)", addresses.replay);
+    println!("                    http://{}/status, /metrics", addresses.sequencer_status);
+    println!(
+        "  memory consumer   http://{}/status  (queries; UDP stream on {})",
+        addresses.memory_http, addresses.memory_udp
+    );
+    println!(
+        "  disk consumer     http://{}/status  (UDP stream on {})",
+        addresses.disk_http, addresses.disk_udp
+    );
+    let cluster_file = system.data.join("cluster.toml");
+    system.cluster_file().write(&cluster_file)?;
+    println!(
+        "  all addresses     {}   (--cluster FILE for replay, replay nak, bench e2e)",
+        cluster_file.display()
+    );
+    println!("  bus               sealed with AES-256-GCM");
     println!("  API key           {key}");
-    println!(
-        "  sequencer         {} (status and metrics: http://{}/status, /metrics)",
-        addresses.sequencer, addresses.sequencer_status
-    );
-    println!("  memory consumer   http://{}/status", addresses.memory_http);
-    println!("  disk consumer     http://{}/status", addresses.disk_http);
-    println!(
-        "  bus               sealed with AES-256-GCM; control (NAKs) {}, bulk replay {}",
-        addresses.control, addresses.replay
-    );
-    println!("  bus key           {}   (LEDGERBUS_BUS_KEY, for `ledgerbus replay`)", system.bus_key);
+    println!("  for the tools     export LEDGERBUS_BUS_KEY={} LEDGERBUS_API_KEY={key}", system.bus_key);
     println!("  try: curl -s -H 'Authorization: Bearer {key}' http://{}/accounts/1", addresses.gateway_http);
     if !args.no_workload {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

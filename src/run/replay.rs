@@ -12,16 +12,21 @@ use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
 use ledgerbus_transport::SenderConfig;
 
 use crate::cli::{ReplayAction, ReplayArgs, ReplayFormat, ReplayNakArgs};
+use crate::cluster_file::ClusterFile;
 
 /// Runs `ledgerbus replay`.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     if let Some(ReplayAction::Nak(nak)) = &args.action {
         return run_nak(nak);
     }
-    let source = match (&args.from_sequencer, &args.journal) {
-        (Some(address), _) => Source::Sequencer(*address, args.bus.keys()?.replay_key()),
+    let from_cluster = match &args.cluster {
+        Some(path) => Some(ClusterFile::load(path)?.sequencer_replay),
+        None => None,
+    };
+    let source = match (args.from_sequencer.or(from_cluster), &args.journal) {
+        (Some(address), _) => Source::Sequencer(address, args.bus.keys()?.replay_key()),
         (None, Some(dir)) => Source::Journal(dir.clone()),
-        (None, None) => bail!("give --journal DIR or --from-sequencer ADDR"),
+        (None, None) => bail!("give --journal DIR, --from-sequencer ADDR or --cluster FILE"),
     };
     if let Some(subscriber) = args.to_subscriber {
         return republish(&source, args, subscriber);
@@ -146,19 +151,31 @@ fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyh
 }
 
 fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
+    let cluster = match &args.cluster {
+        Some(path) => Some(ClusterFile::load(path)?),
+        None => None,
+    };
+    let control = args
+        .sequencer
+        .or(cluster.as_ref().map(|c| c.sequencer_control))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7001)));
+    let replay_addr = args
+        .replay
+        .or(cluster.as_ref().map(|c| c.sequencer_replay))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7002)));
     let session = match &args.session {
         Some(hex) => u64::from_str_radix(hex, 16)?,
-        None => ledgerbus_sequencer::client::sequencer_session(args.replay, &args.bus.keys()?.replay_key())
-            .with_context(|| format!("asking {} for the session id (or give --session)", args.replay))?,
+        None => ledgerbus_sequencer::client::sequencer_session(replay_addr, &args.bus.keys()?.replay_key())
+            .with_context(|| format!("asking {replay_addr} for the session id (or give --session)"))?,
     };
     println!(
         "NAK {}..{} to {} (session {session:016x})",
         args.from,
         args.from + u64::from(args.count),
-        args.sequencer
+        control
     );
     let lines = replay::nak(
-        args.sequencer,
+        control,
         &args.bus.security()?,
         session,
         args.stream_id,
