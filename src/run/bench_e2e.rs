@@ -102,7 +102,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         args.connections,
         args.batch
     );
-    println!("  throughput  {:>12.0} transfers/s", report.throughput_tps);
+    println!("  throughput  {:>12.0} transfers/s (accepted and rejected)", report.throughput_tps);
     println!("  accepted    {:>12}", report.accepted);
     println!("  rejected    {:>12}", report.rejected);
     println!("  errors      {:>12}", report.errors);
@@ -127,5 +127,13 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     if let Some(system) = system {
         system.stop();
     }
-    verified.unwrap_or(Ok(()))
+    verified.unwrap_or(Ok(()))?;
+    if report.accepted == 0 {
+        anyhow::bail!(
+            "no transfer was accepted ({} rejected, {} errors): the figures above measure refusals, not a ledger",
+            report.rejected,
+            report.errors
+        );
+    }
+    Ok(())
 }

@@ -103,8 +103,28 @@ pub struct Counters {
     pub requests: AtomicU64,
 }
 
-const SETTLEMENT: u128 = 1;
-const FIRST_USER: u128 = 1_000;
+/// The run's accounts: a settlement account at `base`, users from `base + 1000`.
+/// `base` is new for each run (the top bit set, then the run's time), so a load run
+/// against a live system never collides with the accounts already there.
+#[derive(Debug, Clone, Copy)]
+struct Accounts {
+    base: u128,
+    users: u64,
+}
+
+impl Accounts {
+    fn for_this_run(users: u32) -> Accounts {
+        Accounts { base: (1u128 << 127) | run_prefix(), users: u64::from(users) }
+    }
+
+    fn settlement(&self) -> u128 {
+        self.base
+    }
+
+    fn user(&self, index: u64) -> u128 {
+        self.base + 1_000 + u128::from(index % self.users)
+    }
+}
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
@@ -118,7 +138,9 @@ fn run_prefix() -> u128 {
 }
 
 /// Creates the accounts and funds them from a settlement account (idempotent).
-async fn set_up(client: &Client, accounts: u32) -> anyhow::Result<()> {
+/// Creates and funds the run's accounts; fails, saying why, if the gateway does not
+/// accept them (so a run never measures only rejections).
+async fn set_up(client: &Client, accounts: Accounts) -> anyhow::Result<()> {
     let account = |id: u128, flags: u16| {
         Command::CreateAccount(CreateAccount {
             correlation_id: 0.into(),
@@ -128,17 +150,21 @@ async fn set_up(client: &Client, accounts: u32) -> anyhow::Result<()> {
             flags: flags.into(),
         })
     };
-    let mut commands = vec![account(SETTLEMENT, account_flags::ALLOW_NEGATIVE)];
-    commands.extend((0..u128::from(accounts)).map(|i| account(FIRST_USER + i, 0)));
-    for chunk in commands.chunks(4_096) {
-        client.submit(chunk).await.context("creating accounts")?;
-    }
+    let mut commands = vec![account(accounts.settlement(), account_flags::ALLOW_NEGATIVE)];
+    commands.extend((0..accounts.users).map(|i| account(accounts.user(i), 0)));
     let prefix = run_prefix() | (1 << 63);
-    let top_ups: Vec<Command> = (0..u128::from(accounts))
-        .map(|i| Command::Transfer(transfer(prefix + i, SETTLEMENT, FIRST_USER + i, 1_000_000_000)))
+    let top_ups: Vec<Command> = (0..accounts.users)
+        .map(|i| {
+            Command::Transfer(transfer(prefix + u128::from(i), accounts.settlement(), accounts.user(i), 1_000_000_000))
+        })
         .collect();
-    for chunk in top_ups.chunks(4_096) {
-        client.submit(chunk).await.context("funding accounts")?;
+    for (what, commands) in [("creating the load's accounts", commands), ("funding the load's accounts", top_ups)] {
+        for chunk in commands.chunks(4_096) {
+            let outcomes = client.submit(chunk).await.context(what)?;
+            if let Some(refused) = outcomes.iter().find(|o| !matches!(o.result, ResultCode::Ok | ResultCode::Exists)) {
+                anyhow::bail!("{what}: the gateway answered {:?} for id {}", refused.result, refused.id);
+            }
+        }
     }
     Ok(())
 }
@@ -161,7 +187,7 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
 struct Workload {
     state: u64,
     next_id: u128,
-    accounts: u64,
+    accounts: Accounts,
 }
 
 impl Workload {
@@ -169,11 +195,12 @@ impl Workload {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
-        let debit = FIRST_USER + u128::from(self.state % self.accounts);
-        let mut credit = FIRST_USER + u128::from((self.state >> 20) % self.accounts);
-        if credit == debit {
-            credit = FIRST_USER + (credit - FIRST_USER + 1) % u128::from(self.accounts);
+        let debit_index = self.state % self.accounts.users;
+        let mut credit_index = (self.state >> 20) % self.accounts.users;
+        if credit_index == debit_index {
+            credit_index = (credit_index + 1) % self.accounts.users;
         }
+        let (debit, credit) = (self.accounts.user(debit_index), self.accounts.user(credit_index));
         let amount = if self.state % 50 == 0 { 1 << 40 } else { 1 + (self.state >> 40) % 100 };
         self.next_id += 1;
         transfer(self.next_id, debit, credit, amount)
@@ -271,7 +298,8 @@ pub async fn run(
     let setup = Client::connect_with(options.gateway_tcp, &options.api_key, options.tls.clone())
         .await
         .context("connecting to the gateway")?;
-    set_up(&setup, options.accounts).await?;
+    let accounts = Accounts::for_this_run(options.accounts);
+    set_up(&setup, accounts).await?;
     let counters = Arc::new(Counters::default());
     let histogram = Arc::new(Mutex::new(new_histogram()));
     let prefix = run_prefix();
@@ -292,7 +320,7 @@ pub async fn run(
         let workload = Workload {
             state: 0x9E37_79B9_7F4A_7C15 ^ (u64::from(connection) + 1),
             next_id: prefix + (u128::from(connection) << 40),
-            accounts: u64::from(options.accounts),
+            accounts,
         };
         let (counters, histogram) = (Arc::clone(&counters), Arc::clone(&histogram));
         let batch = options.batch;
