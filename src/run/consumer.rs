@@ -35,7 +35,7 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
     let stop = super::shutdown_on_signal()?;
     let http = std::net::TcpListener::bind(args.http_listen)
         .with_context(|| format!("HTTP address {} (--http-listen)", args.http_listen))?;
-    tracing::info!(kind = ?args.kind, http = %http.local_addr()?, listen = %args.listen, "consumer starting");
+    tracing::info!(kind = %kind_name(args.kind), http = %http.local_addr()?, listen = %args.listen, "consumer starting");
     let config = follow_config(args)?;
     let result = match args.kind {
         ConsumerKind::Memory => ledgerbus_consumers::memory::run(
@@ -58,4 +58,12 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
     // Give a last log line a moment to flush before exiting.
     std::thread::sleep(Duration::from_millis(10));
     Ok(result?)
+}
+
+/// The kind as the CLI spells it.
+fn kind_name(kind: ConsumerKind) -> &'static str {
+    match kind {
+        ConsumerKind::Memory => "memory",
+        ConsumerKind::Disk => "disk",
+    }
 }

@@ -47,7 +47,10 @@ pub fn run(args: &SequencerArgs) -> anyhow::Result<()> {
         replay = %running.replay_addr,
         metrics = ?running.metrics_addr,
         session = format_args!("{:#018x}", running.session_id),
-        durability = ?args.durability,
+        durability = %match args.durability {
+            cli::Durability::Fsync => "fsync",
+            cli::Durability::Os => "os",
+        },
         "sequencer running"
     );
     while !shutdown.load(Ordering::Relaxed) && running.is_running() {

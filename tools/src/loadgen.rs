@@ -155,13 +155,22 @@ async fn set_up(client: &Client, accounts: Accounts) -> anyhow::Result<()> {
     let prefix = run_prefix() | (1 << 63);
     let top_ups: Vec<Command> = (0..accounts.users)
         .map(|i| {
-            Command::Transfer(transfer(prefix + u128::from(i), accounts.settlement(), accounts.user(i), 1_000_000_000))
+            Command::Transfer(transfer(
+                prefix + u128::from(i),
+                accounts.settlement(),
+                accounts.user(i),
+                1_000_000_000,
+            ))
         })
         .collect();
-    for (what, commands) in [("creating the load's accounts", commands), ("funding the load's accounts", top_ups)] {
+    for (what, commands) in
+        [("creating the load's accounts", commands), ("funding the load's accounts", top_ups)]
+    {
         for chunk in commands.chunks(4_096) {
             let outcomes = client.submit(chunk).await.context(what)?;
-            if let Some(refused) = outcomes.iter().find(|o| !matches!(o.result, ResultCode::Ok | ResultCode::Exists)) {
+            if let Some(refused) =
+                outcomes.iter().find(|o| !matches!(o.result, ResultCode::Ok | ResultCode::Exists))
+            {
                 anyhow::bail!("{what}: the gateway answered {:?} for id {}", refused.result, refused.id);
             }
         }
