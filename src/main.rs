@@ -30,7 +30,7 @@ fn main() -> ExitCode {
                 from_file = applied;
             }
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", one_line(&error));
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
@@ -78,6 +78,23 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Hops(args)) => run::bench::hops(&args),
         Command::Replay(args) => run::replay::run(&args),
     }
+}
+
+/// An error and its causes on one line, each said once: many errors already show
+/// their cause in their own message, which the chain would otherwise repeat.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Logs to stderr at `--log-level`, or as `RUST_LOG` says when it is set (per-module

@@ -266,3 +266,15 @@ fn demo_writes_a_cluster_file_the_tools_take() {
     assert_eq!(unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) }, 0);
     assert!(demo.wait().unwrap().success());
 }
+
+#[test]
+fn io_errors_name_the_path_and_say_it_once() {
+    let output = ledgerbus(
+        &["sequencer", "--data-dir", "/etc/passwd", "--metrics-listen", "127.0.0.1:0"],
+        &[("LEDGERBUS_SEQUENCER_SECRET", "0123456789abcdef0"), ("LEDGERBUS_BUS_KEY", &"ab".repeat(32))],
+    );
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("/etc/passwd"), "{text}");
+    assert_eq!(text.matches("Not a directory").count(), 1, "{text}");
+}
