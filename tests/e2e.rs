@@ -136,7 +136,7 @@ fn ledger_over_http_and_tcp() {
     // Malformed requests: 400 naming the field; nothing reaches the sequencer.
     let before = get(cluster.sequencer_status, "/status", None).unwrap().json["last_sequence"].clone();
     let cases = [
-        ("/transfers", "{not json", "not valid JSON"),
+        ("/transfers", "{not json", "body"),
         (
             "/transfers",
             r#"{"id":"5","debit_account_id":"1","credit_account_id":"2","amount":1,"ledger":840,"code":1,"colour":"red"}"#,
@@ -178,9 +178,23 @@ fn ledger_over_http_and_tcp() {
     for (path, body, field) in cases {
         let response = post(http, path, body);
         assert_eq!(response.status, 400, "{body}: {}", response.body);
-        assert!(response.json["error"].as_str().unwrap().contains(field), "{body}: {}", response.body);
+        let error = &response.json["error"];
+        assert_eq!(error["code"], "invalid_request", "{body}: {}", response.body);
+        assert_eq!(error["param"], field, "{body}: {}", response.body);
+        assert!(error["message"].as_str().unwrap().contains(field), "{body}: {}", response.body);
     }
     assert_eq!(get(cluster.sequencer_status, "/status", None).unwrap().json["last_sequence"], before);
+    // Errors outside the routes have the same JSON shape.
+    let missing = get(http, "/no-such-route", Some(API_KEY)).unwrap();
+    assert_eq!(
+        (missing.status, missing.json["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{}",
+        missing.body
+    );
+    let wrong_method = request(http, "DELETE", "/transfers", Some(API_KEY), None).unwrap();
+    assert_eq!(wrong_method.status, 405, "{}", wrong_method.body);
+    assert_eq!(wrong_method.json["error"]["code"], "method_not_allowed", "{}", wrong_method.body);
 
     // Authentication.
     let no_key = request(http, "POST", "/transfers", None, Some("{}")).unwrap();

@@ -144,8 +144,22 @@ async fn require_api_key(
     }
 }
 
+/// An error answer in the API's one error shape (see the gateway's `json::error_body`),
+/// which the gateway passes through unchanged.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "error",
+    };
+    let body = json!({ "error": { "code": code, "param": null, "message": message.into() } });
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// A refusal: status and message, turned into a JSON error response by `reject`.

@@ -77,11 +77,39 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(authenticated)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route; see /openapi.json")
+        })
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// An error answer in the one shape every error has ([`json::error_body`]); a 503
+/// says when to retry.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    error_for(status, None, &message.into())
+}
+
+fn error_for(status: StatusCode, param: Option<&str>, message: &str) -> Response {
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::BAD_GATEWAY => "bad_gateway",
+        _ => "error",
+    };
+    let mut response = (status, Json(json::error_body(code, param, message))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn bad_request(BadRequest { param, message }: BadRequest) -> Response {
+    error_for(StatusCode::BAD_REQUEST, Some(&param), &message)
 }
 
 /// 401 unless `Authorization: Bearer <key>` names a configured key. Keys are never logged.
@@ -189,7 +217,7 @@ async fn create_accounts(State(state): State<AppState>, body: Bytes) -> Response
             let count = commands.len();
             submit_and_answer(&state, encode_all(&commands), count, is_array, Vec::new()).await
         }
-        Err(BadRequest(message)) => error(StatusCode::BAD_REQUEST, message),
+        Err(bad) => bad_request(bad),
     }
 }
 
@@ -198,7 +226,7 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
         .and_then(|(objects, is_array)| Ok((json::transfers(&objects, is_array)?, is_array)));
     let (commands, is_array) = match parsed {
         Ok(parsed) => parsed,
-        Err(BadRequest(message)) => return error(StatusCode::BAD_REQUEST, message),
+        Err(bad) => return bad_request(bad),
     };
     // A chain still open at the end of the request can never close: decide it here.
     let open_from = commands

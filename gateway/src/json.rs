@@ -9,37 +9,49 @@ use serde_json::{json, Map, Value};
 /// Largest array accepted in one request.
 pub const BATCH_MAX: usize = 8_190;
 
-/// A malformed request: the message names the offending field.
+/// A malformed request: the offending field (`param`, as a path like
+/// `[1].debit_account_id`, or `body`) and a message that names it too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRequest(pub String);
+pub struct BadRequest {
+    /// The field, or `body` for the request as a whole.
+    pub param: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
 
 fn bad(path: &str, message: impl std::fmt::Display) -> BadRequest {
-    BadRequest(format!("{path}: {message}"))
+    BadRequest { param: path.to_string(), message: format!("{path}: {message}") }
+}
+
+/// The body of every error answer, for machines and people alike (Stripe's shape):
+/// `{"error": {"code": "...", "param": "..." or null, "message": "..."}}`.
+pub fn error_body(code: &str, param: Option<&str>, message: &str) -> Value {
+    json!({ "error": { "code": code, "param": param, "message": message } })
 }
 
 /// The objects of a body that is one object or an array of objects.
 pub fn items(body: &[u8]) -> Result<(Vec<Map<String, Value>>, bool), BadRequest> {
     let value: Value =
-        serde_json::from_slice(body).map_err(|e| BadRequest(format!("body is not valid JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| bad("body", format!("not valid JSON: {e}")))?;
     match value {
         Value::Object(object) => Ok((vec![object], false)),
         Value::Array(array) => {
             if array.is_empty() {
-                return Err(BadRequest("body: the array is empty".into()));
+                return Err(bad("body", "the array is empty"));
             }
             if array.len() > BATCH_MAX {
-                return Err(BadRequest(format!("body: at most {BATCH_MAX} items per request")));
+                return Err(bad("body", format!("at most {BATCH_MAX} items per request")));
             }
             let mut objects = Vec::with_capacity(array.len());
             for (index, item) in array.into_iter().enumerate() {
                 match item {
                     Value::Object(object) => objects.push(object),
-                    _ => return Err(BadRequest(format!("[{index}]: must be an object"))),
+                    _ => return Err(bad(&format!("[{index}]"), "must be an object")),
                 }
             }
             Ok((objects, true))
         }
-        _ => Err(BadRequest("body: must be an object or an array of objects".into())),
+        _ => Err(bad("body", "must be an object or an array of objects")),
     }
 }
 

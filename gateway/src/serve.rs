@@ -16,12 +16,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::response::Response;
+use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -118,7 +117,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
         let Some(slot) = slots.take() else {
             tracing::warn!(%peer, max = limits.connections_max, "too many HTTP connections; refused");
             tokio::spawn(async move {
-                let body = r#"{"error":"too many connections to this gateway; retry later"}"#;
+                let body = crate::json::error_body(
+                    "unavailable",
+                    None,
+                    "too many connections to this gateway; retry later",
+                )
+                .to_string();
                 let response = format!(
                     "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
                      content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
@@ -176,11 +180,10 @@ where
 }
 
 fn too_large(limit: usize) -> Response {
-    let mut response = (
+    let mut response = crate::http::error(
         StatusCode::PAYLOAD_TOO_LARGE,
-        Json(json!({ "error": format!("request body over the limit of {limit} bytes") })),
-    )
-        .into_response();
+        format!("request body over the limit of {limit} bytes"),
+    );
     response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     response
 }
@@ -227,8 +230,7 @@ async fn limit_body(State(limit): State<usize>, request: Request, next: Next) ->
     let mut size = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            return (StatusCode::BAD_REQUEST, Json(json!({ "error": "request body could not be read" })))
-                .into_response();
+            return crate::http::error(StatusCode::BAD_REQUEST, "request body could not be read");
         };
         let Ok(data) = frame.into_data() else { continue };
         size += data.len();
