@@ -277,4 +277,19 @@ fn replay_prints_verifies_republishes_and_naks() {
     ]);
     assert!(nak.status.success(), "{}{}", stdout(&nak), String::from_utf8_lossy(&nak.stderr));
     assert!(stdout(&nak).contains("retransmitted"), "{}", stdout(&nak));
+    let retransmitted = stdout(&nak).lines().filter(|l| l.starts_with("retransmitted")).count();
+    assert_eq!(retransmitted, 2, "only the NAKed range is shown: {}", stdout(&nak));
+    // Beyond the head: said so, at once.
+    let beyond = ledgerbus(&[
+        "replay",
+        "nak",
+        "--sequencer",
+        &cluster.control.to_string(),
+        "--replay",
+        &replay_addr,
+        "--from",
+        "1000000",
+    ]);
+    assert!(!beyond.status.success());
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains("beyond the head"), "{beyond:?}");
 }

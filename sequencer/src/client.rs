@@ -110,9 +110,25 @@ pub fn sequencer_session(address: SocketAddr, key: &ReplayKey) -> io::Result<u64
     Ok(session)
 }
 
+/// Where a sequencer's log stands, as its replay service says after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayHead {
+    /// The log's session.
+    pub session_id: u64,
+    /// The sequence the next event will get (everything before is durable).
+    pub next_sequence: u64,
+}
+
+/// Where the sequencer's log stands (a handshake and an empty replay).
+pub fn sequencer_head(address: SocketAddr, key: &ReplayKey) -> io::Result<ReplayHead> {
+    let mut head = None;
+    replay_inner(address, key, 0, u64::MAX, u64::MAX - 1, &mut head, |_, _| Ok(()))?;
+    head.ok_or_else(|| invalid("no welcome from the replay service"))
+}
+
 /// Answers the replay service's challenge with `key`; returns the challenge, from
-/// which the connection's record keys are derived.
-fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<[u8; 32]> {
+/// which the connection's record keys are derived, and the head the service reported.
+fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<([u8; 32], ReplayHead)> {
     let mut buf = Vec::with_capacity(64);
     let not_replay = |e: &dyn std::fmt::Display| {
         invalid(format!(
@@ -133,8 +149,12 @@ fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<[u
         ),
         _ => e,
     })?;
-    decode::<Welcome>(&buf).map_err(|e| invalid(format!("expected the replay welcome: {e}")))?;
-    Ok(nonce)
+    let (welcome, _) =
+        decode::<Welcome>(&buf).map_err(|e| invalid(format!("expected the replay welcome: {e}")))?;
+    Ok((
+        nonce,
+        ReplayHead { session_id: welcome.session_id.get(), next_sequence: welcome.next_sequence.get() },
+    ))
 }
 
 /// Replays `from..=to` (`to` 0: up to the head) from a sequencer's replay service,
@@ -146,11 +166,24 @@ pub fn replay(
     session_id: u64,
     from: u64,
     to: u64,
+    event: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<(u64, u64)> {
+    replay_inner(address, key, session_id, from, to, &mut None, event)
+}
+
+fn replay_inner(
+    address: SocketAddr,
+    key: &ReplayKey,
+    session_id: u64,
+    from: u64,
+    to: u64,
+    head: &mut Option<ReplayHead>,
     mut event: impl FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<(u64, u64)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let challenge = authenticate_replay(&mut stream, key)?;
+    let (challenge, welcome) = authenticate_replay(&mut stream, key)?;
+    *head = Some(welcome);
     let request =
         ReplayRequest { session_id: session_id.into(), from_sequence: from.into(), to_sequence: to.into() };
     let mut bytes = [0u8; ReplayRequest::FRAME_SIZE];

@@ -81,7 +81,11 @@ pub fn serve(
 
 /// Challenges the client; Ok only if it answered with one of `keys`, with that key
 /// and the challenge, from which the connection's record keys are derived.
-fn authenticate<'k>(stream: &mut TcpStream, keys: &'k [ReplayKey]) -> io::Result<(&'k ReplayKey, [u8; 32])> {
+fn authenticate<'k>(
+    stream: &mut TcpStream,
+    keys: &'k [ReplayKey],
+    metrics: &SequencerMetrics,
+) -> io::Result<(&'k ReplayKey, [u8; 32])> {
     let nonce = auth::nonce()?;
     let mut challenge = [0u8; Challenge::FRAME_SIZE];
     encode(&Challenge { nonce }, &mut challenge).expect("sized");
@@ -93,8 +97,11 @@ fn authenticate<'k>(stream: &mut TcpStream, keys: &'k [ReplayKey]) -> io::Result
     if let Some(key) = keys.iter().find(|key| auth::verify(&key.0, &nonce, &answer.mac)) {
         // The client sends its request only after this, so a refused client never
         // has unread bytes here (its close is clean, not a reset).
+        // The Welcome tells an authenticated client where the log stands.
+        let (last, _, session) = metrics.head.lock().map(|head| *head).unwrap_or_default();
+        let head = Welcome { session_id: session.into(), next_sequence: (last + 1).into() };
         let mut welcome = [0u8; Welcome::FRAME_SIZE];
-        encode(&Welcome { session_id: 0.into(), next_sequence: 0.into() }, &mut welcome).expect("sized");
+        encode(&head, &mut welcome).expect("sized");
         stream.write_all(&welcome)?;
         Ok((key, nonce))
     } else {
@@ -111,7 +118,7 @@ fn serve_client(
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
-    let (key, challenge) = match authenticate(&mut stream, keys) {
+    let (key, challenge) = match authenticate(&mut stream, keys, metrics) {
         Ok(accepted) => accepted,
         Err(error) => {
             metrics.replays_refused.fetch_add(1, Ordering::Relaxed);

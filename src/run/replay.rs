@@ -163,10 +163,14 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
         .replay
         .or(cluster.as_ref().map(|c| c.sequencer_replay))
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7002)));
+    let head = ledgerbus_sequencer::client::sequencer_head(replay_addr, &args.bus.keys()?.replay_key())
+        .with_context(|| format!("asking the replay service {replay_addr} where the log stands"))?;
+    if args.from >= head.next_sequence {
+        bail!("sequence {} is beyond the head: the next event will be {}", args.from, head.next_sequence);
+    }
     let session = match &args.session {
         Some(hex) => u64::from_str_radix(hex, 16)?,
-        None => ledgerbus_sequencer::client::sequencer_session(replay_addr, &args.bus.keys()?.replay_key())
-            .with_context(|| format!("asking {replay_addr} for the session id (or give --session)"))?,
+        None => head.session_id,
     };
     println!(
         "NAK {}..{} to {} (session {session:016x})",
@@ -174,7 +178,7 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
         args.from + u64::from(args.count),
         control
     );
-    let lines = replay::nak(
+    let replies = replay::nak(
         control,
         &args.bus.security()?,
         session,
@@ -183,11 +187,16 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
         args.count,
         Duration::from_millis(args.wait_ms),
     )?;
-    if lines.is_empty() {
-        bail!("no reply within {} ms", args.wait_ms);
-    }
-    for line in lines {
+    for line in &replies.lines {
         println!("{line}");
+    }
+    if replies.lines.is_empty() {
+        bail!(
+            "no repair of {}..{} from {control} within {} ms: is it the sequencer's control port (UDP, 7001 by default)?",
+            args.from,
+            args.from + u64::from(args.count),
+            args.wait_ms
+        );
     }
     Ok(())
 }

@@ -184,8 +184,17 @@ fn read_journal(
     Ok(())
 }
 
+/// What came back for a NAK.
+#[derive(Debug, Clone, Default)]
+pub struct NakReplies {
+    /// A line per retransmitted event of the NAKed range, or per "not retransmittable".
+    pub lines: Vec<String>,
+    /// The next sequence the sequencer announced in its heartbeats, if one came.
+    pub next_sequence: Option<u64>,
+}
+
 /// Sends one NAK for `from..from+count` to a sequencer's control address and returns
-/// a line per reply received within `wait`.
+/// what came back for that range within `wait`.
 pub fn nak(
     sequencer: SocketAddr,
     security: &BusSecurity,
@@ -194,7 +203,7 @@ pub fn nak(
     from: u64,
     count: u32,
     wait: Duration,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<NakReplies> {
     let socket = UdpSocket::bind(if sequencer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     // On a sealed bus the probe seals what it sends and opens what it gets, as a
@@ -234,6 +243,7 @@ pub fn nak(
     let size = writer.finish(0);
     send(&mut buf, size)?;
     let mut lines = Vec::new();
+    let mut next_sequence = None;
     let mut datagram = vec![0u8; 65_536];
     let mut opened = vec![0u8; 65_536];
     let deadline = Instant::now() + wait;
@@ -255,8 +265,13 @@ pub fn nak(
         };
         match packet.kind() {
             PacketKind::Data => {
-                for frame in packet.frames().map_while(Result::ok) {
-                    lines.push(format!("retransmitted {}", crate::format::text(frame)));
+                let first = packet.header().first_sequence.get();
+                for (index, frame) in packet.frames().map_while(Result::ok).enumerate() {
+                    let sequence = first + index as u64;
+                    // Live data reaches the probe too: show only what was asked for.
+                    if (from..from + u64::from(count)).contains(&sequence) {
+                        lines.push(format!("retransmitted {}", crate::format::text(frame)));
+                    }
                 }
             }
             PacketKind::Control => match packet.control() {
@@ -266,17 +281,13 @@ pub fn nak(
                     reply.from_sequence.get() + u64::from(reply.count.get()),
                     reply.oldest_retained_sequence.get()
                 )),
-                Ok(Frame::Heartbeat(heartbeat)) => lines.push(format!(
-                    "heartbeat: next sequence {}, oldest retained {}",
-                    heartbeat.next_sequence.get(),
-                    heartbeat.oldest_retained_sequence.get()
-                )),
+                Ok(Frame::Heartbeat(heartbeat)) => next_sequence = Some(heartbeat.next_sequence.get()),
                 Ok(other) => lines.push(format!("control message {}", other.template_id())),
                 Err(error) => lines.push(format!("bad control message: {error}")),
             },
         }
     }
-    Ok(lines)
+    Ok(NakReplies { lines, next_sequence })
 }
 
 /// Writes `bytes` to stdout, treating a closed pipe as the reader being done.
