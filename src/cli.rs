@@ -625,7 +625,16 @@ pub struct BenchE2eArgs {
     pub json: bool,
 }
 
-/// Output format of `replay`.
+/// Event kinds `replay --type` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayKind {
+    /// Account creations.
+    Account,
+    /// Transfers.
+    Transfer,
+}
+
+/// How `replay` prints events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReplayFormat {
     /// One human-readable line per event.
@@ -672,6 +681,30 @@ pub struct ReplayArgs {
     /// With --verify: also print the summary as one line of JSON.
     #[arg(long)]
     pub json: bool,
+    /// Start N events before the end instead of at --from.
+    #[arg(long, value_name = "N", conflicts_with = "from")]
+    pub last: Option<u64>,
+    /// After the end, keep printing new events as they are published (from a
+    /// sequencer; Ctrl-C stops).
+    #[arg(long, conflicts_with_all = ["verify", "journal", "to", "to_subscriber"])]
+    pub follow: bool,
+    /// Print only events of this account (created, or either side of a transfer).
+    #[arg(long, value_name = "ID")]
+    pub account: Option<u128>,
+    /// Print only events of this kind.
+    #[arg(long = "type", value_name = "KIND")]
+    pub kind: Option<ReplayKind>,
+    /// Print only events with this result: `accepted`, `rejected`, or a result code
+    /// (`insufficient_funds`).
+    #[arg(long, value_name = "RESULT")]
+    pub result: Option<String>,
+    /// Print only events stamped at or after this time (RFC 3339, e.g.
+    /// 2026-12-01T12:00:00Z, or seconds since the epoch).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Print only events stamped before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
     /// The bus key: --from-sequencer authenticates with it, --to-subscriber seals with it.
     #[command(flatten)]
     pub bus: BusArgs,

@@ -293,3 +293,73 @@ fn replay_prints_verifies_republishes_and_naks() {
     assert!(!beyond.status.success());
     assert!(String::from_utf8_lossy(&beyond.stderr).contains("beyond the head"), "{beyond:?}");
 }
+
+/// `replay` as an operator's tail: filters, `--last`, and `--follow` printing new
+/// events as they are published.
+#[test]
+fn replay_filters_takes_the_last_n_and_follows() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path());
+    post(
+        cluster.gateway_http,
+        "/accounts",
+        r#"[{"id":"1","ledger":1,"code":1,"allow_negative":true},{"id":"2","ledger":1,"code":1},{"id":"3","ledger":1,"code":1}]"#,
+    );
+    let transfer = |id: u32, debit: u32, credit: u32, amount: u64| {
+        format!(
+            r#"{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":{amount},"ledger":1,"code":1}}"#
+        )
+    };
+    post(cluster.gateway_http, "/transfers", &transfer(10, 1, 2, 50));
+    post(cluster.gateway_http, "/transfers", &transfer(11, 2, 3, 20));
+    post(cluster.gateway_http, "/transfers", &transfer(12, 3, 2, 999)); // insufficient funds
+    let replay = cluster.replay.to_string();
+    let json_lines = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["replay", "--from-sequencer", &replay, "--format", "json"];
+        args.extend_from_slice(extra);
+        let output = ledgerbus(&args);
+        assert!(output.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&output.stderr));
+        stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(json_lines(&[]).len(), 6);
+    let rejected = json_lines(&["--result", "rejected"]);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["id"], "12");
+    assert_eq!(json_lines(&["--result", "insufficient_funds"]).len(), 1);
+    assert_eq!(json_lines(&["--type", "account"]).len(), 3);
+    let of_account_3 = json_lines(&["--account", "3", "--type", "transfer"]);
+    assert_eq!(of_account_3.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), ["11", "12"]);
+    assert_eq!(json_lines(&["--last", "2"]).len(), 2);
+    assert_eq!(json_lines(&["--until", "1"]).len(), 0, "nothing before 1970-01-01T00:00:01Z");
+    assert_eq!(json_lines(&["--since", "2000-01-01T00:00:00Z"]).len(), 6);
+
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerbus"))
+        .args(["--log-level", "error", "replay", "--from-sequencer", &replay, "--format", "json", "--follow"])
+        .args(["--type", "transfer"])
+        .env("LEDGERBUS_BUS_KEY", BUS_KEY)
+        .env_remove("LEDGERBUS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, got) = std::sync::mpsc::channel();
+    let reader = BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = |id: &str| loop {
+        let line = got.recv_timeout(Duration::from_secs(20)).expect("replay --follow printed it");
+        if line.contains(&format!("\"id\":\"{id}\"")) {
+            break;
+        }
+    };
+    wait("12");
+    post(cluster.gateway_http, "/transfers", &transfer(13, 1, 3, 7));
+    wait("13");
+    assert_eq!(unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) }, 0);
+    assert!(follow.wait().unwrap().success());
+}

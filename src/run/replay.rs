@@ -11,7 +11,9 @@ use ledgerbus_tools::replay::{self, Source};
 use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
 use ledgerbus_transport::SenderConfig;
 
-use crate::cli::{ReplayAction, ReplayArgs, ReplayFormat, ReplayNakArgs};
+use ledgerbus_tools::filter::{self, EventFilter, EventKind};
+
+use crate::cli::{ReplayAction, ReplayArgs, ReplayFormat, ReplayKind, ReplayNakArgs};
 use crate::cluster_file::ClusterFile;
 
 /// Runs `ledgerbus replay`.
@@ -33,33 +35,45 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     }
     let progress = progress_bar(args.verify);
     let stdout = std::io::stdout();
-    let mut out: Box<dyn Write> = match (&args.output, args.verify) {
+    let out: Box<dyn Write> = match (&args.output, args.verify) {
         (Some(path), false) => Box::new(BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
         _ => Box::new(BufWriter::with_capacity(1 << 16, stdout.lock())),
     };
-    let mut open = true;
-    let summary = replay::read(&source, args.from, args.to, |sequence, frame| {
-        progress.set_message(format!("at {sequence}"));
-        progress.inc(1);
-        if args.verify || !open {
-            return Ok(());
+    let filter = event_filter(args)?;
+    let from = match args.last {
+        None => args.from,
+        Some(last) => {
+            let next = match &source {
+                Source::Sequencer(address, key) => {
+                    ledgerbus_sequencer::client::sequencer_head(*address, key)?.next_sequence
+                }
+                Source::Journal(_) => {
+                    replay::read(&source, 1, None, |_, _| Ok(()))?.last_sequence.map_or(1, |s| s + 1)
+                }
+            };
+            next.saturating_sub(last).max(1)
         }
-        open = match args.format {
-            ReplayFormat::Text => {
-                replay::write_stdout(&mut out, format!("{}\n", format::text(frame)).as_bytes())?
+    };
+    let mut printer = Printer { out, open: true, format: args.format, filter, print: !args.verify, progress };
+    let summary = replay::read(&source, from, args.to, |sequence, frame| printer.event(sequence, frame))?;
+    if args.follow {
+        // New events as they are published, until Ctrl-C (or the reader goes away).
+        let stop = super::shutdown_on_signal()?;
+        let mut next = summary.last_sequence.map_or(from, |last| last + 1);
+        while printer.open && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = printer.out.flush();
+            std::thread::sleep(Duration::from_millis(200));
+            let more = replay::read(&source, next, None, |sequence, frame| printer.event(sequence, frame))?;
+            if let Some(last) = more.last_sequence {
+                next = last + 1;
             }
-            ReplayFormat::Json => {
-                replay::write_stdout(&mut out, format!("{}\n", format::json(frame)).as_bytes())?
-            }
-            ReplayFormat::Raw => replay::write_stdout(&mut out, frame)?,
-        };
-        Ok(())
-    })?;
-    progress.finish_and_clear();
-    let _ = out.flush();
-    drop(out);
+        }
+    }
+    printer.progress.finish_and_clear();
+    let _ = printer.out.flush();
+    drop(printer);
     if args.verify {
         println!("events          {}", summary.count);
         println!("first sequence  {}", summary.first_sequence.map_or("-".into(), |s| s.to_string()));
@@ -82,6 +96,61 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the events that pass the filter, in the chosen format, until the reader
+/// of stdout goes away.
+struct Printer<'a> {
+    out: Box<dyn Write + 'a>,
+    /// False once stdout is closed (a pipe into `head`).
+    open: bool,
+    format: ReplayFormat,
+    filter: EventFilter,
+    /// False with --verify: only the summary is printed.
+    print: bool,
+    progress: ProgressBar,
+}
+
+impl Printer<'_> {
+    fn event(&mut self, sequence: u64, frame: &[u8]) -> anyhow::Result<()> {
+        self.progress.set_message(format!("at {sequence}"));
+        self.progress.inc(1);
+        if !self.print || !self.open || !self.filter.matches(frame) {
+            return Ok(());
+        }
+        self.open = match self.format {
+            ReplayFormat::Text => {
+                replay::write_stdout(&mut self.out, format!("{}\n", format::text(frame)).as_bytes())?
+            }
+            ReplayFormat::Json => {
+                replay::write_stdout(&mut self.out, format!("{}\n", format::json(frame)).as_bytes())?
+            }
+            ReplayFormat::Raw => replay::write_stdout(&mut self.out, frame)?,
+        };
+        Ok(())
+    }
+}
+
+/// The event filter the flags describe.
+fn event_filter(args: &ReplayArgs) -> anyhow::Result<EventFilter> {
+    let time = |text: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
+        text.as_deref().map(|t| filter::parse_time(t).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
+    };
+    Ok(EventFilter {
+        account: args.account,
+        kind: args.kind.map(|kind| match kind {
+            ReplayKind::Account => EventKind::Account,
+            ReplayKind::Transfer => EventKind::Transfer,
+        }),
+        result: args
+            .result
+            .as_deref()
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("--result: {e}"))?,
+        since_ns: time(&args.since, "--since")?,
+        until_ns: time(&args.until, "--until")?,
+    })
 }
 
 fn progress_bar(visible: bool) -> ProgressBar {

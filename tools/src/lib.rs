@@ -7,6 +7,7 @@
 //! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
 //! - [`format`]: events as text lines and JSON.
 
+pub mod filter;
 pub mod format;
 pub mod histogram;
 pub mod hops;
