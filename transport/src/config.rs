@@ -50,8 +50,11 @@ pub struct SenderConfig {
     pub datagram_size_max: usize,
     /// Datagrams kept for retransmission. Memory: this × `datagram_size_max`.
     pub ring_datagrams: usize,
-    /// Heartbeat period when no data is sent.
+    /// Heartbeat period right after data was sent (how soon tail loss is seen).
     pub heartbeat_interval_us: u64,
+    /// While nothing is sent, the heartbeat period doubles up to this, so an idle bus
+    /// costs next to nothing (Aeron's idle heartbeats are similarly sparse).
+    pub heartbeat_interval_max_us: u64,
     /// A datagram retransmitted within this time is not retransmitted again (to the
     /// same requester, in unicast mode). Aeron uses 10 ms; it must stay below the
     /// receivers' `nak_retry_us`, or a lost repair would wait out the linger.
@@ -92,6 +95,7 @@ impl Default for SenderConfig {
             datagram_size_max: ledgerbus_codec::DATAGRAM_SIZE_DEFAULT,
             ring_datagrams: 16_384,
             heartbeat_interval_us: 1_000,
+            heartbeat_interval_max_us: 100_000,
             retransmit_linger_us: 200,
             mode: DeliveryMode::Unicast,
             receivers_max: 64,
@@ -114,6 +118,16 @@ impl SenderConfig {
         check_datagram_size(self.datagram_size_max, &self.security)?;
         check(self.ring_datagrams >= 16, "ring_datagrams", || "must be at least 16".into())?;
         check(self.heartbeat_interval_us > 0, "heartbeat_interval_us", || "must be positive".into())?;
+        check(
+            self.heartbeat_interval_max_us >= self.heartbeat_interval_us,
+            "heartbeat_interval_max_us",
+            || "must be at least heartbeat_interval_us".into(),
+        )?;
+        check(
+            self.heartbeat_interval_max_us < self.receiver_timeout_us,
+            "heartbeat_interval_max_us",
+            || "must be below receiver_timeout_us".into(),
+        )?;
         check(self.receivers_max > 0, "receivers_max", || "must be positive".into())?;
         check(self.control_queue_max >= 16, "control_queue_max", || "must be at least 16".into())?;
         check(self.retransmit_rate_per_sec > 0, "retransmit_rate_per_sec", || "must be positive".into())?;
@@ -152,8 +166,11 @@ pub struct ReceiverConfig {
     pub reorder_datagrams_max: usize,
     /// Events past its position this receiver lets the sender run ahead (flow control).
     pub window_events: u32,
-    /// Period of status messages.
+    /// Period of status messages while the position moves.
     pub status_interval_us: u64,
+    /// While the position stands still, the status period doubles up to this (it must
+    /// stay well below the sender's `receiver_timeout_us`, 2 s by default).
+    pub status_interval_max_us: u64,
     /// Seed of the NAK back-off jitter, so every run can be replayed.
     pub rng_seed: u64,
     /// Whether datagrams are sealed and with which keys (the sender's setting).
@@ -176,6 +193,7 @@ impl Default for ReceiverConfig {
             reorder_datagrams_max: 4_096,
             window_events: 65_536,
             status_interval_us: 1_000,
+            status_interval_max_us: 100_000,
             rng_seed: 0x5EED,
             security: BusSecurity::None,
             instance: 0,
@@ -194,6 +212,9 @@ impl ReceiverConfig {
             format!("must be at most {}", u16::MAX)
         })?;
         check(self.window_events > 0, "window_events", || "must be positive".into())?;
-        check(self.status_interval_us > 0, "status_interval_us", || "must be positive".into())
+        check(self.status_interval_us > 0, "status_interval_us", || "must be positive".into())?;
+        check(self.status_interval_max_us >= self.status_interval_us, "status_interval_max_us", || {
+            "must be at least status_interval_us".into()
+        })
     }
 }

@@ -84,6 +84,9 @@ pub struct Receiver {
     /// Set while waiting for a bulk replay: the first missing sequence.
     needs_replay: Option<u64>,
     status_at: MonoTime,
+    /// The gap to the next periodic status: the configured interval while the
+    /// position moves, doubling while it stands still up to `status_interval_max_us`.
+    status_gap_us: u64,
     /// Position last reported in a status message.
     status_position: u64,
     control: VecDeque<ControlOut>,
@@ -129,6 +132,7 @@ impl Receiver {
             needs_replay: None,
             // Announce ourselves at once so the sender learns our address and window.
             status_at: now,
+            status_gap_us: config.status_interval_us,
             status_position: next_expected.saturating_sub(1),
             control: VecDeque::with_capacity(CONTROL_QUEUE_MAX),
             events: VecDeque::with_capacity(EVENT_QUEUE_MAX),
@@ -254,8 +258,15 @@ impl Receiver {
     /// nothing is due does nothing.
     pub fn handle_timeout(&mut self, now: MonoTime) {
         if now >= self.status_at {
+            // Standing still: report less and less often; moving: at the base rate.
+            let moved = self.highest_contiguous_sequence() != self.status_position;
+            self.status_gap_us = if moved {
+                self.config.status_interval_us
+            } else {
+                self.status_gap_us.saturating_mul(2).min(self.config.status_interval_max_us)
+            };
             self.queue_status();
-            self.status_at = now.plus_us(self.config.status_interval_us);
+            self.status_at = now.plus_us(self.status_gap_us);
         }
         if self.nak_at.is_some_and(|at| now >= at) {
             self.nak_round(now);
@@ -286,6 +297,7 @@ impl Receiver {
         self.nak_at = None;
         self.gap_since = None;
         self.status_at = now;
+        self.status_gap_us = self.config.status_interval_us;
         self.invariants();
     }
 

@@ -135,6 +135,10 @@ pub struct Sender {
     receivers: Vec<ReceiverPosition>,
     /// When to send a heartbeat if nothing else is sent before.
     heartbeat_at: MonoTime,
+    /// The gap to the next heartbeat: the configured interval right after data, then
+    /// doubling while idle up to `heartbeat_interval_max_us`, so an idle bus costs
+    /// almost nothing while tail loss after a burst is still seen at once.
+    heartbeat_gap_us: u64,
     /// Retransmission budget shared by allowed requesters not yet in `receivers`.
     shared_tokens: u64,
     shared_refilled_at: MonoTime,
@@ -165,6 +169,7 @@ impl Sender {
             scratch: vec![0; if seal.is_some() { config.datagram_size_max } else { 0 }],
             seal,
             heartbeat_at: now,
+            heartbeat_gap_us: config.heartbeat_interval_us,
             shared_tokens: config.retransmit_burst,
             shared_refilled_at: now,
             retransmits: VecDeque::with_capacity(retransmit_queue_max),
@@ -325,7 +330,9 @@ impl Sender {
             {
                 self.control.push_back(ControlOut::Heartbeat);
             }
-            self.heartbeat_at = now.plus_us(self.config.heartbeat_interval_us);
+            self.heartbeat_at = now.plus_us(self.heartbeat_gap_us);
+            self.heartbeat_gap_us =
+                self.heartbeat_gap_us.saturating_mul(2).min(self.config.heartbeat_interval_max_us);
         }
     }
 
@@ -449,6 +456,7 @@ impl Sender {
         self.unsent -= 1;
         self.stats.datagrams_sent += 1;
         self.heartbeat_at = now.plus_us(self.config.heartbeat_interval_us);
+        self.heartbeat_gap_us = self.config.heartbeat_interval_us;
         Some(Transmit { destination: Destination::All, size: datagram.len() })
     }
 

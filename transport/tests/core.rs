@@ -246,3 +246,40 @@ fn naks_from_strangers_are_not_answered_and_requesters_are_rate_limited() {
     sender.handle_datagram(us(1_020_000), addr(RECEIVER), &nak_bytes(14 * 50 + 1, 14 * 20));
     assert_eq!(drain(&mut sender, us(1_020_000)).len(), 10);
 }
+
+/// An idle bus costs little: heartbeats and status messages back off while nothing
+/// moves, and come back to their base rate as soon as data flows, so tail loss after a
+/// burst is still seen within the base interval.
+#[test]
+fn idle_heartbeats_and_status_back_off_and_data_brings_them_back() {
+    let mut sender = Sender::new(SenderConfig::default(), 1, us(0)).unwrap();
+    let mut receiver = Receiver::new(ReceiverConfig::default(), 1, None, us(0)).unwrap();
+    let run = |sender: &mut Sender, receiver: &mut Receiver, from_us: u64, to_us: u64| {
+        let (mut beats, mut status) = (0, 0);
+        let mut got = Vec::new();
+        for t in (from_us..to_us).step_by(100) {
+            sender.handle_timeout(us(t));
+            for (_, datagram) in drain(sender, us(t)) {
+                if datagram[5] == ledgerbus_codec::PacketKind::Control.to_wire() {
+                    beats += 1;
+                }
+                feed(receiver, us(t), &datagram, &mut got);
+            }
+            receiver.handle_timeout(us(t));
+            for control in control_out(receiver, us(t)) {
+                status += 1;
+                sender.handle_datagram(us(t), addr(RECEIVER), &control);
+            }
+        }
+        (beats, status)
+    };
+    // One idle second: at 1 ms fixed that was 1,000 of each.
+    let (heartbeats, statuses) = run(&mut sender, &mut receiver, 0, 1_000_000);
+    assert!(heartbeats < 30, "{heartbeats} heartbeats in an idle second");
+    assert!(statuses < 30, "{statuses} status messages in an idle second");
+    // Data: the next heartbeat comes within the base interval again.
+    sender.publish(us(1_000_000), &event_frame(1)).unwrap();
+    let (beats, _) = run(&mut sender, &mut receiver, 1_000_000, 1_001_500);
+    assert_eq!(beats, 1, "a heartbeat within 1 ms of the data announces its end");
+    assert_eq!(receiver.next_expected(), 2);
+}
