@@ -114,7 +114,11 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         println!("  histogram written to {}", path.display());
     }
     if let Some(path) = &args.plot {
-        let title = format!("ledgerbus e2e latency, {} at {}", report.protocol, args.rate);
+        let rate = match rate {
+            Some(per_second) => format!("{}/s", ledgerbus_tools::histogram::thousands(per_second)),
+            None => "max rate".to_string(),
+        };
+        let title = format!("ledgerbus e2e latency, {} at {rate}", report.protocol);
         histogram::plot(&histogram, path, &title)?;
         println!("  plot written to {}", path.display());
     }

@@ -49,7 +49,7 @@ pub fn hgrm(histogram: &Histogram<u64>, ticks: u32) -> String {
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         histogram.buckets(),
-        histogram.distinct_values()
+        sub_buckets(histogram.sigfig())
     );
     out
 }
@@ -189,5 +189,39 @@ mod tests {
         assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
         let error = plot(&sample(), &dir.path().join("latency.jpg"), "latency").unwrap_err();
         assert!(error.to_string().contains(".svg or .png"), "{error}");
+    }
+}
+
+/// HdrHistogram's sub-bucket count for `sigfig` significant digits, as its own
+/// `.hgrm` footer reports it: the power of two that covers 2 × 10^sigfig.
+fn sub_buckets(sigfig: u8) -> u64 {
+    let single_unit_resolution = 2 * 10u64.pow(u32::from(sigfig));
+    single_unit_resolution.next_power_of_two()
+}
+
+/// `12345` as `12,345`.
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod footer_tests {
+    use super::*;
+
+    #[test]
+    fn sub_buckets_and_thousands_read_as_people_expect() {
+        assert_eq!(sub_buckets(3), 2048, "HdrHistogram's count for 3 significant digits");
+        assert_eq!(sub_buckets(2), 256);
+        assert_eq!(thousands(10_000), "10,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }
