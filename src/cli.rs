@@ -455,6 +455,22 @@ pub enum BenchCommand {
     /// server -> relay -> client over 127.0.0.1 TCP with blocking sockets and no work,
     /// the same hand-offs as client -> gateway -> sequencer and back.
     Hops(BenchHopsArgs),
+    /// Overlay the latency curves of several `.hgrm` files (from `bench e2e --hgrm` or
+    /// any HdrHistogram tool) in one plot, to compare runs.
+    Plot(BenchPlotArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchPlotArgs {
+    /// The `.hgrm` files; each is one curve, labelled with its file name.
+    #[arg(required = true, value_name = "HGRM")]
+    pub files: Vec<PathBuf>,
+    /// The plot to write (`.png` or `.svg`).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The plot's title.
+    #[arg(long, default_value = "ledgerbus latency by percentile", value_name = "TEXT")]
+    pub title: String,
 }
 
 #[derive(Debug, Clone, Args)]

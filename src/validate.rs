@@ -220,6 +220,7 @@ impl Command {
                 positive_seconds(args.duration, "duration")?;
                 check(args.rate > 0, "rate", || "must be at least 1".into())
             }
+            Command::Bench(BenchCommand::Plot(_)) => Ok(()),
             Command::Replay(args) => args.validate(),
         }
     }

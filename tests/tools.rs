@@ -76,6 +76,19 @@ fn bench_e2e_spawns_the_system_and_writes_hgrm_and_plot() {
     let document = roxmltree::Document::parse(&svg).expect("the plot is valid XML");
     assert_eq!(document.root_element().tag_name().name(), "svg");
     assert!(svg.contains("<polyline") || svg.contains("<path"), "the plot has a curve");
+    // Runs compared: two .hgrm files overlaid in one plot.
+    let compared = dir.path().join("compare.png");
+    let overlay = ledgerbus(&[
+        "bench",
+        "plot",
+        hgrm.to_str().unwrap(),
+        hgrm.to_str().unwrap(),
+        "-o",
+        compared.to_str().unwrap(),
+    ]);
+    assert!(overlay.status.success(), "{}", String::from_utf8_lossy(&overlay.stderr));
+    assert!(stdout(&overlay).contains("2 curves"), "{}", stdout(&overlay));
+    assert_eq!(&std::fs::read(&compared).unwrap()[..4], b"\x89PNG");
 
     // HTTP too, briefly.
     let output = ledgerbus(&[

@@ -242,3 +242,23 @@ pub fn hops(args: &crate::cli::BenchHopsArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `ledgerbus bench plot`: several `.hgrm` files as curves of one plot.
+pub fn plot(args: &crate::cli::BenchPlotArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use ledgerbus_tools::histogram::{plot_curves, Curve};
+    let curves = args
+        .files
+        .iter()
+        .map(|path| {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let label =
+                path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into());
+            Curve::from_hgrm(&text, &label).with_context(|| path.display().to_string())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    plot_curves(&curves, &args.output, &args.title)?;
+    println!("{} curves plotted to {}", curves.len(), args.output.display());
+    Ok(())
+}

@@ -89,12 +89,50 @@ pub fn table(histogram: &Histogram<u64>) -> String {
 /// p50, p90, p99, p99.9 are evenly spaced), y is latency in µs. `.svg` or `.png`;
 /// text is set in DejaVu Sans, built in, so no system fonts are needed.
 pub fn plot(histogram: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Result<()> {
+    plot_curves(&[Curve::of(histogram, "")], path, title)
+}
+
+/// One latency-by-percentile line: points of (1/(1-p), latency µs), and its label.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    /// Shown in the legend (empty: no legend).
+    pub label: String,
+    /// (1/(1-percentile), latency in µs), by increasing percentile.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl Curve {
+    /// The curve of a recorded histogram.
+    pub fn of(histogram: &Histogram<u64>, label: &str) -> Curve {
+        let points = histogram
+            .iter_quantiles(5)
+            .filter(|v| v.quantile_iterated_to() < 1.0)
+            .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), v.value_iterated_to() as f64))
+            .collect();
+        Curve { label: label.to_string(), points }
+    }
+
+    /// The curve in a `.hgrm` file (HdrHistogram's percentile output, as `hgrm` writes
+    /// it and other HdrHistogram tools do: values scaled by 1000).
+    pub fn from_hgrm(text: &str, label: &str) -> anyhow::Result<Curve> {
+        let points = parse_hgrm(text)
+            .context("not an .hgrm file")?
+            .into_iter()
+            .filter(|&(_, percentile, _)| percentile < 1.0)
+            .map(|(value, percentile, _)| (1.0 / (1.0 - percentile), value * OUTPUT_SCALING))
+            .collect();
+        Ok(Curve { label: label.to_string(), points })
+    }
+}
+
+/// Draws one or more curves in one plot (`.svg` or `.png`), the way runs are compared.
+pub fn plot_curves(curves: &[Curve], path: &Path, title: &str) -> anyhow::Result<()> {
     use plotters::prelude::*;
     register_font()?;
     const SIZE: (u32, u32) = (960, 540);
     match path.extension().and_then(|e| e.to_str()) {
-        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), histogram, title)?,
-        Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), histogram, title)?,
+        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), curves, title)?,
+        Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), curves, title)?,
         _ => bail!("{}: the plot file must end in .svg or .png", path.display()),
     }
     .with_context(|| format!("writing {}", path.display()))
@@ -118,7 +156,7 @@ fn register_font() -> anyhow::Result<()> {
 /// Draws the plot on any backend; the outer result is drawing, the inner writing.
 fn draw<DB>(
     root: plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
-    histogram: &Histogram<u64>,
+    curves: &[Curve],
     title: &str,
 ) -> anyhow::Result<anyhow::Result<()>>
 where
@@ -126,13 +164,9 @@ where
     DB::ErrorType: 'static,
 {
     use plotters::prelude::*;
-    let points: Vec<(f64, f64)> = histogram
-        .iter_quantiles(5)
-        .filter(|v| v.quantile_iterated_to() < 1.0)
-        .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), v.value_iterated_to() as f64))
-        .collect();
-    let x_max = points.iter().map(|p| p.0).fold(10.0, f64::max) * 1.5;
-    let y_max = (histogram.max() as f64 * 1.1).max(1.0);
+    let all = || curves.iter().flat_map(|c| c.points.iter());
+    let x_max = all().map(|p| p.0).fold(10.0, f64::max) * 1.5;
+    let y_max = (all().map(|p| p.1).fold(0.0, f64::max) * 1.1).max(1.0);
     let failed = |error: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the plot: {error:?}");
     root.fill(&WHITE).map_err(failed)?;
     let mut chart = ChartBuilder::on(&root)
@@ -150,7 +184,26 @@ where
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(failed)?;
-    chart.draw_series(LineSeries::new(points, &BLUE)).map_err(failed)?;
+    let colours = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (index, curve) in curves.iter().enumerate() {
+        let colour = colours[index % colours.len()];
+        let series =
+            chart.draw_series(LineSeries::new(curve.points.iter().copied(), colour)).map_err(failed)?;
+        if !curve.label.is_empty() {
+            series
+                .label(curve.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        }
+    }
+    if curves.iter().any(|c| !c.label.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(failed)?;
+    }
     Ok(root.present().map_err(|error| anyhow::anyhow!("{error:?}")))
 }
 
@@ -179,6 +232,29 @@ mod tests {
         assert_eq!((width, height), (960, 540));
         // Axes, labels and a curve compress to more than a blank canvas does.
         assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn hgrm_files_read_back_and_overlay() {
+        let written = hgrm(&sample(), 5);
+        let curve = Curve::from_hgrm(&written, "a").unwrap();
+        let direct = Curve::of(&sample(), "a");
+        assert_eq!(curve.points.len(), direct.points.len());
+        for (read, recorded) in curve.points.iter().zip(&direct.points) {
+            assert!((read.1 - recorded.1).abs() < 1.0, "{read:?} vs {recorded:?}");
+        }
+        assert!(Curve::from_hgrm("not a histogram", "x").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cmp.svg");
+        plot_curves(&[curve, Curve { label: "b".into(), ..direct }], &path, "compare").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split('<').next())
+            .map(str::trim)
+            .collect();
+        assert!(texts.contains(&"a") && texts.contains(&"b"), "both curves are in the legend: {texts:?}");
     }
 
     #[test]
