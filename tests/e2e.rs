@@ -125,11 +125,9 @@ fn ledger_over_http_and_tcp() {
         page.json["transfers"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(second, ["201", "202"]);
     assert_eq!(get(http, "/accounts/77", Some(API_KEY)).unwrap().status, 404);
-    assert_eq!(
-        get(http, "/transfers/101", Some(API_KEY)).unwrap().status,
-        404,
-        "rejected transfers are not stored"
-    );
+    let rejected = get(http, "/transfers/101", Some(API_KEY)).unwrap();
+    assert_eq!(rejected.status, 200, "a rejected transfer says how it was decided: {}", rejected.body);
+    assert_ne!(rejected.json["result"], "ok", "{}", rejected.body);
     let balance = get(http, "/accounts/1", Some(API_KEY)).unwrap();
     assert_eq!(balance.json["balance"], "-985");
 
@@ -184,6 +182,19 @@ fn ledger_over_http_and_tcp() {
         assert!(error["message"].as_str().unwrap().contains(field), "{body}: {}", response.body);
     }
     assert_eq!(get(cluster.sequencer_status, "/status", None).unwrap().json["last_sequence"], before);
+    // A refused transfer can be looked up: how it was decided, not a bare 404.
+    let refused = post(
+        http,
+        "/transfers",
+        r#"{"id":"424242","debit_account_id":"2","credit_account_id":"1","amount":999999999,"ledger":840,"code":1}"#,
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let decided = get(http, "/transfers/424242", Some(API_KEY)).unwrap();
+    assert_eq!(decided.status, 200, "{}", decided.body);
+    assert_eq!(decided.json["result"], refused.json["result"], "{}", decided.body);
+    assert_eq!(decided.json["sequence"], refused.json["sequence"], "{}", decided.body);
+    let never = get(http, "/transfers/424243", Some(API_KEY)).unwrap();
+    assert_eq!(never.status, 404, "{}", never.body);
     // Errors outside the routes have the same JSON shape.
     let missing = get(http, "/no-such-route", Some(API_KEY)).unwrap();
     assert_eq!(

@@ -303,9 +303,22 @@ async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, head
         Ok(model) => model,
         Err(response) => return response,
     };
-    match model.transfer(id) {
-        Some(record) => Json(transfer_json(record)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("transfer {id} not found")),
+    match (model.transfer(id), model.rejection(id)) {
+        (Some(record), _) => Json(transfer_json(record)).into_response(),
+        // Decided, but refused: say how, rather than a bare 404.
+        (None, Some(refused)) => Json(json!({
+            "id": id.to_string(),
+            "debit_account_id": refused.debit_account_id.to_string(),
+            "credit_account_id": refused.credit_account_id.to_string(),
+            "amount": refused.amount.to_string(),
+            "ledger": refused.ledger,
+            "code": refused.code,
+            "timestamp": refused.timestamp_ns,
+            "sequence": refused.sequence,
+            "result": refused.result.snake_name(),
+        }))
+        .into_response(),
+        (None, None) => error(StatusCode::NOT_FOUND, format!("transfer {id} was never decided")),
     }
 }
 

@@ -63,6 +63,30 @@ pub struct ReadModel {
     len: u32,
     by_id: IdIndex,
     history: HashMap<u128, Vec<u32>>,
+    /// The last refusal of each transfer id never applied, so that a client can ask
+    /// how an id was decided, not only whether it was applied.
+    rejected: HashMap<u128, Rejection>,
+}
+
+/// How a transfer that was never applied was last refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Its event's sequence and time stamp.
+    pub sequence: u64,
+    /// When it was decided.
+    pub timestamp_ns: u64,
+    /// Why it was refused.
+    pub result: ResultCode,
+    /// The command's fields, as the event records them.
+    pub debit_account_id: u128,
+    /// Credit side.
+    pub credit_account_id: u128,
+    /// Amount asked for.
+    pub amount: u64,
+    /// Ledger.
+    pub ledger: u32,
+    /// Code.
+    pub code: u16,
 }
 
 impl Default for ReadModel {
@@ -88,6 +112,7 @@ impl ReadModel {
             len: 0,
             by_id,
             history: HashMap::new(),
+            rejected: HashMap::new(),
         }
     }
 
@@ -112,6 +137,11 @@ impl ReadModel {
             return None; // never a transfer id, and the index's empty-slot marker
         }
         self.by_id.get(id).map(|index| self.record(index as u32))
+    }
+
+    /// How transfer `id` was last refused, if it was never applied.
+    pub fn rejection(&self, id: u128) -> Option<&Rejection> {
+        self.rejected.get(&id)
     }
 
     /// Up to `limit` transfers of `account` with a sequence above `after`, in order.
@@ -205,6 +235,24 @@ impl ReadModel {
             self.by_id.insert_at(slot, record.id, u64::from(index));
             self.history.entry(record.debit_account_id).or_default().push(index);
             self.history.entry(record.credit_account_id).or_default().push(index);
+            self.rejected.remove(&record.id);
+        } else if let Frame::TransferEvent(event) = &decoded {
+            // A refusal (not a retry of an applied id): remember the latest one.
+            let id = event.id.get();
+            let refused = event.result().ok().filter(|code| *code != ResultCode::Ok);
+            if let (Some(result), None) = (refused, self.by_id.get(id)) {
+                let rejection = Rejection {
+                    sequence: event.sequence.get(),
+                    timestamp_ns: event.timestamp_ns.get(),
+                    result,
+                    debit_account_id: event.debit_account_id.get(),
+                    credit_account_id: event.credit_account_id.get(),
+                    amount: event.amount.get(),
+                    ledger: event.ledger.get(),
+                    code: event.code.get(),
+                };
+                self.rejected.insert(id, rejection);
+            }
         }
         Ok(())
     }
@@ -289,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn rejected_transfers_are_not_indexed() {
+    fn rejected_transfers_are_not_indexed_but_say_how_they_were_decided() {
         let log =
             [account(1, 1), account(2, 2), transfer(3, 7, 1, 2, ResultCode::InsufficientFunds)].concat();
         let mut model = ReadModel::new();
@@ -297,6 +345,9 @@ mod tests {
         assert!(model.transfer(7).is_none());
         assert!(model.history(1, 0, 10).is_empty());
         assert_eq!(model.next_sequence(), 4);
+        let refused = model.rejection(7).expect("the refusal is remembered");
+        assert_eq!((refused.sequence, refused.result), (3, ResultCode::InsufficientFunds));
+        assert!(model.rejection(8).is_none());
     }
 
     #[test]
