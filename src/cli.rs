@@ -229,7 +229,12 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SequencerArgs {
     /// Folder for the journal segments and snapshots (created if missing).
-    #[arg(long, env = "LEDGERBUS_DATA_DIR", default_value = "./data/sequencer", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "LEDGERBUS_SEQUENCER_DATA_DIR",
+        default_value = "./data/sequencer",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// TCP address where gateways connect.
@@ -291,11 +296,16 @@ pub struct SequencerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
     /// HTTP/JSON API address.
-    #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "LEDGERBUS_GATEWAY_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub http_listen: SocketAddr,
 
     /// TCP/SBE API address.
-    #[arg(long, env = "LEDGERBUS_TCP_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    #[arg(long, env = "LEDGERBUS_GATEWAY_TCP_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
     pub tcp_listen: SocketAddr,
 
     /// The sequencer's gateway address.
@@ -376,7 +386,7 @@ pub struct ConsumerArgs {
     pub kind: ConsumerKind,
 
     /// UDP address where this consumer receives the stream.
-    #[arg(long, env = "LEDGERBUS_LISTEN", default_value = "127.0.0.1:7100", value_name = "ADDR")]
+    #[arg(long, env = "LEDGERBUS_CONSUMER_LISTEN", default_value = "127.0.0.1:7100", value_name = "ADDR")]
     pub listen: SocketAddr,
 
     /// The sequencer's control address (NAKs, status messages).
@@ -395,7 +405,7 @@ pub struct ConsumerArgs {
     #[arg(
         long,
         visible_alias = "data",
-        env = "LEDGERBUS_DATA_DIR",
+        env = "LEDGERBUS_CONSUMER_DATA_DIR",
         default_value = "./data/consumer",
         value_name = "DIR"
     )]
@@ -417,7 +427,12 @@ pub struct ConsumerArgs {
     pub snapshot_every: u64,
 
     /// HTTP address of the query API (memory) or status endpoint (disk).
-    #[arg(long, env = "LEDGERBUS_HTTP_LISTEN", default_value = "127.0.0.1:8081", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "LEDGERBUS_CONSUMER_HTTP_LISTEN",
+        default_value = "127.0.0.1:8081",
+        value_name = "ADDR"
+    )]
     pub http_listen: SocketAddr,
 
     /// Out-of-order datagrams buffered while a gap is repaired (memory: this × --mtu).

@@ -278,3 +278,30 @@ fn io_errors_name_the_path_and_say_it_once() {
     assert!(text.contains("/etc/passwd"), "{text}");
     assert_eq!(text.matches("Not a directory").count(), 1, "{text}");
 }
+
+/// Two components never read the same environment variable for different things: a
+/// shell that configures one must not silently reconfigure another.
+#[test]
+fn component_settings_have_their_own_environment_names() {
+    let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli.rs")).unwrap().lines() {
+        if let Some(rest) = line.split("env = \"").nth(1) {
+            let name = rest.split('"').next().unwrap().to_string();
+            seen.entry(name).or_default().push(line.trim().to_string());
+        }
+    }
+    // Shared on purpose: one secret, one set of keys, one policy, one capacity for all.
+    let shared = [
+        "LEDGERBUS_SEQUENCER_SECRET",
+        "LEDGERBUS_API_KEYS",
+        "LEDGERBUS_DURABILITY",
+        "LEDGERBUS_TRANSFER_CAPACITY",
+        "LEDGERBUS_BENCH_DURATION",
+    ];
+    for (name, uses) in seen {
+        assert!(
+            uses.len() == 1 || shared.contains(&name.as_str()),
+            "{name} is read by several settings: {uses:?}"
+        );
+    }
+}
