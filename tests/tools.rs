@@ -64,6 +64,8 @@ fn bench_e2e_spawns_the_system_and_writes_hgrm_and_plot() {
     }
     assert!(report["accepted"].as_u64().unwrap() > 1_000, "{report}");
     assert!(report["rejected"].as_u64().unwrap() > 0, "overdraft attempts are rejected: {report}");
+    assert!(report["accepted_p50_us"].as_u64().unwrap() > 0, "accepted latency apart: {report}");
+    assert!(report["rejected_p50_us"].as_u64().unwrap() > 0, "rejected latency apart: {report}");
     assert_eq!(report["errors"], 0);
 
     let rows = ledgerbus_tools::histogram::parse_hgrm(&std::fs::read_to_string(&hgrm).unwrap()).unwrap();

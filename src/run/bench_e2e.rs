@@ -108,6 +108,10 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     println!("  errors      {:>12}", report.errors);
     println!("  latency per request (from intended send time):");
     print!("{}", histogram::table(&histogram));
+    println!(
+        "  all accepted      p50 {} µs, p99 {} µs;  with a rejection  p50 {} µs, p99 {} µs",
+        report.accepted_p50_us, report.accepted_p99_us, report.rejected_p50_us, report.rejected_p99_us
+    );
     if let Some(path) = &args.hgrm {
         std::fs::write(path, histogram::hgrm(&histogram, 5))
             .with_context(|| format!("writing {}", path.display()))?;

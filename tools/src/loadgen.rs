@@ -74,6 +74,14 @@ pub struct E2eReport {
     pub p9999_us: u64,
     /// Max.
     pub max_us: u64,
+    /// p50 of requests whose transfers were all accepted, µs.
+    pub accepted_p50_us: u64,
+    /// p99 of those.
+    pub accepted_p99_us: u64,
+    /// p50 of requests with a rejected transfer, µs (0 if none).
+    pub rejected_p50_us: u64,
+    /// p99 of those.
+    pub rejected_p99_us: u64,
     /// Transfers applied.
     pub accepted: u64,
     /// Transfers rejected by a business rule (overdraft attempts are part of the mix).
@@ -123,6 +131,38 @@ impl Accounts {
 
     fn user(&self, index: u64) -> u128 {
         self.base + 1_000 + u128::from(index % self.users)
+    }
+}
+
+/// Request latencies, in µs: all of them (the figures and the `.hgrm`), and split by
+/// outcome, since a refusal can be decided faster or slower than an application.
+#[derive(Clone)]
+pub struct Latency {
+    /// Every answered request.
+    pub all: Histogram<u64>,
+    /// Requests whose transfers were all accepted.
+    pub accepted: Histogram<u64>,
+    /// Requests with at least one transfer rejected by a rule.
+    pub rejected: Histogram<u64>,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        Latency { all: new_histogram(), accepted: new_histogram(), rejected: new_histogram() }
+    }
+
+    fn record(&mut self, micros: u64, results: &[Option<ResultCode>]) {
+        let _ = self.all.record(micros);
+        let refused = results.iter().any(|r| {
+            matches!(r, Some(code) if !matches!(code, ResultCode::Ok | ResultCode::Exists | ResultCode::Busy))
+        });
+        let _ = if refused { self.rejected.record(micros) } else { self.accepted.record(micros) };
+    }
+
+    fn add(&mut self, other: &Latency) {
+        let _ = self.all.add(&other.all);
+        let _ = self.accepted.add(&other.accepted);
+        let _ = self.rejected.add(&other.rejected);
     }
 }
 
@@ -310,7 +350,7 @@ pub async fn run(
     let accounts = Accounts::for_this_run(options.accounts);
     set_up(&setup, accounts).await?;
     let counters = Arc::new(Counters::default());
-    let histogram = Arc::new(Mutex::new(new_histogram()));
+    let histogram = Arc::new(Mutex::new(Latency::new()));
     let prefix = run_prefix();
     let start = Instant::now();
     let deadline = start + options.duration;
@@ -376,7 +416,8 @@ pub async fn run(
         }
     }
     let elapsed_sec = start.elapsed().as_secs_f64();
-    let histogram = histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| new_histogram());
+    let latency = histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| Latency::new());
+    let histogram = latency.all.clone();
     let (accepted, rejected, errors) = (
         counters.accepted.load(Ordering::Relaxed),
         counters.rejected.load(Ordering::Relaxed),
@@ -390,6 +431,10 @@ pub async fn run(
         p999_us: histogram.value_at_quantile(0.999),
         p9999_us: histogram.value_at_quantile(0.9999),
         max_us: histogram.max(),
+        accepted_p50_us: latency.accepted.value_at_quantile(0.5),
+        accepted_p99_us: latency.accepted.value_at_quantile(0.99),
+        rejected_p50_us: latency.rejected.value_at_quantile(0.5),
+        rejected_p99_us: latency.rejected.value_at_quantile(0.99),
         accepted,
         rejected,
         errors,
@@ -421,10 +466,10 @@ async fn closed_loop(
     depth: u32,
     deadline: Instant,
     counters: Arc<Counters>,
-    histogram: Arc<Mutex<Histogram<u64>>>,
+    histogram: Arc<Mutex<Latency>>,
 ) {
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut local = new_histogram();
+    let mut local = Latency::new();
     while Instant::now() < deadline || !in_flight.is_empty() {
         while in_flight.len() < depth as usize && Instant::now() < deadline {
             let transfers = workload.batch(batch);
@@ -440,12 +485,12 @@ async fn closed_loop(
         }
         let Some(Ok((latency, results))) = in_flight.join_next().await else { continue };
         if let Some(latency) = latency {
-            let _ = local.record(latency.as_micros().max(1) as u64);
+            local.record(latency.as_micros().max(1) as u64, &results);
         }
         count(&counters, results.into_iter());
     }
     if let Ok(mut shared) = histogram.lock() {
-        let _ = shared.add(&local);
+        shared.add(&local);
     }
 }
 
@@ -510,7 +555,7 @@ async fn open_loop_tcp(
     batch: u32,
     schedule: Schedule,
     counters: Arc<Counters>,
-    histogram: Arc<Mutex<Histogram<u64>>>,
+    histogram: Arc<Mutex<Latency>>,
 ) {
     let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
     let pacer_thread = std::thread::spawn(move || {
@@ -520,7 +565,7 @@ async fn open_loop_tcp(
             sent_tx.send((intended, pending)).is_ok()
         })
     });
-    let mut local = new_histogram();
+    let mut local = Latency::new();
     while let Some((intended, pending)) = sent.recv().await {
         let results: Vec<Option<ResultCode>> = match pending {
             Ok(pending) => match answered_by(schedule.deadline, pending.outcomes()).await {
@@ -530,12 +575,12 @@ async fn open_loop_tcp(
             Err(count) => vec![None; count],
         };
         // Latency from when the request was due, not when it left.
-        let _ = local.record(intended.elapsed().as_micros().max(1) as u64);
+        local.record(intended.elapsed().as_micros().max(1) as u64, &results);
         count(&counters, results.into_iter());
     }
     let _ = pacer_thread.join();
     if let Ok(mut shared) = histogram.lock() {
-        let _ = shared.add(&local);
+        shared.add(&local);
     }
 }
 
@@ -545,18 +590,18 @@ async fn open_loop(
     batch: u32,
     schedule: Schedule,
     counters: Arc<Counters>,
-    histogram: Arc<Mutex<Histogram<u64>>>,
+    histogram: Arc<Mutex<Latency>>,
 ) {
     let (tick_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
     let pacer_thread = std::thread::spawn(move || pace(schedule, |intended| tick_tx.send(intended).is_ok()));
     let mut in_flight: tokio::task::JoinSet<(Option<u64>, Vec<Option<ResultCode>>)> =
         tokio::task::JoinSet::new();
-    let mut local = new_histogram();
+    let mut local = Latency::new();
     while let Some(intended) = ticks.recv().await {
         // Collect what finished meanwhile, without waiting.
         while let Some(Ok((latency, results))) = in_flight.try_join_next() {
             if let Some(latency) = latency {
-                let _ = local.record(latency);
+                local.record(latency, &results);
             }
             count(&counters, results.into_iter());
         }
@@ -575,12 +620,12 @@ async fn open_loop(
     let _ = pacer_thread.join();
     while let Some(Ok((latency, results))) = in_flight.join_next().await {
         if let Some(latency) = latency {
-            let _ = local.record(latency);
+            local.record(latency, &results);
         }
         count(&counters, results.into_iter());
     }
     if let Ok(mut shared) = histogram.lock() {
-        let _ = shared.add(&local);
+        shared.add(&local);
     }
 }
 
