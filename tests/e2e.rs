@@ -124,6 +124,8 @@ fn ledger_over_http_and_tcp() {
     let second: Vec<&str> =
         page.json["transfers"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(second, ["201", "202"]);
+    let bad_cursor = get(http, "/accounts/2/transfers?after=12", Some(API_KEY)).unwrap();
+    assert_eq!((bad_cursor.status, &bad_cursor.json["error"]["param"]), (400, &serde_json::json!("after")));
     assert_eq!(get(http, "/accounts/77", Some(API_KEY)).unwrap().status, 404);
     let rejected = get(http, "/transfers/101", Some(API_KEY)).unwrap();
     assert_eq!(rejected.status, 200, "a rejected transfer says how it was decided: {}", rejected.body);

@@ -144,6 +144,22 @@ async fn require_api_key(
     }
 }
 
+/// The opaque cursor of a page that ends at `sequence`: clients pass it back as is
+/// (what it encodes may change).
+fn cursor(sequence: u64) -> String {
+    format!("c{sequence:x}")
+}
+
+fn cursor_position(cursor: &str) -> Option<u64> {
+    u64::from_str_radix(cursor.strip_prefix('c')?, 16).ok()
+}
+
+/// A 400 naming the query parameter at fault.
+fn bad_param(param: &str, message: impl Into<String>) -> Response {
+    let body = json!({ "error": { "code": "invalid_request", "param": param, "message": message.into() } });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
 /// An error answer in the API's one error shape (see the gateway's `json::error_body`),
 /// which the gateway passes through unchanged.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -271,12 +287,12 @@ async fn get_history(
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 100,
         Some(Ok(limit)) if (1..=HISTORY_LIMIT_MAX).contains(&limit) => limit,
-        Some(_) => return error(StatusCode::BAD_REQUEST, format!("limit must be 1..={HISTORY_LIMIT_MAX}")),
+        Some(_) => return bad_param("limit", format!("limit must be 1..={HISTORY_LIMIT_MAX}")),
     };
-    let after = match query.after.as_deref().map(str::parse::<u64>) {
+    let after = match query.after.as_deref().map(cursor_position) {
         None => 0,
-        Some(Ok(after)) => after,
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after must be a sequence number (u64)"),
+        Some(Some(after)) => after,
+        Some(None) => return bad_param("after", "after must be a next_after cursor from an earlier page"),
     };
     let model = match caught_up(&shared, &headers).await {
         Ok(model) => model,
@@ -286,7 +302,7 @@ async fn get_history(
         return error(StatusCode::NOT_FOUND, format!("account {id} not found"));
     }
     let page = model.history(id, after, limit);
-    let next = (page.len() == limit).then(|| page.last().map(|r| r.sequence.to_string())).flatten();
+    let next = (page.len() == limit).then(|| page.last().map(|r| cursor(r.sequence))).flatten();
     Json(json!({
         "transfers": page.iter().map(transfer_json).collect::<Vec<_>>(),
         "next_after": next,
