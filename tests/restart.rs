@@ -48,7 +48,7 @@ fn gateway_and_consumers_ride_out_a_sequencer_restart() {
     );
     std::thread::sleep(Duration::from_millis(100));
     let account = get(http, "/accounts/2", Some(API_KEY)).unwrap();
-    assert_eq!(account.json["credits_posted"], "10");
+    assert_eq!(account.json["credits_posted"], "10", "{} {}", account.status, account.body);
     for consumer in [cluster.memory_http, cluster.disk_http] {
         let (_, consumer_hash, sequencer_hash) = cluster.converge(consumer);
         assert_eq!(consumer_hash, sequencer_hash);

@@ -135,7 +135,12 @@ fn authenticate_replay(stream: &mut TcpStream, key: &ReplayKey) -> io::Result<([
             "{e}: this is not a ledgerbus replay service (the sequencer's --replay-listen, 127.0.0.1:7002 by default)"
         ))
     };
-    read_frame(stream, &mut buf).map_err(|e| not_replay(&e))?;
+    // A connection that drops here is a sequencer going away or restarting (retried by
+    // the caller): keep its kind. Bytes that are not a challenge are the wrong port.
+    read_frame(stream, &mut buf).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => not_replay(&e),
+        _ => e,
+    })?;
     let nonce = decode::<Challenge>(&buf).map_err(|e| not_replay(&e))?.0.nonce;
     let answer = Authenticate { gateway_id: 0.into(), reserved: [0; 4], mac: auth::answer(&key.0, &nonce) };
     let mut bytes = [0u8; Authenticate::FRAME_SIZE];
