@@ -39,6 +39,11 @@ impl ClusterFile {
         toml::from_str(&text).with_context(|| format!("{} is not a ledgerbus cluster file", path.display()))
     }
 
+    /// The file behind a `--cluster` flag, if one was given.
+    pub fn load_if(path: Option<&Path>) -> anyhow::Result<Option<ClusterFile>> {
+        path.map(ClusterFile::load).transpose()
+    }
+
     /// Writes it, with a comment per address.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let line =

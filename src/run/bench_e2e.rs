@@ -38,10 +38,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     let (gateway_tcp, gateway_http, api_key) = match &system {
         Some(system) => (system.addresses.gateway_tcp, system.addresses.gateway_http, system.api_key.clone()),
         None => {
-            let cluster = match &args.cluster {
-                Some(path) => Some(crate::cluster_file::ClusterFile::load(path)?),
-                None => None,
-            };
+            let cluster = crate::cluster_file::ClusterFile::load_if(args.cluster.as_deref())?;
             let tcp = args
                 .gateway
                 .or(cluster.as_ref().map(|c| c.gateway_tcp))

@@ -21,10 +21,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     if let Some(ReplayAction::Nak(nak)) = &args.action {
         return run_nak(nak);
     }
-    let from_cluster = match &args.cluster {
-        Some(path) => Some(ClusterFile::load(path)?.sequencer_replay),
-        None => None,
-    };
+    let from_cluster = ClusterFile::load_if(args.cluster.as_deref())?.map(|c| c.sequencer_replay);
     let source = match (args.from_sequencer.or(from_cluster), &args.journal) {
         (Some(address), _) => Source::Sequencer(address, args.bus.keys()?.replay_key()),
         (None, Some(dir)) => Source::Journal(dir.clone()),
@@ -220,10 +217,7 @@ fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyh
 }
 
 fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
-    let cluster = match &args.cluster {
-        Some(path) => Some(ClusterFile::load(path)?),
-        None => None,
-    };
+    let cluster = ClusterFile::load_if(args.cluster.as_deref())?;
     let control = args
         .sequencer
         .or(cluster.as_ref().map(|c| c.sequencer_control))
@@ -247,7 +241,7 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
         args.from + u64::from(args.count),
         control
     );
-    let replies = replay::nak(
+    let lines = replay::nak(
         control,
         &args.bus.security()?,
         session,
@@ -256,10 +250,10 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
         args.count,
         Duration::from_millis(args.wait_ms),
     )?;
-    for line in &replies.lines {
+    for line in &lines {
         println!("{line}");
     }
-    if replies.lines.is_empty() {
+    if lines.is_empty() {
         bail!(
             "no repair of {}..{} from {control} within {} ms: is it the sequencer's control port (UDP, 7001 by default)?",
             args.from,

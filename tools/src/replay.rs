@@ -13,7 +13,7 @@ use ledgerbus_codec::{CrcCheck, Frame, Packet, PacketKind, PacketWriter};
 use ledgerbus_ledger::Ledger;
 use ledgerbus_sequencer::core::SequencerCore;
 use ledgerbus_sequencer::journal::{event_sequence, list_segments, Record, SegmentReader};
-use ledgerbus_transport::security::{Opener, Sealer};
+use ledgerbus_transport::security::NodeSeal;
 use ledgerbus_transport::{BusSecurity, ReplayKey};
 
 /// Where the events come from.
@@ -184,17 +184,9 @@ fn read_journal(
     Ok(())
 }
 
-/// What came back for a NAK.
-#[derive(Debug, Clone, Default)]
-pub struct NakReplies {
-    /// A line per retransmitted event of the NAKed range, or per "not retransmittable".
-    pub lines: Vec<String>,
-    /// The next sequence the sequencer announced in its heartbeats, if one came.
-    pub next_sequence: Option<u64>,
-}
-
 /// Sends one NAK for `from..from+count` to a sequencer's control address and returns
-/// what came back for that range within `wait`.
+/// a line per reply about that range received within `wait` (retransmitted events, "not
+/// retransmittable", datagrams that do not authenticate).
 pub fn nak(
     sequencer: SocketAddr,
     security: &BusSecurity,
@@ -203,25 +195,17 @@ pub fn nak(
     from: u64,
     count: u32,
     wait: Duration,
-) -> anyhow::Result<NakReplies> {
+) -> anyhow::Result<Vec<String>> {
     let socket = UdpSocket::bind(if sequencer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     // On a sealed bus the probe seals what it sends and opens what it gets, as a
     // consumer does; the sequencer ignores anything else.
-    let mut seal = match security {
-        BusSecurity::None => None,
-        BusSecurity::Aead(keys) => {
-            let mut instance = [0u8; 8];
-            getrandom::fill(&mut instance).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            Some((
-                Sealer::new(keys.clone(), u32::MAX, u64::from_le_bytes(instance)),
-                Opener::new(keys.clone()),
-            ))
-        }
-    };
+    let mut instance = [0u8; 8];
+    getrandom::fill(&mut instance).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let mut seal = NodeSeal::new(security, u32::MAX, u64::from_le_bytes(instance), 65_536);
     let mut send = |buf: &mut [u8], size: usize| -> std::io::Result<()> {
         let size = match &mut seal {
-            Some((sealer, _)) => sealer.seal(buf, size),
+            Some(seal) => seal.seal(buf, size),
             None => size,
         };
         socket.send_to(&buf[..size], sequencer).map(|_| ())
@@ -243,15 +227,13 @@ pub fn nak(
     let size = writer.finish(0);
     send(&mut buf, size)?;
     let mut lines = Vec::new();
-    let mut next_sequence = None;
     let mut datagram = vec![0u8; 65_536];
-    let mut opened = vec![0u8; 65_536];
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         let Ok((size, _)) = socket.recv_from(&mut datagram) else { continue };
         let plain = match &mut seal {
-            Some((_, opener)) => match opener.open(&datagram[..size], &mut opened) {
-                Ok((size, _)) => &opened[..size],
+            Some(seal) => match seal.open(&datagram[..size]) {
+                Ok(plain) => plain,
                 Err(error) => {
                     lines.push(format!("a datagram that does not authenticate: {error}"));
                     continue;
@@ -281,13 +263,14 @@ pub fn nak(
                     reply.from_sequence.get() + u64::from(reply.count.get()),
                     reply.oldest_retained_sequence.get()
                 )),
-                Ok(Frame::Heartbeat(heartbeat)) => next_sequence = Some(heartbeat.next_sequence.get()),
+                // Heartbeats say nothing about the NAKed range.
+                Ok(Frame::Heartbeat(_)) => {}
                 Ok(other) => lines.push(format!("control message {}", other.template_id())),
                 Err(error) => lines.push(format!("bad control message: {error}")),
             },
         }
     }
-    Ok(NakReplies { lines, next_sequence })
+    Ok(lines)
 }
 
 /// Writes `bytes` to stdout, treating a closed pipe as the reader being done.

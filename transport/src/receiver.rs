@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ConfigError, DeliveryMode, ReceiverConfig};
 use crate::reorder::{Insert, ReorderBuffer};
-use crate::security::{BusSecurity, Opener, Sealer};
+use crate::security::NodeSeal;
 use crate::stats::ReceiverStats;
 use crate::MonoTime;
 
@@ -93,9 +93,7 @@ pub struct Receiver {
     events: VecDeque<ReceiverEvent>,
     rng: ChaCha8Rng,
     /// Seals what goes out and opens what comes in, when the bus is secured.
-    seal: Option<(Sealer, Opener)>,
-    /// Where an incoming datagram is opened (as large as the largest datagram).
-    scratch: Vec<u8>,
+    seal: Option<NodeSeal>,
     stats: ReceiverStats,
 }
 
@@ -110,15 +108,9 @@ impl Receiver {
         now: MonoTime,
     ) -> Result<Receiver, ConfigError> {
         config.validate()?;
-        let seal = match &config.security {
-            BusSecurity::None => None,
-            BusSecurity::Aead(keys) => Some((
-                Sealer::new(keys.clone(), config.receiver_id, config.instance),
-                Opener::new(keys.clone()),
-            )),
-        };
+        let seal =
+            NodeSeal::new(&config.security, config.receiver_id, config.instance, config.datagram_size_max);
         let receiver = Receiver {
-            scratch: vec![0; if seal.is_some() { config.datagram_size_max } else { 0 }],
             seal,
             reorder: ReorderBuffer::new(config.reorder_datagrams_max, config.datagram_size_max),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
@@ -198,17 +190,17 @@ impl Receiver {
         bytes: &[u8],
         deliver: &mut impl FnMut(u64, &[u8]),
     ) {
-        let Some((_, opener)) = &mut self.seal else {
+        // Out of `self` while its plaintext is handled (which never seals).
+        let Some(mut seal) = self.seal.take() else {
             self.handle_plain(now, bytes, CrcCheck::Verify, deliver);
             return;
         };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        match opener.open(bytes, &mut scratch) {
+        match seal.open(bytes) {
             // The tag proves integrity more strongly than the CRC would.
-            Ok((size, _origin)) => self.handle_plain(now, &scratch[..size], CrcCheck::Skip, deliver),
+            Ok(plain) => self.handle_plain(now, plain, CrcCheck::Skip, deliver),
             Err(_) => self.stats.unauthenticated += 1,
         }
-        self.scratch = scratch;
+        self.seal = Some(seal);
     }
 
     /// A datagram known to be authentic (or a bus without security).
@@ -330,7 +322,7 @@ impl Receiver {
         pushed.expect("a control message fits any valid datagram size");
         let size = writer.finish(now.as_nanos());
         Some(match &mut self.seal {
-            Some((sealer, _)) => sealer.seal(buf, size),
+            Some(seal) => seal.seal(buf, size),
             None => size,
         })
     }

@@ -452,6 +452,47 @@ impl Sealer {
     }
 }
 
+/// One node's sealing: its [`Sealer`] for what it sends, its [`Opener`] for what it
+/// receives, and the buffer datagrams are opened into. `None` on a bus without security.
+#[derive(Debug)]
+pub struct NodeSeal {
+    sealer: Sealer,
+    opener: Opener,
+    /// Where an incoming datagram is opened (as large as the largest datagram).
+    scratch: Vec<u8>,
+}
+
+impl NodeSeal {
+    /// Sealing for node `node_id` (random `instance`, new at every start), or `None`
+    /// when `security` is off; datagrams are at most `datagram_size_max` bytes.
+    pub fn new(
+        security: &BusSecurity,
+        node_id: u32,
+        instance: u64,
+        datagram_size_max: usize,
+    ) -> Option<NodeSeal> {
+        match security {
+            BusSecurity::None => None,
+            BusSecurity::Aead(keys) => Some(NodeSeal {
+                sealer: Sealer::new(keys.clone(), node_id, instance),
+                opener: Opener::new(keys.clone()),
+                scratch: vec![0; datagram_size_max],
+            }),
+        }
+    }
+
+    /// [`Sealer::seal`].
+    pub fn seal(&mut self, buf: &mut [u8], size: usize) -> usize {
+        self.sealer.seal(buf, size)
+    }
+
+    /// Verifies and decrypts `bytes`; returns the plaintext datagram.
+    pub fn open(&mut self, bytes: &[u8]) -> Result<&[u8], OpenError> {
+        let (size, _origin) = self.opener.open(bytes, &mut self.scratch)?;
+        Ok(&self.scratch[..size])
+    }
+}
+
 /// One derived key an [`Opener`] knows, with the replay guard of its sender.
 struct KnownSender {
     key_id: u32,

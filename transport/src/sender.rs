@@ -26,7 +26,7 @@ use ledgerbus_codec::{
 
 use crate::config::{ConfigError, DeliveryMode, SenderConfig};
 use crate::ring::Ring;
-use crate::security::{BusSecurity, Opener, Sealer, SENDER_NODE_ID};
+use crate::security::{NodeSeal, SENDER_NODE_ID};
 use crate::stats::SenderStats;
 use crate::MonoTime;
 
@@ -145,9 +145,7 @@ pub struct Sender {
     /// Largest datagram before sealing: the configured size less the seal's trailer.
     plain_max: usize,
     /// Seals what goes out and opens what comes in, when the bus is secured.
-    seal: Option<(Sealer, Opener)>,
-    /// Where an incoming datagram is opened (as large as the largest datagram).
-    scratch: Vec<u8>,
+    seal: Option<NodeSeal>,
     stats: SenderStats,
 }
 
@@ -158,15 +156,9 @@ impl Sender {
         config.validate()?;
         let ring = Ring::new(config.ring_datagrams, config.datagram_size_max);
         let retransmit_queue_max = config.ring_datagrams;
-        let seal = match &config.security {
-            BusSecurity::None => None,
-            BusSecurity::Aead(keys) => {
-                Some((Sealer::new(keys.clone(), SENDER_NODE_ID, config.instance), Opener::new(keys.clone())))
-            }
-        };
+        let seal = NodeSeal::new(&config.security, SENDER_NODE_ID, config.instance, config.datagram_size_max);
         let sender = Sender {
             plain_max: config.datagram_size_max - config.security.overhead(),
-            scratch: vec![0; if seal.is_some() { config.datagram_size_max } else { 0 }],
             seal,
             heartbeat_at: now,
             heartbeat_gap_us: config.heartbeat_interval_us,
@@ -273,16 +265,16 @@ impl Sender {
     /// Hostile or stray bytes are counted and dropped; on a secured bus nothing of a
     /// datagram is acted on before its tag verifies.
     pub fn handle_datagram(&mut self, now: MonoTime, source: SocketAddr, bytes: &[u8]) {
-        let Some((_, opener)) = &mut self.seal else {
+        // Out of `self` while its plaintext is handled (which never seals).
+        let Some(mut seal) = self.seal.take() else {
             self.handle_plain(now, source, bytes);
             return;
         };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        match opener.open(bytes, &mut scratch) {
-            Ok((size, _origin)) => self.handle_plain(now, source, &scratch[..size]),
+        match seal.open(bytes) {
+            Ok(plain) => self.handle_plain(now, source, plain),
             Err(_) => self.stats.unauthenticated += 1,
         }
-        self.scratch = scratch;
+        self.seal = Some(seal);
     }
 
     /// A datagram known to be authentic (or a bus without security).
@@ -347,9 +339,9 @@ impl Sender {
             .poll_retransmit(buf)
             .or_else(|| self.poll_control(now, buf))
             .or_else(|| self.poll_new_data(now, buf));
-        if let (Some(transmit), Some((sealer, _))) = (&mut transmit, &mut self.seal) {
+        if let (Some(transmit), Some(seal)) = (&mut transmit, &mut self.seal) {
             // Every transmission, a retransmission too, gets a new nonce.
-            transmit.size = sealer.seal(buf, transmit.size);
+            transmit.size = seal.seal(buf, transmit.size);
         }
         self.invariants();
         transmit
