@@ -317,7 +317,7 @@ fn hostile_bytes_on_the_gateway_tcp_port_close_only_that_connection() {
 /// wait behind the results of earlier commands still at the sequencer.
 #[test]
 fn a_full_gateway_answers_busy_in_command_order() {
-    use ledgerbus_codec::messages::{ClientHello, Transfer, TransferResult, Welcome};
+    use ledgerbus_codec::messages::{Transfer, TransferResult};
     use ledgerbus_codec::{decode, encode, Message, ResultCode};
     use std::io::{Read, Write};
 
@@ -333,15 +333,7 @@ fn a_full_gateway_answers_busy_in_command_order() {
     let _small = cluster.spawn_gateway(small_http, small_tcp, &["--queue-max", "8"]);
     wait_until("small gateway", || get(small_http, "/health", None).is_some_and(|r| r.status == 200));
 
-    let mut stream = std::net::TcpStream::connect(small_tcp).unwrap();
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    let mut key = [0u8; 64];
-    key[..API_KEY.len()].copy_from_slice(API_KEY.as_bytes());
-    let mut hello = [0u8; ClientHello::FRAME_SIZE];
-    encode(&ClientHello { api_key: key }, &mut hello).unwrap();
-    stream.write_all(&hello).unwrap();
-    let mut welcome = [0u8; Welcome::FRAME_SIZE];
-    stream.read_exact(&mut welcome).unwrap();
+    let mut stream = raw_tcp_client(small_tcp);
 
     // Many small writes, so that the gateway forwards many groups while earlier
     // ones are still at the sequencer and its queue of 8 overflows.

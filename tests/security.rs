@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ledgerbus_codec::messages::{ClientHello, Heartbeat, Nak, StatusMessage, TransferEvent, Welcome};
-use ledgerbus_codec::{encode, Id128, Message, PacketWriter, ResultCode};
+use ledgerbus_codec::messages::{Heartbeat, Nak, StatusMessage, TransferEvent};
+use ledgerbus_codec::{Id128, PacketWriter, ResultCode};
 
 fn transfer(id: u32, amount: u64) -> String {
     format!(
@@ -234,15 +234,7 @@ fn gateway_limits_answer_clearly() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 
     // A TCP client that stops in the middle of a frame after its hello is closed.
-    let mut stream = TcpStream::connect(tcp).unwrap();
-    let mut key = [0u8; 64];
-    key[..API_KEY.len()].copy_from_slice(API_KEY.as_bytes());
-    let mut hello = [0u8; ClientHello::FRAME_SIZE];
-    encode(&ClientHello { api_key: key }, &mut hello).unwrap();
-    stream.write_all(&hello).unwrap();
-    let mut welcome = [0u8; Welcome::FRAME_SIZE];
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.read_exact(&mut welcome).unwrap();
+    let mut stream = raw_tcp_client(tcp);
     stream.write_all(&[0x40, 0x00, 0x01]).unwrap(); // three bytes of a frame header
     let took = closed_within(&mut stream, Duration::from_secs(15)).expect("a stalled frame stays open");
     assert!(took < Duration::from_secs(5), "{took:?}");

@@ -278,33 +278,19 @@ fn replay_prints_verifies_republishes_and_naks() {
     assert_eq!(got, (5..=30).collect::<Vec<u64>>());
 
     // The NAK probe: the sequencer retransmits what is still in its ring.
-    let nak = ledgerbus(&[
-        "replay",
-        "nak",
-        "--sequencer",
-        &cluster.control.to_string(),
-        "--replay",
-        &replay_addr,
-        "--from",
-        "3",
-        "--count",
-        "2",
-    ]);
+    let control = cluster.control.to_string();
+    let nak_probe = |range: &[&str]| {
+        let mut args = vec!["replay", "nak", "--sequencer", &control, "--replay", &replay_addr];
+        args.extend_from_slice(range);
+        ledgerbus(&args)
+    };
+    let nak = nak_probe(&["--from", "3", "--count", "2"]);
     assert!(nak.status.success(), "{}{}", stdout(&nak), String::from_utf8_lossy(&nak.stderr));
     assert!(stdout(&nak).contains("retransmitted"), "{}", stdout(&nak));
     let retransmitted = stdout(&nak).lines().filter(|l| l.starts_with("retransmitted")).count();
     assert_eq!(retransmitted, 2, "only the NAKed range is shown: {}", stdout(&nak));
     // Beyond the head: said so, at once.
-    let beyond = ledgerbus(&[
-        "replay",
-        "nak",
-        "--sequencer",
-        &cluster.control.to_string(),
-        "--replay",
-        &replay_addr,
-        "--from",
-        "1000000",
-    ]);
+    let beyond = nak_probe(&["--from", "1000000"]);
     assert!(!beyond.status.success());
     assert!(String::from_utf8_lossy(&beyond.stderr).contains("beyond the head"), "{beyond:?}");
 }

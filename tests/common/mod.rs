@@ -247,6 +247,22 @@ pub fn request(
     Some(HttpResponse { status, body, json })
 }
 
+/// A raw connection to a gateway's TCP API, past the ClientHello/Welcome handshake.
+pub fn raw_tcp_client(address: SocketAddr) -> TcpStream {
+    use ledgerbus_codec::messages::{ClientHello, Welcome};
+    use ledgerbus_codec::{encode, Message};
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut key = [0u8; 64];
+    key[..API_KEY.len()].copy_from_slice(API_KEY.as_bytes());
+    let mut hello = [0u8; ClientHello::FRAME_SIZE];
+    encode(&ClientHello { api_key: key }, &mut hello).unwrap();
+    stream.write_all(&hello).unwrap();
+    let mut welcome = [0u8; Welcome::FRAME_SIZE];
+    stream.read_exact(&mut welcome).unwrap();
+    stream
+}
+
 pub fn get(address: SocketAddr, path: &str, key: Option<&str>) -> Option<HttpResponse> {
     request(address, "GET", path, key, None)
 }
