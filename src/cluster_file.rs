@@ -24,11 +24,11 @@ pub struct ClusterFile {
     pub sequencer_status: SocketAddr,
     /// Memory consumer, UDP stream.
     pub memory_consumer_udp: SocketAddr,
-    /// Memory consumer, HTTP query API and `/status`.
+    /// Memory consumer, HTTP query API, `/status` and `/metrics`.
     pub memory_consumer_http: SocketAddr,
     /// Disk consumer, UDP stream.
     pub disk_consumer_udp: SocketAddr,
-    /// Disk consumer, HTTP `/status`.
+    /// Disk consumer, HTTP `/status` and `/metrics`.
     pub disk_consumer_http: SocketAddr,
 }
 
@@ -62,9 +62,13 @@ impl ClusterFile {
             ),
             line("sequencer_status", self.sequencer_status, "sequencer: HTTP /status and /metrics"),
             line("memory_consumer_udp", self.memory_consumer_udp, "memory consumer: the stream, UDP"),
-            line("memory_consumer_http", self.memory_consumer_http, "memory consumer: query API and /status"),
+            line(
+                "memory_consumer_http",
+                self.memory_consumer_http,
+                "memory consumer: query API, /status and /metrics",
+            ),
             line("disk_consumer_udp", self.disk_consumer_udp, "disk consumer: the stream, UDP"),
-            line("disk_consumer_http", self.disk_consumer_http, "disk consumer: /status"),
+            line("disk_consumer_http", self.disk_consumer_http, "disk consumer: /status and /metrics"),
         ]
         .concat();
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))

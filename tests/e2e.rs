@@ -258,6 +258,35 @@ fn ledger_over_http_and_tcp() {
     let (sequence, disk, sequencer) = cluster.converge(cluster.disk_http);
     assert_eq!(disk, sequencer, "disk consumer hash at {sequence}");
 
+    // Every process serves Prometheus metrics: well-formed, with its own families,
+    // the process metrics, and no family named like another's `_total`.
+    let scrape = |address, must: &[&str]| {
+        let response = get(address, "/metrics", None).unwrap();
+        assert_eq!(response.status, 200, "{address}");
+        let samples = parse_exposition(&response.body);
+        for name in must.iter().chain(&["process_cpu_seconds_total", "process_resident_memory_bytes"]) {
+            assert!(
+                samples.iter().any(|(series, _)| series.starts_with(name)),
+                "{name} missing at {address}"
+            );
+        }
+        samples
+    };
+    let gateway = scrape(
+        http,
+        &["ledgerbus_gateway_commands_total", "ledgerbus_gateway_request_duration_seconds_bucket"],
+    );
+    let posts = r#"ledgerbus_gateway_request_duration_seconds_count{api="http",route="POST /transfers"}"#;
+    assert!(gateway.iter().any(|(series, value)| series == posts && *value >= 5.0), "{posts}");
+    scrape(cluster.sequencer_status, &["ledgerbus_events_total", "ledgerbus_fsync_seconds_bucket"]);
+    for (address, role) in [(cluster.memory_http, "memory"), (cluster.disk_http, "disk")] {
+        let samples =
+            scrape(address, &["ledgerbus_consumer_applied_sequence", "ledgerbus_consumer_naks_sent_total"]);
+        let applied = format!("ledgerbus_consumer_applied_sequence{{consumer=\"{role}\"}}");
+        let applied = samples.iter().find(|(series, _)| *series == applied).map(|(_, v)| *v as u64);
+        assert_eq!(applied, Some(sequence), "{role} consumer's applied sequence");
+    }
+
     // The OpenAPI document is served, is the file in the repo, and every documented
     // path is routed (no 404/405 for the documented method).
     let served = get(http, "/openapi.json", None).unwrap();
@@ -386,10 +415,48 @@ fn a_full_gateway_answers_busy_in_command_order() {
     assert_eq!(sample(r#"ledgerbus_gateway_busy_total{api="tcp"}"#), busy);
     assert_eq!(sample("ledgerbus_gateway_queue_max"), 8);
     assert_eq!(sample("ledgerbus_gateway_sequencer_connected"), 1);
-    assert_eq!(sample("ledgerbus_gateway_tcp_clients "), 1, "this client");
+    assert_eq!(sample("ledgerbus_gateway_tcp_clients_connected "), 1, "this client");
+    let submissions = r#"ledgerbus_gateway_request_duration_seconds_count{api="tcp",route="submit"}"#;
+    assert!(sample(submissions) > 0, "each submission's answer was timed");
     // Exactly the decided ones were applied.
     wait_until("the read model", || {
         get(cluster.gateway_http, "/accounts/2", Some(API_KEY))
             .is_some_and(|r| r.json["credits_posted"].as_str() == Some(ok.to_string().as_str()))
     });
+}
+
+/// Parses a Prometheus text exposition strictly enough to catch what breaks scrapers:
+/// every sample belongs to a family declared with `# TYPE`, every value parses, and
+/// no family is another's name plus `_total`. Returns (series, value) pairs.
+fn parse_exposition(text: &str) -> Vec<(String, f64)> {
+    let mut families = std::collections::BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(declaration) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = declaration.split_once(' ').expect("# TYPE name kind");
+            assert!(families.insert(name.to_string(), kind.to_string()).is_none(), "{name} declared twice");
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix).filter(|base| families.get(*base).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(families.contains_key(family), "{series} has no # TYPE");
+        samples.push((series.to_string(), value));
+    }
+    for name in families.keys() {
+        assert!(
+            !families.contains_key(&format!("{name}_total")),
+            "{name} and {name}_total are both families"
+        );
+    }
+    samples
 }

@@ -9,14 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::routing::get;
-use axum::{Json, Router};
 use ledgerbus_ledger::Ledger;
 use ledgerbus_sequencer::core::SequencerCore;
 use ledgerbus_sequencer::journal::{list_segments, Durability, JournalWriter};
 
 use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
-use crate::memory::status_json;
 
 /// Settings of the disk consumer.
 #[derive(Debug, Clone)]
@@ -121,7 +118,7 @@ impl DiskSink {
                 recovered.next_sequence
             ));
         }
-        progress.last_sequence.store(core.next_sequence() - 1, Ordering::Relaxed);
+        progress.applied_through(core.next_sequence() - 1);
         progress.state_hash.store(core.log_hash(), Ordering::Relaxed);
         progress.session.store(journal.session_id(), Ordering::Relaxed);
         let resumed = Resumed { snapshot_sequence, journal_events, next_sequence: core.next_sequence() };
@@ -216,7 +213,7 @@ pub fn run(
     http: std::net::TcpListener,
     stop: Arc<AtomicBool>,
 ) -> Result<(), FollowError> {
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::new("disk"));
     let has_journal =
         !list_segments(&journal_dir(&config.data_dir)).map_err(std::io::Error::other)?.is_empty();
     let session = if has_journal {
@@ -239,14 +236,6 @@ pub fn run(
         next = resumed.next_sequence,
         "disk consumer resumed"
     );
-    let status = Arc::clone(&progress);
-    let router = Router::new().route(
-        "/status",
-        get(move || {
-            let status = Arc::clone(&status);
-            async move { Json(status_json("disk", &status)) }
-        }),
-    );
-    ledgerbus_sequencer::metrics::serve_router(http, router, "disk-status-http")?;
+    ledgerbus_telemetry::serve_router(http, progress.routes(), "disk-status-http")?;
     follow(&mut sink, &follow_config, &progress, &stop)
 }

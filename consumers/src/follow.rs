@@ -9,12 +9,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Subscriber};
 use ledgerbus_transport::{ReceiverConfig, ReceiverEvent, ReplayKey};
+
+pub use crate::progress::Progress;
 
 /// Where events go.
 pub trait Sink {
@@ -49,21 +51,6 @@ pub struct FollowConfig {
     pub receiver: ReceiverConfig,
     /// Socket buffers.
     pub socket: SocketOptions,
-}
-
-/// Live numbers for `/status`.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Last applied sequence.
-    pub last_sequence: AtomicU64,
-    /// Events known to exist but not applied yet.
-    pub lag: AtomicU64,
-    /// Rolling hash after the last applied event.
-    pub state_hash: AtomicU64,
-    /// Session followed.
-    pub session: AtomicU64,
-    /// Datagrams dropped because their authentication tag did not verify.
-    pub unauthenticated: AtomicU64,
 }
 
 /// Why following stopped.
@@ -106,7 +93,7 @@ fn catch_up(sink: &mut impl Sink, config: &FollowConfig, progress: &Progress) ->
             "the sequencer started a new log; starting over from its first event"
         );
         sink.start_session(session).map_err(FollowError::Apply)?;
-        progress.last_sequence.store(0, Ordering::Relaxed);
+        progress.applied_through(0);
         return catch_up_once(sink, config, progress);
     }
     if session != 0 {
@@ -140,7 +127,7 @@ fn catch_up_once(
                     return Err(io::Error::other("apply failed"));
                 }
                 batch.frames.clear();
-                progress.last_sequence.store(sequence, Ordering::Relaxed);
+                progress.applied_through(sequence);
             }
             Ok(())
         },
@@ -157,7 +144,8 @@ fn catch_up_once(
         return Err(FollowError::Apply(error));
     }
     sink.apply_batch(&batch.frames).and_then(|_| sink.commit()).map_err(FollowError::Apply)?;
-    progress.last_sequence.store(next.saturating_sub(1), Ordering::Relaxed);
+    progress.applied_through(next.saturating_sub(1));
+    progress.bulk_replays.inc();
     if replay_session != 0 {
         progress.session.store(replay_session, Ordering::Relaxed);
     }
@@ -259,12 +247,12 @@ pub fn follow(
             sink.commit().map_err(FollowError::Apply)?;
         }
         let core = subscriber.core();
-        progress.last_sequence.store(sink.next_sequence() - 1, Ordering::Relaxed);
-        progress.lag.store(core.known_end().saturating_sub(sink.next_sequence()), Ordering::Relaxed);
+        progress.applied_through(sink.next_sequence() - 1);
+        progress.lag.set(core.known_end().saturating_sub(sink.next_sequence()));
         if let Some(session) = core.session() {
             progress.session.store(session, Ordering::Relaxed);
         }
-        progress.unauthenticated.store(core.stats().unauthenticated, Ordering::Relaxed);
+        progress.record_receiver(core.stats());
         match event {
             Some(ReceiverEvent::NeedsReplay { from_sequence, oldest_retained_sequence }) => {
                 tracing::warn!(

@@ -7,8 +7,10 @@
 //! - [`readmodel`]: balances, transfers by id, per-account history.
 //! - [`memory`]: the memory consumer and its HTTP query API.
 //! - [`disk`]: the disk consumer: its own journal plus snapshots.
+//! - [`progress`]: how far a consumer has got: `/status` and `/metrics`.
 
 pub mod disk;
 pub mod follow;
 pub mod memory;
+pub mod progress;
 pub mod readmodel;

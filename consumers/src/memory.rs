@@ -95,7 +95,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<(), FollowError> {
     let model = Arc::new(RwLock::new(ReadModel::with_capacity(transfer_capacity)));
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::new("memory"));
     let (applied_tx, applied_rx) = watch::channel(0u64);
     let shared = Shared {
         model: Arc::clone(&model),
@@ -103,7 +103,7 @@ pub fn run(
         applied: applied_rx,
         api_keys: Arc::new(api_keys.into_iter().collect()),
     };
-    ledgerbus_sequencer::metrics::serve_router(http, router(shared), "query-http")?;
+    ledgerbus_telemetry::serve_router(http, router(shared), "query-http")?;
     let mut sink = MemorySink {
         model,
         applied: applied_tx,
@@ -116,14 +116,15 @@ pub fn run(
 }
 
 /// The query API: data only with a key; `/status` (position, lag, state hash,
-/// session) stays open for health checks and replica comparison.
+/// session) and `/metrics` stay open for health checks and replica comparison.
 pub fn router(shared: Shared) -> Router {
     let data = Router::new()
         .route("/accounts/{id}", get(get_account))
         .route("/accounts/{id}/transfers", get(get_history))
         .route("/transfers/{id}", get(get_transfer))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_api_key));
-    Router::new().route("/status", get(get_status)).merge(data).with_state(shared)
+    let progress = Arc::clone(&shared.progress);
+    progress.routes().merge(data).with_state(shared)
 }
 
 /// 401 unless `Authorization: Bearer <key>` names a configured key.
@@ -336,22 +337,6 @@ async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, head
         .into_response(),
         (None, None) => error(StatusCode::NOT_FOUND, format!("transfer {id} was never decided")),
     }
-}
-
-/// `/status` body of any consumer.
-pub fn status_json(role: &str, progress: &Progress) -> Value {
-    json!({
-        "role": role,
-        "session": format!("{:016x}", progress.session.load(Ordering::Relaxed)),
-        "last_sequence": progress.last_sequence.load(Ordering::Relaxed),
-        "lag": progress.lag.load(Ordering::Relaxed),
-        "state_hash": format!("{:016x}", progress.state_hash.load(Ordering::Relaxed)),
-        "unauthenticated_datagrams": progress.unauthenticated.load(Ordering::Relaxed),
-    })
-}
-
-async fn get_status(State(shared): State<Shared>) -> Response {
-    Json(status_json("memory", &shared.progress)).into_response()
 }
 
 /// For callers that want the bound address before starting.

@@ -43,6 +43,8 @@ pub struct AppState {
     pub query_authorization: Arc<str>,
     /// Pooled HTTP client for the proxied queries.
     pub client: Client<HttpConnector, Body>,
+    /// What `/metrics` shows (built once; the counters inside are shared).
+    pub registry: Arc<ledgerbus_telemetry::Registry>,
 }
 
 impl AppState {
@@ -54,11 +56,12 @@ impl AppState {
         query_key: String,
     ) -> AppState {
         AppState {
-            upstream,
             api_keys: Arc::new(api_keys.into_iter().collect()),
             query_upstream,
             query_authorization: format!("Bearer {query_key}").into(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            registry: Arc::new(crate::metrics::registry(&upstream)),
+            upstream,
         }
     }
 }
@@ -77,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(authenticated)
+        .route_layer(middleware::from_fn_with_state(state.clone(), record_duration))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route; see /openapi.json")
@@ -133,7 +137,23 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&state.upstream)).into_response()
+    ([("content-type", ledgerbus_telemetry::CONTENT_TYPE)], ledgerbus_telemetry::render(&state.registry))
+        .into_response()
+}
+
+/// Times every routed request (`METHOD /route/{param}`, never the raw path, so ids do
+/// not become label values).
+async fn record_duration(
+    State(state): State<AppState>,
+    path: axum::extract::MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = format!("{} {}", request.method(), path.as_str());
+    let response = next.run(request).await;
+    state.upstream.metrics.record_http(&route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// One decided command: its JSON and the HTTP status it would get on its own.
@@ -182,7 +202,7 @@ async fn submit_and_answer(
         let metrics = &state.upstream.metrics;
         let submitted = state.upstream.submit(frames, count).await;
         let counter = if submitted.is_ok() { &metrics.http_commands } else { &metrics.http_busy };
-        counter.fetch_add(count as u64, Ordering::Relaxed);
+        counter.inc_by(count as u64);
         match submitted {
             Ok(replies) => results.extend(replies.iter().map(decided)),
             Err(SubmitError::Busy) => {

@@ -1,27 +1,70 @@
 //! What the gateway counts, served at `/metrics` in the Prometheus text format:
-//! commands forwarded and refused per API, the queue towards the sequencer, the
-//! link's state and the TCP clients connected.
+//! commands forwarded and refused per API, request latency per API and route, the
+//! queue towards the sequencer, the link's state, the TCP clients connected and the
+//! process itself.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ledgerbus_telemetry::prometheus_client::collector::Collector;
+use ledgerbus_telemetry::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use ledgerbus_telemetry::prometheus_client::metrics::gauge::ConstGauge;
+use ledgerbus_telemetry::{Counter, Family, Histogram, Registry, U64Gauge};
 
 use crate::upstream::Upstream;
 
-/// Counters shared by both APIs; updated with relaxed atomics on the request path.
-#[derive(Debug, Default)]
+/// `api="http"` or `api="tcp"`.
+type ApiLabel = [(&'static str, &'static str); 1];
+/// The API and the route (`POST /transfers`, `GET /accounts/{id}`; `submit` for a
+/// TCP read's commands).
+type RouteLabels = [(&'static str, String); 2];
+/// The route and the HTTP status answered.
+type StatusLabels = [(&'static str, String); 2];
+
+/// Counters shared by both APIs; relaxed atomics updated on the request path.
+#[derive(Debug)]
 pub struct GatewayMetrics {
     /// Commands the HTTP API forwarded to the sequencer.
-    pub http_commands: AtomicU64,
+    pub http_commands: Counter,
     /// Commands the HTTP API refused with 503 (queue full, sequencer unavailable).
-    pub http_busy: AtomicU64,
+    pub http_busy: Counter,
     /// Commands the TCP API forwarded to the sequencer.
-    pub tcp_commands: AtomicU64,
+    pub tcp_commands: Counter,
     /// Commands the TCP API answered `busy` at the edge.
-    pub tcp_busy: AtomicU64,
+    pub tcp_busy: Counter,
     /// TCP clients that completed the handshake, ever.
-    pub tcp_clients_total: AtomicU64,
-    /// TCP clients whose connection has ended.
-    pub tcp_clients_closed: AtomicU64,
+    pub tcp_clients_accepted: Counter,
+    /// TCP clients connected now.
+    pub tcp_clients_connected: U64Gauge,
+    commands: Family<ApiLabel, Counter>,
+    busy: Family<ApiLabel, Counter>,
+    /// Time to answer, by API and route.
+    durations: Family<RouteLabels, Histogram>,
+    /// HTTP answers by route and status.
+    responses: Family<StatusLabels, Counter>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let commands = Family::<ApiLabel, Counter>::default();
+        let busy = Family::<ApiLabel, Counter>::default();
+        let per_api = |family: &Family<ApiLabel, Counter>, api| family.get_or_create(&[("api", api)]).clone();
+        GatewayMetrics {
+            http_commands: per_api(&commands, "http"),
+            http_busy: per_api(&busy, "http"),
+            tcp_commands: per_api(&commands, "tcp"),
+            tcp_busy: per_api(&busy, "tcp"),
+            commands,
+            busy,
+            tcp_clients_accepted: Counter::default(),
+            tcp_clients_connected: U64Gauge::default(),
+            durations: Family::new_with_constructor(
+                || Histogram::new(ledgerbus_telemetry::latency_buckets()),
+            ),
+            responses: Family::default(),
+        }
+    }
 }
 
 /// A connected TCP client, counted until dropped.
@@ -30,76 +73,111 @@ pub struct TcpClientGuard<'a>(&'a GatewayMetrics);
 impl GatewayMetrics {
     /// Counts a TCP client in; it is counted out when the guard drops.
     pub fn tcp_client(&self) -> TcpClientGuard<'_> {
-        self.tcp_clients_total.fetch_add(1, Ordering::Relaxed);
+        self.tcp_clients_accepted.inc();
+        self.tcp_clients_connected.inc();
         TcpClientGuard(self)
+    }
+
+    /// Records how long an HTTP request on `route` (`METHOD /matched/path`) took to
+    /// answer `status`.
+    pub fn record_http(&self, route: &str, status: u16, elapsed: Duration) {
+        self.durations
+            .get_or_create(&[("api", "http".into()), ("route", route.into())])
+            .observe(elapsed.as_secs_f64());
+        self.responses.get_or_create(&[("route", route.into()), ("status", status.to_string())]).inc();
+    }
+
+    /// Records how long the sequencer took to answer one TCP read's commands.
+    pub fn record_tcp_submission(&self, elapsed: Duration) {
+        self.durations
+            .get_or_create(&[("api", "tcp".into()), ("route", "submit".into())])
+            .observe(elapsed.as_secs_f64());
     }
 }
 
 impl Drop for TcpClientGuard<'_> {
     fn drop(&mut self) {
-        self.0.tcp_clients_closed.fetch_add(1, Ordering::Relaxed);
+        self.0.tcp_clients_connected.dec();
     }
 }
 
-/// The Prometheus text exposition of `upstream`'s link and counters.
-pub fn render(upstream: &Upstream) -> String {
+/// The registry behind the gateway's `/metrics`.
+pub fn registry(upstream: &Upstream) -> Registry {
     let metrics = &upstream.metrics;
-    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    let mut out = String::with_capacity(2048);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    family(
-        "ledgerbus_gateway_commands_total",
-        "counter",
+    let mut registry = ledgerbus_telemetry::registry();
+    let r = &mut registry;
+    r.register(
+        "ledgerbus_gateway_commands",
         "Commands forwarded to the sequencer, by API.",
-        &[(r#"{api="http"}"#, load(&metrics.http_commands)), (r#"{api="tcp"}"#, load(&metrics.tcp_commands))],
+        metrics.commands.clone(),
     );
-    family(
-        "ledgerbus_gateway_busy_total",
-        "counter",
+    r.register(
+        "ledgerbus_gateway_busy",
         "Commands refused at the edge (queue full or sequencer unavailable), by API.",
-        &[(r#"{api="http"}"#, load(&metrics.http_busy)), (r#"{api="tcp"}"#, load(&metrics.tcp_busy))],
+        metrics.busy.clone(),
     );
-    family(
-        "ledgerbus_gateway_outstanding_commands",
-        "gauge",
-        "Commands sent to the sequencer and not answered yet.",
-        &[("", upstream.outstanding() as u64)],
+    r.register(
+        "ledgerbus_gateway_request_duration_seconds",
+        "Time to answer a request, by API and route (TCP: a read's commands, sent to answered).",
+        metrics.durations.clone(),
     );
-    family(
-        "ledgerbus_gateway_queue_max",
-        "gauge",
-        "Outstanding commands beyond which clients are answered busy.",
-        &[("", upstream.queue_max() as u64)],
+    r.register(
+        "ledgerbus_gateway_http_responses",
+        "HTTP answers by route and status.",
+        metrics.responses.clone(),
     );
-    family(
-        "ledgerbus_gateway_sequencer_connected",
-        "gauge",
-        "1 while the link to the sequencer is up.",
-        &[("", u64::from(upstream.connected.load(Ordering::Acquire)))],
-    );
-    family(
-        "ledgerbus_gateway_highest_sequence",
-        "gauge",
-        "Highest event sequence in any result this gateway has seen.",
-        &[("", upstream.highest_sequence.load(Ordering::Acquire))],
-    );
-    let (total, closed) = (load(&metrics.tcp_clients_total), load(&metrics.tcp_clients_closed));
-    family(
-        "ledgerbus_gateway_tcp_clients",
-        "gauge",
+    r.register(
+        "ledgerbus_gateway_tcp_clients_connected",
         "TCP clients connected now.",
-        &[("", total.saturating_sub(closed))],
+        metrics.tcp_clients_connected.clone(),
     );
-    family(
-        "ledgerbus_gateway_tcp_clients_total",
-        "counter",
+    r.register(
+        "ledgerbus_gateway_tcp_clients_accepted",
         "TCP clients that completed the handshake.",
-        &[("", total)],
+        metrics.tcp_clients_accepted.clone(),
     );
-    out
+    r.register_collector(Box::new(LinkState(upstream.clone())));
+    registry
+}
+
+/// The link's state, read at each scrape.
+struct LinkState(Upstream);
+
+impl fmt::Debug for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkState")
+    }
+}
+
+impl Collector for LinkState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let upstream = &self.0;
+        let gauges = [
+            (
+                "ledgerbus_gateway_outstanding_commands",
+                "Commands sent to the sequencer and not answered yet.",
+                upstream.outstanding() as u64,
+            ),
+            (
+                "ledgerbus_gateway_queue_max",
+                "Outstanding commands beyond which clients are answered busy.",
+                upstream.queue_max() as u64,
+            ),
+            (
+                "ledgerbus_gateway_sequencer_connected",
+                "1 while the link to the sequencer is up.",
+                u64::from(upstream.connected.load(Ordering::Acquire)),
+            ),
+            (
+                "ledgerbus_gateway_highest_sequence",
+                "Highest event sequence in any result this gateway has seen.",
+                upstream.highest_sequence.load(Ordering::Acquire),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
 }

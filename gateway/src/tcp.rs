@@ -12,7 +12,6 @@
 //! sequencer. No other task sits on the path (see [`crate::wire`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -97,6 +96,8 @@ pub async fn serve(
 /// A client connection's answers, in the order of its commands.
 struct Outbox {
     stream: Arc<Stream>,
+    /// Where the time each submission took is recorded.
+    metrics: Arc<crate::metrics::GatewayMetrics>,
     state: Mutex<OutboxState>,
     /// Bytes were left queued, the sequencer link dropped, or reading may resume.
     wake: Notify,
@@ -113,8 +114,9 @@ struct OutboxState {
 }
 
 enum Slot {
-    /// This many commands are at the sequencer; their results come through the link.
-    AtSequencer(usize),
+    /// This many commands are at the sequencer, sent at `since`; their results come
+    /// through the link.
+    AtSequencer { remaining: usize, since: std::time::Instant },
     /// Answers decided here (busy), to be written once everything before is.
     Ready(Vec<u8>),
 }
@@ -146,10 +148,11 @@ impl ResultSink for Outbox {
         let mut state = self.lock();
         let state = &mut *state;
         match state.slots.front_mut() {
-            Some(Slot::AtSequencer(remaining)) if *remaining >= count => {
+            Some(Slot::AtSequencer { remaining, since }) if *remaining >= count => {
                 state.out.queue(results);
                 *remaining -= count;
                 if *remaining == 0 {
+                    self.metrics.record_tcp_submission(since.elapsed());
                     state.slots.pop_front();
                 }
             }
@@ -229,6 +232,7 @@ async fn serve_client(
     let _counted = upstream.metrics.tcp_client();
     let outbox = Arc::new(Outbox {
         stream: Arc::clone(stream),
+        metrics: Arc::clone(&upstream.metrics),
         state: Mutex::new(OutboxState {
             out: Outgoing::default(),
             slots: VecDeque::new(),
@@ -319,14 +323,17 @@ fn submit(
     let (taken, count) = (groups.fits, groups.fits_commands);
     if count > 0 {
         // The slot exists before the submission, so its results always find it.
-        outbox.lock().slots.push_back(Slot::AtSequencer(count));
+        let slot = Slot::AtSequencer { remaining: count, since: std::time::Instant::now() };
+        outbox.lock().slots.push_back(slot);
         let sent = upstream.submit_to(&commands[..taken], count, ReplyTo::Sink(Arc::clone(sink)));
         if sent.is_ok() {
-            metrics.tcp_commands.fetch_add(count as u64, Ordering::Relaxed);
+            metrics.tcp_commands.inc_by(count as u64);
         } else {
             // Nothing was sent, so no result can have taken the slot: it is still last.
             let mut state = outbox.lock();
-            debug_assert!(matches!(state.slots.back(), Some(Slot::AtSequencer(n)) if *n == count));
+            debug_assert!(
+                matches!(state.slots.back(), Some(Slot::AtSequencer { remaining, .. }) if *remaining == count)
+            );
             state.slots.pop_back();
             drop(state);
             answer_busy(outbox, metrics, &commands[..taken]);
@@ -339,7 +346,7 @@ fn submit(
 
 fn answer_busy(outbox: &Outbox, metrics: &crate::metrics::GatewayMetrics, commands: &[u8]) {
     let answers = busy_answers(commands);
-    metrics.tcp_busy.fetch_add((answers.len() / TransferResult::FRAME_SIZE) as u64, Ordering::Relaxed);
+    metrics.tcp_busy.inc_by((answers.len() / TransferResult::FRAME_SIZE) as u64);
     outbox.answer_here(answers);
 }
 

@@ -1,15 +1,17 @@
-//! Counters the hot thread updates with relaxed atomics and an HTTP `/metrics`
-//! endpoint that renders them in Prometheus text format on its own thread, so
-//! scraping never touches the hot path.
+//! What the sequencer shows operators: counters the hot thread updates with relaxed
+//! atomics (prometheus-client's counters and gauges are exactly that), and an HTTP
+//! `/metrics` + `/status` endpoint on a thread of its own, so a scrape never touches
+//! the hot path.
 
-use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Upper bounds (µs) of the fsync latency histogram buckets.
-const FSYNC_BUCKETS_US: [u64; 12] =
-    [50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, u64::MAX];
+use axum::routing::get;
+use ledgerbus_telemetry::prometheus_client::collector::Collector;
+use ledgerbus_telemetry::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use ledgerbus_telemetry::prometheus_client::metrics::gauge::ConstGauge;
+use ledgerbus_telemetry::prometheus_client::metrics::MetricType;
+use ledgerbus_telemetry::{Counter, Histogram, Registry, U64Gauge};
 
 /// A consumer's position as reported in its status messages.
 #[derive(Debug, Clone, Copy)]
@@ -22,178 +24,182 @@ pub struct ConsumerPosition {
     pub position: u64,
 }
 
-/// Everything `/metrics` shows.
-#[derive(Debug, Default)]
+/// Where the log stands: what `/status` shows and the replay service's `Welcome` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogHead {
+    /// Sequence of the last durable event (0 before the first).
+    pub last_sequence: u64,
+    /// Rolling log hash after it.
+    pub state_hash: u64,
+    /// The log's session id.
+    pub session: u64,
+}
+
+/// Everything `/metrics` shows. Counters are cheap clones of one atomic each; the
+/// registry holds the other clone.
+#[derive(Debug)]
 pub struct SequencerMetrics {
     /// Events decided and journaled.
-    pub events_total: AtomicU64,
+    pub events: Counter,
     /// Commands rejected (any result other than ok/exists).
-    pub rejected_total: AtomicU64,
+    pub rejected: Counter,
     /// Sequence of the last durable event.
-    pub last_sequence: AtomicU64,
-    /// Group commits (journal syncs).
-    pub commits_total: AtomicU64,
-    /// Sum of fsync latencies, µs.
-    pub fsync_us_sum: AtomicU64,
-    /// fsync latency histogram, cumulative counts per `FSYNC_BUCKETS_US`.
-    fsync_buckets: [AtomicU64; FSYNC_BUCKETS_US.len()],
-    /// Gateway connections authenticated.
-    pub gateways_connected: AtomicU64,
+    pub last_sequence: U64Gauge,
+    /// Journal sync latency per group commit, seconds.
+    pub fsync: Histogram,
+    /// Gateway connections authenticated and open.
+    pub gateways_connected: U64Gauge,
     /// Gateway connections refused (bad secret, protocol errors).
-    pub gateways_refused_total: AtomicU64,
-    /// Datagrams retransmitted.
-    pub retransmits_total: AtomicU64,
-    /// NAKs received.
-    pub naks_total: AtomicU64,
+    pub gateways_refused: Counter,
+    /// Datagrams retransmitted (copied from the bus sender's own count).
+    pub retransmits: Counter,
+    /// NAKs received (copied from the bus sender's own count).
+    pub naks: Counter,
     /// Malformed or unauthenticated packets dropped on any port.
-    pub bad_packets_total: AtomicU64,
+    pub bad_packets: Counter,
     /// Datagrams on the bus port dropped because their tag did not verify (forged,
-    /// corrupted, another key, replayed control).
-    pub unauthenticated_datagrams_total: AtomicU64,
+    /// corrupted, another key, replayed control); copied from the bus sender.
+    pub unauthenticated_datagrams: Counter,
     /// Replay sessions served.
-    pub replays_total: AtomicU64,
+    pub replays: Counter,
     /// Replay connections refused for a missing or wrong credential.
-    pub replays_refused: AtomicU64,
-    /// (last durable sequence, rolling log hash after it, session), for `/status`.
-    pub head: Mutex<(u64, u64, u64)>,
+    pub replays_refused: Counter,
+    /// Where the log stands, for `/status` and the replay service.
+    pub head: Mutex<LogHead>,
     /// Consumers' positions, refreshed by the hot thread a few times a second.
-    pub consumers: Mutex<Vec<ConsumerPosition>>,
+    pub consumers: Arc<Mutex<Vec<ConsumerPosition>>>,
+}
+
+impl Default for SequencerMetrics {
+    fn default() -> Self {
+        SequencerMetrics {
+            events: Counter::default(),
+            rejected: Counter::default(),
+            last_sequence: U64Gauge::default(),
+            fsync: Histogram::new(ledgerbus_telemetry::latency_buckets()),
+            gateways_connected: U64Gauge::default(),
+            gateways_refused: Counter::default(),
+            retransmits: Counter::default(),
+            naks: Counter::default(),
+            bad_packets: Counter::default(),
+            unauthenticated_datagrams: Counter::default(),
+            replays: Counter::default(),
+            replays_refused: Counter::default(),
+            head: Mutex::new(LogHead::default()),
+            consumers: Arc::default(),
+        }
+    }
 }
 
 impl SequencerMetrics {
     /// Records one group commit's sync latency.
     pub fn record_fsync(&self, us: u64) {
-        self.commits_total.fetch_add(1, Ordering::Relaxed);
-        self.fsync_us_sum.fetch_add(us, Ordering::Relaxed);
-        for (bucket, bound) in self.fsync_buckets.iter().zip(FSYNC_BUCKETS_US) {
-            if us <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        self.fsync.observe(us as f64 / 1e6);
+    }
+
+    /// Where the log stands now.
+    pub fn head(&self) -> LogHead {
+        self.head.lock().map(|head| *head).unwrap_or_default()
+    }
+
+    /// Sets where the log stands.
+    pub fn set_head(&self, head: LogHead) {
+        self.last_sequence.set(head.last_sequence);
+        if let Ok(mut held) = self.head.lock() {
+            *held = head;
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "ledgerbus_events_total",
-            "Events decided and journaled.",
-            "counter",
-            get(&self.events_total),
-        );
-        counter(
-            &mut out,
-            "ledgerbus_rejected_total",
-            "Commands decided with a rejection.",
-            "counter",
-            get(&self.rejected_total),
-        );
-        counter(
-            &mut out,
+    /// A registry holding these metrics and the process metrics.
+    pub fn registry(&self) -> Registry {
+        let mut registry = ledgerbus_telemetry::registry();
+        let r = &mut registry;
+        r.register("ledgerbus_events", "Events decided and journaled.", self.events.clone());
+        r.register("ledgerbus_rejected", "Commands decided with a rejection.", self.rejected.clone());
+        r.register(
             "ledgerbus_last_sequence",
             "Sequence of the last durable event.",
-            "gauge",
-            get(&self.last_sequence),
+            self.last_sequence.clone(),
         );
-        counter(
-            &mut out,
+        r.register("ledgerbus_fsync_seconds", "Journal sync latency per group commit.", self.fsync.clone());
+        r.register(
             "ledgerbus_gateways_connected",
             "Authenticated gateway connections.",
-            "gauge",
-            get(&self.gateways_connected),
+            self.gateways_connected.clone(),
         );
-        counter(
-            &mut out,
-            "ledgerbus_gateways_refused_total",
+        r.register(
+            "ledgerbus_gateways_refused",
             "Gateway connections refused.",
-            "counter",
-            get(&self.gateways_refused_total),
+            self.gateways_refused.clone(),
         );
-        counter(
-            &mut out,
-            "ledgerbus_retransmits_total",
-            "Datagrams retransmitted.",
-            "counter",
-            get(&self.retransmits_total),
-        );
-        counter(&mut out, "ledgerbus_naks_total", "NAKs received.", "counter", get(&self.naks_total));
-        counter(
-            &mut out,
-            "ledgerbus_bad_packets_total",
+        r.register("ledgerbus_retransmits", "Datagrams retransmitted.", self.retransmits.clone());
+        r.register("ledgerbus_naks", "NAKs received.", self.naks.clone());
+        r.register(
+            "ledgerbus_bad_packets",
             "Malformed or unauthenticated packets dropped.",
-            "counter",
-            get(&self.bad_packets_total),
+            self.bad_packets.clone(),
         );
-        counter(
-            &mut out,
-            "ledgerbus_unauthenticated_datagrams_total",
+        r.register(
+            "ledgerbus_unauthenticated_datagrams",
             "Datagrams on the bus port dropped because their authentication tag did not verify.",
-            "counter",
-            get(&self.unauthenticated_datagrams_total),
+            self.unauthenticated_datagrams.clone(),
         );
-        counter(
-            &mut out,
-            "ledgerbus_replays_total",
-            "Bulk replay sessions served.",
-            "counter",
-            get(&self.replays_total),
-        );
-        counter(
-            &mut out,
-            "ledgerbus_replays_refused_total",
+        r.register("ledgerbus_replays", "Bulk replay sessions served.", self.replays.clone());
+        r.register(
+            "ledgerbus_replays_refused",
             "Bulk replay connections refused for a missing or wrong credential.",
-            "counter",
-            get(&self.replays_refused),
+            self.replays_refused.clone(),
         );
-        let _ = writeln!(out, "# HELP ledgerbus_fsync_seconds Journal sync latency per group commit.");
-        let _ = writeln!(out, "# TYPE ledgerbus_fsync_seconds histogram");
-        for (bucket, bound) in self.fsync_buckets.iter().zip(FSYNC_BUCKETS_US) {
-            let le = if bound == u64::MAX { "+Inf".to_string() } else { format!("{}", bound as f64 / 1e6) };
-            let _ = writeln!(out, "ledgerbus_fsync_seconds_bucket{{le=\"{le}\"}} {}", get(bucket));
-        }
-        let _ = writeln!(out, "ledgerbus_fsync_seconds_sum {}", get(&self.fsync_us_sum) as f64 / 1e6);
-        let _ = writeln!(out, "ledgerbus_fsync_seconds_count {}", get(&self.commits_total));
-        let _ = writeln!(
-            out,
-            "# HELP ledgerbus_consumer_position Highest contiguous sequence each consumer reports."
-        );
-        let _ = writeln!(out, "# TYPE ledgerbus_consumer_position gauge");
-        let last = get(&self.last_sequence);
-        let consumers = self.consumers.lock().map(|c| c.clone()).unwrap_or_default();
-        for consumer in &consumers {
-            let _ = writeln!(
-                out,
-                "ledgerbus_consumer_position{{receiver_id=\"{}\",address=\"{}\"}} {}",
-                consumer.receiver_id, consumer.address, consumer.position
-            );
-        }
-        let _ = writeln!(out, "# HELP ledgerbus_consumer_lag_events Events each consumer is behind.");
-        let _ = writeln!(out, "# TYPE ledgerbus_consumer_lag_events gauge");
-        for consumer in &consumers {
-            let _ = writeln!(
-                out,
-                "ledgerbus_consumer_lag_events{{receiver_id=\"{}\",address=\"{}\"}} {}",
-                consumer.receiver_id,
-                consumer.address,
-                last.saturating_sub(consumer.position)
-            );
-        }
-        out
+        r.register_collector(Box::new(ConsumerPositions {
+            consumers: Arc::clone(&self.consumers),
+            last_sequence: self.last_sequence.clone(),
+        }));
+        registry
+    }
+
+    /// `/status` as JSON: where the log is and its hash, for comparing replicas.
+    pub fn status_json(&self) -> String {
+        let LogHead { last_sequence, state_hash, session } = self.head();
+        format!(
+            "{{\"role\":\"sequencer\",\"session\":\"{session:016x}\",\"last_sequence\":{last_sequence},\"state_hash\":\"{state_hash:016x}\"}}"
+        )
     }
 }
 
-impl SequencerMetrics {
-    /// `/status` as JSON: where the log is and its hash, for comparing replicas.
-    pub fn status_json(&self) -> String {
-        let (sequence, hash, session) = self.head.lock().map(|h| *h).unwrap_or_default();
-        format!(
-            "{{\"role\":\"sequencer\",\"session\":\"{session:016x}\",\"last_sequence\":{sequence},\"state_hash\":\"{hash:016x}\"}}"
-        )
+/// One number of a consumer, given the log's last sequence.
+type ConsumerValue = fn(&ConsumerPosition, u64) -> u64;
+
+/// Each consumer's reported position and how far behind the head it is, one series
+/// per consumer present now (a consumer that went away leaves no stale series).
+#[derive(Debug)]
+struct ConsumerPositions {
+    consumers: Arc<Mutex<Vec<ConsumerPosition>>>,
+    last_sequence: U64Gauge,
+}
+
+impl Collector for ConsumerPositions {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let consumers = self.consumers.lock().map(|c| c.clone()).unwrap_or_default();
+        let last = self.last_sequence.get();
+        let families: [(&str, &str, ConsumerValue); 2] = [
+            ("ledgerbus_consumer_position", "Highest contiguous sequence each consumer reports.", |c, _| {
+                c.position
+            }),
+            ("ledgerbus_consumer_lag_events", "Events each consumer is behind.", |c, last| {
+                last.saturating_sub(c.position)
+            }),
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for consumer in &consumers {
+                let labels = [
+                    ("receiver_id", consumer.receiver_id.to_string()),
+                    ("address", consumer.address.to_string()),
+                ];
+                ConstGauge::new(value(consumer, last)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -203,46 +209,13 @@ pub fn serve_sequencer(
     listener: std::net::TcpListener,
     metrics: Arc<SequencerMetrics>,
 ) -> std::io::Result<()> {
-    let status = Arc::clone(&metrics);
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
-            }),
-        )
-        .route(
-            "/status",
-            axum::routing::get(move || {
-                let status = Arc::clone(&status);
-                async move { ([("content-type", "application/json")], status.status_json()) }
-            }),
-        );
-    serve_router(listener, router, "metrics-http")
-}
-
-/// Runs an axum router on `listener` on its own thread with a single-threaded runtime.
-pub fn serve_router(
-    listener: std::net::TcpListener,
-    router: axum::Router,
-    name: &str,
-) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name(name.into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "HTTP endpoint could not start");
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "HTTP endpoint stopped");
-            }
-        });
-    })?;
-    Ok(())
+    let registry = Arc::new(metrics.registry());
+    let router = ledgerbus_telemetry::metrics_route(registry).route(
+        "/status",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move { ([("content-type", "application/json")], metrics.status_json()) }
+        }),
+    );
+    ledgerbus_telemetry::serve_router(listener, router, "metrics-http")
 }

@@ -51,7 +51,7 @@ pub fn serve(
                         tracing::warn!(%peer, "too many replay clients; connection refused");
                         continue;
                     }
-                    metrics.replays_total.fetch_add(1, Ordering::Relaxed);
+                    metrics.replays.inc();
                     let dir = dir.clone();
                     let keys = Arc::clone(&keys);
                     let metrics = Arc::clone(&metrics);
@@ -98,8 +98,9 @@ fn authenticate<'k>(
         // The client sends its request only after this, so a refused client never
         // has unread bytes here (its close is clean, not a reset).
         // The Welcome tells an authenticated client where the log stands.
-        let (last, _, session) = metrics.head.lock().map(|head| *head).unwrap_or_default();
-        let head = Welcome { session_id: session.into(), next_sequence: (last + 1).into() };
+        let head = metrics.head();
+        let head =
+            Welcome { session_id: head.session.into(), next_sequence: (head.last_sequence + 1).into() };
         let mut welcome = [0u8; Welcome::FRAME_SIZE];
         encode(&head, &mut welcome).expect("sized");
         stream.write_all(&welcome)?;
@@ -121,7 +122,7 @@ fn serve_client(
     let (key, challenge) = match authenticate(&mut stream, keys, metrics) {
         Ok(accepted) => accepted,
         Err(error) => {
-            metrics.replays_refused.fetch_add(1, Ordering::Relaxed);
+            metrics.replays_refused.inc();
             return Err(error);
         }
     };

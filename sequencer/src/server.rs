@@ -27,7 +27,7 @@ use crate::archive::{Archive, ArchiveConfig};
 use crate::auth;
 use crate::core::{PendingBatch, SequencerCore};
 use crate::journal::{Durability, JournalError};
-use crate::metrics::{self, ConsumerPosition, SequencerMetrics};
+use crate::metrics::{self, ConsumerPosition, LogHead, SequencerMetrics};
 use crate::pipeline::{CommitPipeline, Committed};
 use crate::replay;
 
@@ -261,10 +261,11 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     let replay_listener = TcpListener::bind(config.replay_listen)
         .map_err(io_err(format!("replay listener {}", config.replay_listen)))?;
     let metrics = Arc::new(SequencerMetrics::default());
-    metrics.last_sequence.store(recovered.next_sequence - 1, Ordering::Relaxed);
-    if let Ok(mut head) = metrics.head.lock() {
-        *head = (recovered.next_sequence - 1, core.log_hash(), recovered.session_id);
-    }
+    metrics.set_head(LogHead {
+        last_sequence: recovered.next_sequence - 1,
+        state_hash: core.log_hash(),
+        session: recovered.session_id,
+    });
     let metrics_addr = match config.metrics_listen {
         Some(address) => {
             let listener =
@@ -591,13 +592,13 @@ impl HotLoop {
                 let mut bytes = [0u8; Welcome::FRAME_SIZE];
                 encode(&welcome, &mut bytes).expect("sized");
                 connection.queue(&bytes);
-                self.metrics.gateways_connected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.gateways_connected.inc();
                 tracing::info!(peer = %connection.peer, gateway_id, "gateway authenticated");
             }
             _ => {
                 // Wrong secret, a malformed answer, or too slow: close and say so.
-                self.metrics.gateways_refused_total.fetch_add(1, Ordering::Relaxed);
-                self.metrics.bad_packets_total.fetch_add(1, Ordering::Relaxed);
+                self.metrics.gateways_refused.inc();
+                self.metrics.bad_packets.inc();
                 tracing::warn!(peer = %connection.peer, "gateway failed authentication; connection closed");
                 connection.closed = true;
             }
@@ -662,7 +663,7 @@ impl HotLoop {
     }
 
     fn protocol_error(&self, connection: &mut Connection, reason: String) {
-        self.metrics.bad_packets_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.bad_packets.inc();
         tracing::warn!(peer = %connection.peer, %reason, "gateway protocol error; connection closed");
         connection.closed = true;
     }
@@ -725,13 +726,14 @@ impl HotLoop {
             }
         }
         self.publisher.flush().map_err(io_err("bus socket"))?;
-        self.metrics.events_total.fetch_add(durable.len() as u64, Ordering::Relaxed);
-        self.metrics.rejected_total.fetch_add(rejected, Ordering::Relaxed);
+        self.metrics.events.inc_by(durable.len() as u64);
+        self.metrics.rejected.inc_by(rejected);
         if let Some(last) = durable.last_sequence() {
-            self.metrics.last_sequence.store(last, Ordering::Relaxed);
-            if let Ok(mut head) = self.metrics.head.lock() {
-                *head = (last, durable.last_hash(), self.session_id);
-            }
+            self.metrics.set_head(LogHead {
+                last_sequence: last,
+                state_hash: durable.last_hash(),
+                session: self.session_id,
+            });
         }
         self.spares.push(durable.recycle());
         debug_assert!(self.spares.len() <= 2, "three batch buffers at most");
@@ -762,7 +764,7 @@ impl HotLoop {
 
     fn close(&mut self, connection: Connection) {
         if let ConnectionState::Ready { gateway_id } = connection.state {
-            self.metrics.gateways_connected.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.gateways_connected.dec();
             tracing::info!(peer = %connection.peer, gateway_id, "gateway disconnected");
         }
     }
@@ -773,9 +775,10 @@ impl HotLoop {
         }
         self.last_metrics_refresh = Instant::now();
         let stats = self.publisher.core().stats();
-        self.metrics.retransmits_total.store(stats.retransmits, Ordering::Relaxed);
-        self.metrics.naks_total.store(stats.naks_received, Ordering::Relaxed);
-        self.metrics.unauthenticated_datagrams_total.store(stats.unauthenticated, Ordering::Relaxed);
+        // The sender counts for the process's lifetime; its totals are ours.
+        self.metrics.retransmits.inner().store(stats.retransmits, Ordering::Relaxed);
+        self.metrics.naks.inner().store(stats.naks_received, Ordering::Relaxed);
+        self.metrics.unauthenticated_datagrams.inner().store(stats.unauthenticated, Ordering::Relaxed);
         let positions = self
             .publisher
             .core()

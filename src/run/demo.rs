@@ -410,11 +410,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("                    {}   (bulk replay; replay --from-sequencer)", addresses.replay);
     println!("                    http://{}/status, /metrics", addresses.sequencer_status);
     println!(
-        "  memory consumer   http://{}/status  (queries; UDP stream on {})",
+        "  memory consumer   http://{}/status, /metrics  (queries; UDP stream on {})",
         addresses.memory_http, addresses.memory_udp
     );
     println!(
-        "  disk consumer     http://{}/status  (UDP stream on {})",
+        "  disk consumer     http://{}/status, /metrics  (UDP stream on {})",
         addresses.disk_http, addresses.disk_udp
     );
     let cluster_file = system.data.join("cluster.toml");
