@@ -699,6 +699,12 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     pub format: ReplayFormat,
+    /// Print only these fields, in this order, comma-separated: with `--format json` an
+    /// object of them, with `--format text` their values separated by tabs. Fields:
+    /// sequence, timestamp, time (RFC 3339), type, id, debit_account_id,
+    /// credit_account_id, amount, ledger, code, linked, allow_negative, result.
+    #[arg(long, value_name = "A,B,…", conflicts_with = "verify")]
+    pub fields: Option<ledgerbus_tools::format::FieldSelection>,
     /// Check CRCs, continuity, session ids and (from sequence 1) that every event
     /// applies; print a summary instead of the events; exit non-zero if anything is wrong.
     #[arg(long)]

@@ -38,6 +38,9 @@ fn ledger_over_http_and_tcp() {
         (conflict.status, conflict.json["result"].as_str()),
         (409, Some("exists_with_different_fields"))
     );
+    assert_eq!(conflict.json["field"], "ledger", "{}", conflict.body);
+    assert_eq!(conflict.json["original"]["timestamp"], created.json["timestamp"], "{}", conflict.body);
+    assert_eq!(conflict.json["original"]["sequence"], created.json["sequence"], "{}", conflict.body);
     let batch = post(
         http,
         "/accounts",
@@ -61,6 +64,21 @@ fn ledger_over_http_and_tcp() {
         r#"{"id":"100","debit_account_id":"1","credit_account_id":"2","amount":"1000","ledger":840,"code":1}"#,
     );
     assert_eq!((retry.status, retry.json["result"].as_str()), (200, Some("exists")));
+    // The retry says which event applied the original, and when, to reconcile with.
+    assert_eq!(retry.json["original"]["sequence"], funded.json["sequence"], "{}", retry.body);
+    assert_eq!(retry.json["original"]["timestamp"], funded.json["timestamp"], "{}", retry.body);
+    assert!(retry.json["sequence"].as_u64() > funded.json["sequence"].as_u64(), "its own decision is later");
+    let changed = post(
+        http,
+        "/transfers",
+        r#"{"id":"100","debit_account_id":"1","credit_account_id":"2","amount":"999","ledger":840,"code":1}"#,
+    );
+    assert_eq!(
+        (changed.status, changed.json["result"].as_str()),
+        (409, Some("exists_with_different_fields"))
+    );
+    assert_eq!(changed.json["field"], "amount", "{}", changed.body);
+    assert_eq!(changed.json["original"]["sequence"], funded.json["sequence"]);
     let overdraft = post(
         http,
         "/transfers",

@@ -334,6 +334,15 @@ fn replay_filters_takes_the_last_n_and_follows() {
     assert_eq!(json_lines(&["--last", "2"]).len(), 2);
     assert_eq!(json_lines(&["--until", "1"]).len(), 0, "nothing before 1970-01-01T00:00:01Z");
     assert_eq!(json_lines(&["--since", "2000-01-01T00:00:00Z"]).len(), 6);
+    // --fields: only those, in that order; tab-separated in text.
+    let picked = json_lines(&["--type", "transfer", "--fields", "id,amount,result"]);
+    assert_eq!(picked[2].to_string(), r#"{"id":"12","amount":"999","result":"insufficient_funds"}"#);
+    let output =
+        ledgerbus(&["replay", "--from-sequencer", &replay, "--last", "1", "--fields", "sequence,id,result"]);
+    assert_eq!(stdout(&output), "6\t12\tinsufficient_funds\n");
+    let refused = ledgerbus(&["replay", "--from-sequencer", &replay, "--fields", "id,colour"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown field `colour`"));
 
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerbus"))
         .args(["--log-level", "error", "replay", "--from-sequencer", &replay, "--format", "json", "--follow"])

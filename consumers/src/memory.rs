@@ -224,7 +224,7 @@ async fn caught_up<'a>(
     shared.model.read().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned"))
 }
 
-fn account_json(id: u128, account: &ledgerbus_ledger::Account) -> Value {
+fn account_json(id: u128, account: &ledgerbus_ledger::Account, sequence: Option<u64>) -> Value {
     json!({
         "id": id.to_string(),
         "ledger": account.ledger,
@@ -234,6 +234,7 @@ fn account_json(id: u128, account: &ledgerbus_ledger::Account) -> Value {
         "credits_posted": account.credits_posted.to_string(),
         "balance": account.balance().to_string(),
         "timestamp": account.timestamp_ns,
+        "sequence": sequence,
     })
 }
 
@@ -263,7 +264,7 @@ async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, heade
         Err(response) => return response,
     };
     match model.ledger().account(id) {
-        Some(account) => Json(account_json(id, account)).into_response(),
+        Some(account) => Json(account_json(id, account, model.account_sequence(id))).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("account {id} not found")),
     }
 }

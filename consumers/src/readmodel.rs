@@ -66,6 +66,8 @@ pub struct ReadModel {
     /// The last refusal of each transfer id never applied, so that a client can ask
     /// how an id was decided, not only whether it was applied.
     rejected: HashMap<u128, Rejection>,
+    /// The event that created each account (the ledger keeps its time stamp only).
+    account_sequences: HashMap<u128, u64>,
 }
 
 /// How a transfer that was never applied was last refused.
@@ -113,6 +115,7 @@ impl ReadModel {
             by_id,
             history: HashMap::new(),
             rejected: HashMap::new(),
+            account_sequences: HashMap::new(),
         }
     }
 
@@ -139,7 +142,12 @@ impl ReadModel {
         self.by_id.get(id).map(|index| self.record(index as u32))
     }
 
-    /// How transfer `id` was last refused, if it was never applied.
+    /// The sequence of the event that created account `id`.
+    pub fn account_sequence(&self, id: u128) -> Option<u64> {
+        self.account_sequences.get(&id).copied()
+    }
+
+    /// How a transfer id that was never applied was last refused.
     pub fn rejection(&self, id: u128) -> Option<&Rejection> {
         self.rejected.get(&id)
     }
@@ -236,6 +244,10 @@ impl ReadModel {
             self.history.entry(record.debit_account_id).or_default().push(index);
             self.history.entry(record.credit_account_id).or_default().push(index);
             self.rejected.remove(&record.id);
+        } else if let Frame::AccountEvent(event) = &decoded {
+            if event.result() == Ok(ResultCode::Ok) {
+                self.account_sequences.insert(event.id.get(), event.sequence.get());
+            }
         } else if let Frame::TransferEvent(event) = &decoded {
             // A refusal (not a retry of an applied id): remember the latest one.
             let id = event.id.get();

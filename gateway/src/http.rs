@@ -189,22 +189,27 @@ fn encode_all<M: Message>(commands: &[M]) -> Vec<u8> {
     frames
 }
 
-/// Sends the frames and shapes the answer: one object, or an array in order.
-async fn submit_and_answer(
+/// Sends the commands and shapes the answer: one object, or an array in order.
+/// Idempotent retries get their original added ([`crate::original`]).
+async fn submit_and_answer<C: Message + crate::original::Retried>(
     state: &AppState,
-    frames: Vec<u8>,
-    count: usize,
+    commands: &[C],
     is_array: bool,
     local: Vec<(usize, Value)>,
 ) -> Response {
+    let count = commands.len();
     let mut results: Vec<(Value, StatusCode)> = Vec::with_capacity(count + local.len());
     if count > 0 {
+        let frames = encode_all(commands);
         let metrics = &state.upstream.metrics;
         let submitted = state.upstream.submit(frames, count).await;
         let counter = if submitted.is_ok() { &metrics.http_commands } else { &metrics.http_busy };
         counter.inc_by(count as u64);
         match submitted {
-            Ok(replies) => results.extend(replies.iter().map(decided)),
+            Ok(replies) => {
+                results.extend(replies.iter().map(decided));
+                crate::original::add_originals(state, commands, &mut results).await;
+            }
             Err(SubmitError::Busy) => {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "gateway busy; retry with the same ids")
             }
@@ -233,10 +238,7 @@ async fn create_accounts(State(state): State<AppState>, body: Bytes) -> Response
     let parsed = json::items(&body)
         .and_then(|(objects, is_array)| Ok((json::accounts(&objects, is_array)?, is_array)));
     match parsed {
-        Ok((commands, is_array)) => {
-            let count = commands.len();
-            submit_and_answer(&state, encode_all(&commands), count, is_array, Vec::new()).await
-        }
+        Ok((commands, is_array)) => submit_and_answer(&state, &commands, is_array, Vec::new()).await,
         Err(bad) => bad_request(bad),
     }
 }
@@ -257,7 +259,7 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
         .map(|index| (index, json::result_json(commands[index].id.get(), ResultCode::LinkedChainOpen, 0, 0)))
         .collect();
     let sent = &commands[..open_from];
-    submit_and_answer(&state, encode_all(sent), sent.len(), is_array, local).await
+    submit_and_answer(&state, sent, is_array, local).await
 }
 
 /// Forwards a query to the memory consumer, asking it to have applied everything

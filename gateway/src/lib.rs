@@ -7,7 +7,8 @@
 //! - [`json`]: request bodies to commands (400s that name the field), results to JSON.
 //! - [`http`]: the HTTP/JSON API and its OpenAPI document (`openapi.json`).
 //! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
-//! - [`metrics`]: counters served at `/metrics`.
+//! - [`original`]: the original of an idempotent retry, added to its answer.
+//! - [`metrics`]: counters and latency histograms served at `/metrics`.
 //! - [`client`]: the async Rust client of the TCP API.
 //! - [`wire`]: non-blocking frame reading and writing shared by the connections.
 
@@ -15,6 +16,7 @@ pub mod client;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod original;
 pub mod serve;
 pub mod tcp;
 pub mod tls;

@@ -53,7 +53,18 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             next.saturating_sub(last).max(1)
         }
     };
-    let mut printer = Printer { out, open: true, format: args.format, filter, print: !args.verify, progress };
+    if args.fields.is_some() && matches!(args.format, ReplayFormat::Raw) {
+        anyhow::bail!("--fields picks fields of text or JSON lines; --format raw writes whole frames");
+    }
+    let mut printer = Printer {
+        out,
+        open: true,
+        format: args.format,
+        fields: args.fields.clone(),
+        filter,
+        print: !args.verify,
+        progress,
+    };
     let summary = replay::read(&source, from, args.to, |sequence, frame| printer.event(sequence, frame))?;
     if args.follow {
         // New events as they are published, until Ctrl-C (or the reader goes away).
@@ -102,6 +113,8 @@ struct Printer<'a> {
     /// False once stdout is closed (a pipe into `head`).
     open: bool,
     format: ReplayFormat,
+    /// `--fields`: only these, in this order.
+    fields: Option<format::FieldSelection>,
     filter: EventFilter,
     /// False with --verify: only the summary is printed.
     print: bool,
@@ -115,14 +128,20 @@ impl Printer<'_> {
         if !self.print || !self.open || !self.filter.matches(frame) {
             return Ok(());
         }
-        self.open = match self.format {
-            ReplayFormat::Text => {
+        self.open = match (self.format, &self.fields) {
+            (ReplayFormat::Text, Some(fields)) => {
+                replay::write_stdout(&mut self.out, format!("{}\n", fields.text(frame)).as_bytes())?
+            }
+            (ReplayFormat::Json, Some(fields)) => {
+                replay::write_stdout(&mut self.out, format!("{}\n", fields.json(frame)).as_bytes())?
+            }
+            (ReplayFormat::Text, None) => {
                 replay::write_stdout(&mut self.out, format!("{}\n", format::text(frame)).as_bytes())?
             }
-            ReplayFormat::Json => {
+            (ReplayFormat::Json, None) => {
                 replay::write_stdout(&mut self.out, format!("{}\n", format::json(frame)).as_bytes())?
             }
-            ReplayFormat::Raw => replay::write_stdout(&mut self.out, frame)?,
+            (ReplayFormat::Raw, _) => replay::write_stdout(&mut self.out, frame)?,
         };
         Ok(())
     }

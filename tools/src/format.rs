@@ -97,3 +97,106 @@ pub fn json(frame: &[u8]) -> Value {
         Err(error) => json!({ "type": "undecodable", "error": error.to_string() }),
     }
 }
+
+/// The fields `--fields` can pick: every key of [`json`], and `time` (the time stamp
+/// in RFC 3339).
+pub const FIELDS: [&str; 13] = [
+    "sequence",
+    "timestamp",
+    "time",
+    "type",
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "ledger",
+    "code",
+    "linked",
+    "allow_negative",
+    "result",
+];
+
+/// The fields to print, in order (`--fields sequence,id,amount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSelection(Vec<&'static str>);
+
+impl std::str::FromStr for FieldSelection {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<FieldSelection, String> {
+        let mut fields = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some(field) = FIELDS.iter().find(|f| **f == name) else {
+                return Err(format!("unknown field `{name}`; the fields are {}", FIELDS.join(", ")));
+            };
+            fields.push(*field);
+        }
+        if fields.is_empty() {
+            return Err(format!("name at least one field: {}", FIELDS.join(", ")));
+        }
+        Ok(FieldSelection(fields))
+    }
+}
+
+impl FieldSelection {
+    fn value(&self, event: &Value, field: &str) -> Value {
+        match field {
+            "time" => event.get("timestamp").and_then(Value::as_u64).map_or(Value::Null, |ns| utc(ns).into()),
+            _ => event.get(field).cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    /// The event as a JSON object of the selected fields only (null where the
+    /// event has no such field, such as `amount` of an account).
+    pub fn json(&self, frame: &[u8]) -> Value {
+        let event = json(frame);
+        Value::Object(self.0.iter().map(|field| (field.to_string(), self.value(&event, field))).collect())
+    }
+
+    /// The selected fields separated by tabs (`-` where the event has none), for
+    /// `cut`, `awk` and spreadsheets.
+    pub fn text(&self, frame: &[u8]) -> String {
+        let event = json(frame);
+        let cells: Vec<String> = self
+            .0
+            .iter()
+            .map(|field| match self.value(&event, field) {
+                Value::Null => "-".to_string(),
+                Value::String(text) => text,
+                other => other.to_string(),
+            })
+            .collect();
+        cells.join("\t")
+    }
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+    use ledgerbus_codec::{encode, Message};
+    use ledgerbus_codec::messages::AccountEvent;
+
+    #[test]
+    fn fields_select_in_order_and_unknown_names_are_refused() {
+        let event = AccountEvent {
+            sequence: 7.into(),
+            timestamp_ns: 1_000_000_000.into(),
+            id: 42u128.into(),
+            ledger: 840.into(),
+            code: 1.into(),
+            flags: 0.into(),
+            result: 0.into(),
+            reserved: [0; 6],
+        };
+        let mut frame = vec![0u8; AccountEvent::FRAME_SIZE];
+        encode(&event, &mut frame).unwrap();
+        let fields: FieldSelection = "id, time,amount".parse().unwrap();
+        assert_eq!(fields.text(&frame), "42\t1970-01-01T00:00:01.000000000Z\t-");
+        assert_eq!(
+            fields.json(&frame).to_string(),
+            r#"{"id":"42","time":"1970-01-01T00:00:01.000000000Z","amount":null}"#
+        );
+        assert!("id,colour".parse::<FieldSelection>().unwrap_err().contains("unknown field `colour`"));
+        assert!(",".parse::<FieldSelection>().is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! What a client needs to reconcile an idempotent retry. The sequencer decides
+//! `exists` / `exists_with_different_fields` from a fingerprint of the original's
+//! fields, so its answer carries only the retry's own decision; the original (its
+//! sequence, time stamp and fields) lives in the read model. For those answers the
+//! gateway looks the original up there, and adds it, with the first field that
+//! differs, to the answer:
+//!
+//! ```json
+//! {"id": "5001", "result": "exists_with_different_fields", "sequence": 912, "timestamp": …,
+//!  "original": {"sequence": 17, "timestamp": …}, "field": "amount"}
+//! ```
+//!
+//! `sequence` and `timestamp` stay those of this decision's event, as in every answer.
+//! If the read model cannot say within [`LOOKUP_BUDGET`] (it is down, or far behind),
+//! `original` is `null`: the decision stands, and `GET /transfers/{id}` says the rest
+//! later.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
+use serde_json::{json, Value};
+
+use crate::http::AppState;
+
+/// How long one request may spend looking originals up, all of them together; what
+/// is not found by then is answered with `original: null`.
+pub const LOOKUP_BUDGET: Duration = Duration::from_secs(2);
+
+/// A command whose answer may need its original.
+pub trait Retried {
+    /// The read model's path for the original (`/transfers/{id}`).
+    fn path(&self) -> String;
+    /// The first field in which this command differs from `original` (the read
+    /// model's JSON of it), in the order the API documents the fields.
+    fn differing_field(&self, original: &Value) -> Option<&'static str>;
+}
+
+impl Retried for Transfer {
+    fn path(&self) -> String {
+        format!("/transfers/{}", self.id.get())
+    }
+
+    fn differing_field(&self, original: &Value) -> Option<&'static str> {
+        let linked = self.flags.get() & transfer_flags::LINKED != 0;
+        let fields: [(&'static str, Value); 6] = [
+            ("debit_account_id", self.debit_account_id.get().to_string().into()),
+            ("credit_account_id", self.credit_account_id.get().to_string().into()),
+            ("amount", self.amount.get().to_string().into()),
+            ("ledger", self.ledger.get().into()),
+            ("code", self.code.get().into()),
+            ("linked", linked.into()),
+        ];
+        first_difference(&fields, original)
+    }
+}
+
+impl Retried for CreateAccount {
+    fn path(&self) -> String {
+        format!("/accounts/{}", self.id.get())
+    }
+
+    fn differing_field(&self, original: &Value) -> Option<&'static str> {
+        let negative = self.flags.get() & account_flags::ALLOW_NEGATIVE != 0;
+        let fields: [(&'static str, Value); 3] = [
+            ("ledger", self.ledger.get().into()),
+            ("code", self.code.get().into()),
+            ("allow_negative", negative.into()),
+        ];
+        first_difference(&fields, original)
+    }
+}
+
+fn first_difference(fields: &[(&'static str, Value)], original: &Value) -> Option<&'static str> {
+    fields.iter().find(|(name, value)| original.get(name) != Some(value)).map(|(name, _)| *name)
+}
+
+/// Adds `original` (and `field` where the fields differ) to each `exists` answer in
+/// `results`, which answer `commands` in order.
+pub async fn add_originals<C: Retried>(
+    state: &AppState,
+    commands: &[C],
+    results: &mut [(Value, axum::http::StatusCode)],
+) {
+    let deadline = tokio::time::Instant::now() + LOOKUP_BUDGET;
+    for (command, (answer, _)) in commands.iter().zip(results.iter_mut()) {
+        let code = answer.get("result").and_then(Value::as_str);
+        let differs = code == Some(ResultCode::ExistsWithDifferentFields.snake_name());
+        if !differs && code != Some(ResultCode::Exists.snake_name()) {
+            continue;
+        }
+        // The retry's own event comes after the original: a read model that has
+        // applied it has applied the original.
+        let decided = answer.get("sequence").and_then(Value::as_u64).unwrap_or(0);
+        let original = match tokio::time::timeout_at(deadline, lookup(state, &command.path(), decided)).await
+        {
+            Ok(Some(original)) => original,
+            _ => {
+                answer["original"] = Value::Null;
+                continue;
+            }
+        };
+        answer["original"] = json!({
+            "sequence": original.get("sequence").cloned().unwrap_or(Value::Null),
+            "timestamp": original.get("timestamp").cloned().unwrap_or(Value::Null),
+        });
+        if differs {
+            answer["field"] = command.differing_field(&original).map_or(Value::Null, Value::from);
+        }
+    }
+}
+
+/// The read model's JSON at `path` once it has applied `min_sequence`, or `None`.
+async fn lookup(state: &AppState, path: &str, min_sequence: u64) -> Option<Value> {
+    let request = axum::http::Request::get(format!("http://{}{}", state.query_upstream, path))
+        .header("x-min-sequence", min_sequence.to_string())
+        .header("authorization", &*state.query_authorization)
+        .body(Body::empty())
+        .ok()?;
+    let response = state.client.request(request).await.ok()?;
+    if !response.status().is_success() {
+        tracing::debug!(path, status = %response.status(), "original not in the read model");
+        return None;
+    }
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(amount: u64, flags: u16) -> Transfer {
+        Transfer {
+            correlation_id: 0.into(),
+            id: 5001u128.into(),
+            debit_account_id: 1u128.into(),
+            credit_account_id: 2u128.into(),
+            amount: amount.into(),
+            ledger: 840.into(),
+            code: 1.into(),
+            flags: flags.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_differing_field_is_named_in_documented_order() {
+        let original = json!({"id": "5001", "debit_account_id": "1", "credit_account_id": "2",
+            "amount": "100", "ledger": 840, "code": 1, "linked": false, "sequence": 17, "timestamp": 5});
+        assert_eq!(transfer(100, 0).differing_field(&original), None);
+        assert_eq!(transfer(101, 0).differing_field(&original), Some("amount"));
+        assert_eq!(transfer(100, transfer_flags::LINKED).differing_field(&original), Some("linked"));
+        let account = CreateAccount {
+            correlation_id: 0.into(),
+            id: 1u128.into(),
+            ledger: 978.into(),
+            code: 1.into(),
+            flags: 0.into(),
+        };
+        let original = json!({"id": "1", "ledger": 840, "code": 1, "allow_negative": true});
+        assert_eq!(account.differing_field(&original), Some("ledger"));
+    }
+}
