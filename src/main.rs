@@ -18,6 +18,9 @@ use config_file::FileSettings;
 
 /// Exit status for configuration errors (as clap uses for usage errors).
 const EXIT_CONFIG: u8 = 2;
+/// Exit status when an address to listen on is in use (sysexits' EX_TEMPFAIL: try
+/// again, or elsewhere); the demo picks other ports when a child exits with it.
+pub const EXIT_ADDRESS_IN_USE: u8 = 75;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -55,9 +58,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            ExitCode::FAILURE
+            if address_in_use(&error) {
+                ExitCode::from(EXIT_ADDRESS_IN_USE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether `error` comes from binding an address that is in use.
+fn address_in_use(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+            || cause.to_string().contains("(os error 98)")
+    })
 }
 
 fn run(command: Command) -> anyhow::Result<()> {

@@ -196,7 +196,7 @@ fn demo_with_a_taken_port_fails_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let output = ledgerbus(&["demo", "--http", &address, "--duration", "1"], &[]);
-    assert_eq!(output.status.code(), Some(1), "a failed start is a failure");
+    assert_eq!(output.status.code(), Some(75), "a failed start is a failure: EX_TEMPFAIL, address in use");
     let text = stderr(&output);
     assert!(text.contains(&address) && text.contains("--http"), "{text}");
     assert!(!stdout(&output).contains("is running"), "{}", stdout(&output));

@@ -311,6 +311,80 @@ impl TransferResult {
     }
 }
 
+impl AccountEvent {
+    /// The event recording the decision on `command` (beside
+    /// [`CreateAccountResult::answering`], its answer).
+    pub fn deciding(command: &CreateAccount, sequence: u64, timestamp_ns: u64, result: ResultCode) -> Self {
+        AccountEvent {
+            sequence: sequence.into(),
+            timestamp_ns: timestamp_ns.into(),
+            id: command.id,
+            ledger: command.ledger,
+            code: command.code,
+            flags: command.flags,
+            result: result.to_wire().into(),
+            reserved: [0; 6],
+        }
+    }
+
+    /// The command this event decided (the correlation id is not journaled: 0).
+    pub fn command(&self) -> CreateAccount {
+        CreateAccount {
+            correlation_id: 0.into(),
+            id: self.id,
+            ledger: self.ledger,
+            code: self.code,
+            flags: self.flags,
+        }
+    }
+}
+
+impl TransferEvent {
+    /// The event recording the decision on `command` (beside
+    /// [`TransferResult::answering`], its answer).
+    pub fn deciding(command: &Transfer, sequence: u64, timestamp_ns: u64, result: ResultCode) -> Self {
+        TransferEvent {
+            sequence: sequence.into(),
+            timestamp_ns: timestamp_ns.into(),
+            id: command.id,
+            debit_account_id: command.debit_account_id,
+            credit_account_id: command.credit_account_id,
+            amount: command.amount,
+            ledger: command.ledger,
+            code: command.code,
+            flags: command.flags,
+            result: result.to_wire().into(),
+            reserved: [0; 6],
+        }
+    }
+
+    /// The command this event decided (the correlation id is not journaled: 0).
+    pub fn command(&self) -> Transfer {
+        Transfer {
+            correlation_id: 0.into(),
+            id: self.id,
+            debit_account_id: self.debit_account_id,
+            credit_account_id: self.credit_account_id,
+            amount: self.amount,
+            ledger: self.ledger,
+            code: self.code,
+            flags: self.flags,
+        }
+    }
+
+    /// Whether the chain continues with the next transfer.
+    pub fn is_linked(&self) -> bool {
+        self.flags.get() & crate::transfer_flags::LINKED != 0
+    }
+}
+
+impl Transfer {
+    /// Whether the chain continues with the next transfer (all-or-nothing).
+    pub fn is_linked(&self) -> bool {
+        self.flags.get() & crate::transfer_flags::LINKED != 0
+    }
+}
+
 /// Name, template id, block length and fields of one message, for tools and for the
 /// schema drift test.
 #[derive(Debug, Clone, Copy)]

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use ledgerbus_ledger::Ledger;
-use ledgerbus_sequencer::core::SequencerCore;
+use ledgerbus_ledger::{Ledger, Replica, TransferIds};
 use ledgerbus_sequencer::journal::{list_segments, Durability, JournalWriter};
 
 use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
@@ -43,7 +42,7 @@ pub struct Resumed {
 pub struct DiskSink {
     config: DiskConfig,
     journal: JournalWriter,
-    core: SequencerCore,
+    core: Replica,
     last_snapshot: u64,
     progress: Arc<Progress>,
 }
@@ -81,11 +80,10 @@ impl DiskSink {
         progress: Arc<Progress>,
     ) -> Result<(DiskSink, Resumed), String> {
         fs::create_dir_all(snapshot_dir(&config.data_dir)).map_err(|e| e.to_string())?;
-        let mut core = SequencerCore::new(Ledger::new());
+        let mut core = Replica::new(Ledger::new());
         let mut snapshot_sequence = 0;
         for (sequence, path) in snapshots(&snapshot_dir(&config.data_dir)) {
-            let loaded =
-                fs::File::open(&path).and_then(|f| SequencerCore::read_snapshot(&mut BufReader::new(f)));
+            let loaded = fs::File::open(&path).and_then(|f| Replica::read_snapshot(&mut BufReader::new(f)));
             match loaded {
                 Ok(restored) => {
                     core = restored;
@@ -107,7 +105,7 @@ impl DiskSink {
                     return Ok(()); // already in the snapshot
                 }
                 journal_events += 1;
-                core.follow(frame)
+                core.apply(frame, TransferIds::Skip).map_err(|e| e.to_string())
             },
         )
         .map_err(|e| e.to_string())?;
@@ -190,7 +188,7 @@ impl Sink for DiskSink {
 
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
         for frame in split_frames(frames) {
-            self.core.follow(frame)?;
+            self.core.apply(frame, TransferIds::Skip).map_err(|e| e.to_string())?;
             self.journal.append(frame);
         }
         Ok(())

@@ -14,8 +14,7 @@ use hashbrown::HashMap;
 use ledgerbus_codec::messages::TransferEvent;
 use ledgerbus_codec::{decode, transfer_flags, Frame, Frames, ResultCode};
 use ledgerbus_ledger::index::{IdIndex, Probe};
-use ledgerbus_ledger::Ledger;
-use ledgerbus_sequencer::core::SequencerCore;
+use ledgerbus_ledger::{Ledger, Replica, TransferIds};
 
 /// Records per chunk of the transfer store.
 const CHUNK_BITS: u32 = 16;
@@ -56,7 +55,7 @@ impl TransferRecord {
 /// The read model.
 pub struct ReadModel {
     /// Balances, idempotency and the log hash: the same code the sequencer runs.
-    core: SequencerCore,
+    core: Replica,
     /// Applied transfers in sequence order, `CHUNK_LEN` to a chunk; a record's
     /// position is its index everywhere below.
     chunks: Vec<Vec<TransferRecord>>,
@@ -109,7 +108,7 @@ impl ReadModel {
         let by_id = IdIndex::with_capacity(transfers);
         by_id.populate();
         ReadModel {
-            core: SequencerCore::new(Ledger::new()),
+            core: Replica::new(Ledger::new()),
             chunks: Vec::new(),
             len: 0,
             by_id,
@@ -226,7 +225,7 @@ impl ReadModel {
             }
             _ => None,
         };
-        self.core.follow_decoded(&decoded, frame)?;
+        self.core.apply_decoded(&decoded, frame, TransferIds::Skip).map_err(|e| e.to_string())?;
         if let (Some(slot), Frame::TransferEvent(event)) = (slot, &decoded) {
             let record = TransferRecord {
                 id: event.id.get(),

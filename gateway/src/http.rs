@@ -251,10 +251,7 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
         Err(bad) => return bad_request(bad),
     };
     // A chain still open at the end of the request can never close: decide it here.
-    let open_from = commands
-        .iter()
-        .rposition(|t| t.flags.get() & ledgerbus_codec::transfer_flags::LINKED == 0)
-        .map_or(0, |last_closed| last_closed + 1);
+    let open_from = commands.iter().rposition(|t| !t.is_linked()).map_or(0, |last_closed| last_closed + 1);
     let local: Vec<(usize, Value)> = (open_from..commands.len())
         .map(|index| (index, json::result_json(commands[index].id.get(), ResultCode::LinkedChainOpen, 0, 0)))
         .collect();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::Body;
 use http_body_util::BodyExt;
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
-use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
+use ledgerbus_codec::{account_flags, ResultCode};
 use serde_json::{json, Value};
 
 use crate::http::AppState;
@@ -44,7 +44,7 @@ impl Retried for Transfer {
     }
 
     fn differing_field(&self, original: &Value) -> Option<&'static str> {
-        let linked = self.flags.get() & transfer_flags::LINKED != 0;
+        let linked = self.is_linked();
         let fields: [(&'static str, Value); 6] = [
             ("debit_account_id", self.debit_account_id.get().to_string().into()),
             ("credit_account_id", self.credit_account_id.get().to_string().into()),
@@ -151,7 +151,10 @@ mod tests {
             "amount": "100", "ledger": 840, "code": 1, "linked": false, "sequence": 17, "timestamp": 5});
         assert_eq!(transfer(100, 0).differing_field(&original), None);
         assert_eq!(transfer(101, 0).differing_field(&original), Some("amount"));
-        assert_eq!(transfer(100, transfer_flags::LINKED).differing_field(&original), Some("linked"));
+        assert_eq!(
+            transfer(100, ledgerbus_codec::transfer_flags::LINKED).differing_field(&original),
+            Some("linked")
+        );
         let account = CreateAccount {
             correlation_id: 0.into(),
             id: 1u128.into(),

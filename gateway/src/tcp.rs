@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{ClientHello, CreateAccountResult, TransferResult, Welcome};
-use ledgerbus_codec::{decode, encode, transfer_flags, DecodeError, Frame, Message, ResultCode};
+use ledgerbus_codec::{decode, encode, DecodeError, Frame, Message, ResultCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -369,9 +369,7 @@ fn split_groups(bytes: &[u8], room: usize) -> Groups {
     while offset < bytes.len() {
         let (ends_group, size) = match Frame::decode(&bytes[offset..]) {
             Ok((Frame::CreateAccount(_), size)) => (true, size),
-            Ok((Frame::Transfer(transfer), size)) => {
-                (transfer.flags.get() & transfer_flags::LINKED == 0, size)
-            }
+            Ok((Frame::Transfer(transfer), size)) => (!transfer.is_linked(), size),
             Err(DecodeError::Truncated { .. }) => break,
             Ok((other, _)) => {
                 groups.error = Some(format!("template {} is not a command", other.template_id()));
@@ -428,7 +426,7 @@ mod tests {
             amount: 1.into(),
             ledger: 1.into(),
             code: 1.into(),
-            flags: if linked { transfer_flags::LINKED } else { 0 }.into(),
+            flags: if linked { ledgerbus_codec::transfer_flags::LINKED } else { 0 }.into(),
         };
         let mut frame = vec![0u8; Transfer::FRAME_SIZE];
         encode(&command, &mut frame).unwrap();

@@ -186,9 +186,8 @@ impl Ledger {
     pub fn transfer_chain(&mut self, chain: &[Transfer], results: &mut [ResultCode]) {
         assert_eq!(chain.len(), results.len());
         assert!(!chain.is_empty());
-        let open = chain.last().is_some_and(|t| t.flags.get() & transfer_flags::LINKED != 0);
-        let inner_unlinked =
-            chain[..chain.len() - 1].iter().any(|t| t.flags.get() & transfer_flags::LINKED == 0);
+        let open = chain.last().is_some_and(Transfer::is_linked);
+        let inner_unlinked = chain[..chain.len() - 1].iter().any(|t| !t.is_linked());
         if open || inner_unlinked || chain.len() > CHAIN_MAX {
             results.fill(ResultCode::LinkedChainOpen);
             return;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, Id128};
-use ledgerbus_ledger::Ledger;
+use ledgerbus_ledger::{Ledger, Replica};
 use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
 use ledgerbus_transport::SenderConfig;
 
@@ -118,7 +118,7 @@ pub fn run(
         targets,
         SocketOptions::default(),
     )?;
-    let mut core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
+    let mut core = SequencerCore::new(Replica::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24)));
     let mut batch = PendingBatch::with_capacity(65_536);
 
     // Accounts: one settlement account that may go negative funds the others.
@@ -238,7 +238,7 @@ pub fn run(
     drop(pipeline);
 
     // Restart recovery: reopen the journal into a fresh ledger, as a restart does.
-    let mut recovered_core = SequencerCore::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
+    let mut recovered_core = Replica::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
     let recovery_start = Instant::now();
     let (_, recovered) = crate::recovery::recover(dir, durability, 1 << 30, 1, &mut recovered_core)
         .map_err(std::io::Error::other)?;

@@ -7,8 +7,8 @@
 use ledgerbus_codec::messages::{
     AccountEvent, CreateAccount, CreateAccountResult, Transfer, TransferEvent, TransferResult,
 };
-use ledgerbus_codec::{decode, encode, Frame, Message, ResultCode};
-use ledgerbus_ledger::{Ledger, RollingHash};
+use ledgerbus_codec::{decode, encode, Message, ResultCode};
+use ledgerbus_ledger::{ApplyError, Ledger, Replica, TransferIds};
 
 use crate::journal::{Durable, JournalWriter};
 
@@ -134,58 +134,50 @@ fn frames<'a>(events: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [u8
 }
 
 /// Decides commands in arrival order: stamps sequence and timestamp, applies them to
-/// the ledger, and records the event and the reply.
+/// the ledger, and records the event and the reply. Its state is a
+/// [`Replica`]: what an event does is decided here and applied there, the same rule
+/// as every follower's.
 #[derive(Debug)]
 pub struct SequencerCore {
-    ledger: Ledger,
-    next_sequence: u64,
-    last_timestamp_ns: u64,
-    hash: RollingHash,
+    replica: Replica,
     chain_results: Vec<ResultCode>,
 }
 
 impl SequencerCore {
-    /// A core continuing a log at `next_sequence` with `ledger` (rebuilt by replay).
-    pub fn new(ledger: Ledger) -> SequencerCore {
-        SequencerCore {
-            ledger,
-            next_sequence: 1,
-            last_timestamp_ns: 0,
-            hash: RollingHash::EMPTY,
-            chain_results: Vec::with_capacity(ledgerbus_ledger::ledger::CHAIN_MAX),
-        }
+    /// A core continuing the log where `replica` stands.
+    pub fn new(replica: Replica) -> SequencerCore {
+        SequencerCore { replica, chain_results: Vec::with_capacity(ledgerbus_ledger::ledger::CHAIN_MAX) }
+    }
+
+    /// The state and position.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The state and position, mutable (recovery applies the journal to it).
+    pub fn replica_mut(&mut self) -> &mut Replica {
+        &mut self.replica
     }
 
     /// The sequence of the next event.
     pub fn next_sequence(&self) -> u64 {
-        self.next_sequence
+        self.replica.next_sequence()
     }
 
     /// The rolling hash over every event so far.
     pub fn log_hash(&self) -> u64 {
-        self.hash.value()
+        self.replica.log_hash()
     }
 
     /// The ledger state.
     pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+        self.replica.ledger()
     }
 
     /// Prefetches what deciding transfer `id` will touch first (see `Ledger`).
     #[inline]
     pub fn prefetch_transfer(&self, id: u128) {
-        self.ledger.prefetch_transfer(id);
-    }
-
-    /// The ledger state, mutable (recovery swaps the transfer index in and out).
-    pub fn ledger_mut(&mut self) -> &mut Ledger {
-        &mut self.ledger
-    }
-
-    /// Strictly increasing timestamps, even if the wall clock steps back.
-    fn stamp(&mut self, now_ns: u64) -> u64 {
-        self.last_timestamp_ns = now_ns.max(self.last_timestamp_ns + 1);
-        self.last_timestamp_ns
+        self.replica.ledger().prefetch_transfer(id);
     }
 
     /// Decides a CreateAccount from `connection`.
@@ -196,19 +188,10 @@ impl SequencerCore {
         now_ns: u64,
         batch: &mut PendingBatch,
     ) {
-        let timestamp_ns = self.stamp(now_ns);
-        let result = self.ledger.create_account(command, timestamp_ns);
-        let sequence = self.next_sequence;
-        let event = AccountEvent {
-            sequence: sequence.into(),
-            timestamp_ns: timestamp_ns.into(),
-            id: command.id,
-            ledger: command.ledger,
-            code: command.code,
-            flags: command.flags,
-            result: result.to_wire().into(),
-            reserved: [0; 6],
-        };
+        let timestamp_ns = self.replica.stamp(now_ns);
+        let result = self.replica.ledger_mut().create_account(command, timestamp_ns);
+        let sequence = self.replica.next_sequence();
+        let event = AccountEvent::deciding(command, sequence, timestamp_ns, result);
         let reply = CreateAccountResult::answering(command, sequence, timestamp_ns, result);
         self.record(&event, connection, &reply, batch);
     }
@@ -226,26 +209,14 @@ impl SequencerCore {
         results.clear();
         results.resize(chain.len(), ResultCode::Ok);
         if chain.len() == 1 {
-            results[0] = self.ledger.transfer(&chain[0]);
+            results[0] = self.replica.ledger_mut().transfer(&chain[0]);
         } else {
-            self.ledger.transfer_chain(chain, &mut results);
+            self.replica.ledger_mut().transfer_chain(chain, &mut results);
         }
         for (command, result) in chain.iter().zip(&results) {
-            let timestamp_ns = self.stamp(now_ns);
-            let sequence = self.next_sequence;
-            let event = TransferEvent {
-                sequence: sequence.into(),
-                timestamp_ns: timestamp_ns.into(),
-                id: command.id,
-                debit_account_id: command.debit_account_id,
-                credit_account_id: command.credit_account_id,
-                amount: command.amount,
-                ledger: command.ledger,
-                code: command.code,
-                flags: command.flags,
-                result: result.to_wire().into(),
-                reserved: [0; 6],
-            };
+            let timestamp_ns = self.replica.stamp(now_ns);
+            let sequence = self.replica.next_sequence();
+            let event = TransferEvent::deciding(command, sequence, timestamp_ns, *result);
             let reply = TransferResult::answering(command, sequence, timestamp_ns, *result);
             self.record(&event, connection, &reply, batch);
         }
@@ -262,132 +233,20 @@ impl SequencerCore {
         let start = batch.events.len();
         batch.events.resize(start + E::FRAME_SIZE, 0);
         encode(event, &mut batch.events[start..]).expect("sized above");
-        self.hash.update(&batch.events[start..]);
+        self.replica.append_decided(&batch.events[start..]);
         batch.event_ends.push(batch.events.len() as u32);
         let mut frame = [0u8; REPLY_FRAME_SIZE];
         encode(reply, &mut frame).expect("reply frames share one size");
         batch.replies.push(Reply { connection, frame });
-        self.next_sequence += 1;
-        batch.next_sequence = self.next_sequence;
-        batch.last_hash = self.hash.value();
+        batch.next_sequence = self.replica.next_sequence();
+        batch.last_hash = self.replica.log_hash();
     }
 
-    /// Re-applies one journaled event at start-up. Events must come in order and apply
-    /// exactly as they were decided; anything else is reported as corruption.
-    pub fn replay(&mut self, frame: &[u8]) -> Result<(), String> {
-        self.apply_event(frame, true)
-    }
-
-    /// Recovery fast path: applies a batch of journaled events like [`Self::follow`]
-    /// (balances, hash, position) and appends the (id, fingerprint) of every applied
-    /// transfer to `ids`, for the transfer index being rebuilt on another thread.
-    pub fn recover_batch(&mut self, frames: &[u8], ids: &mut Vec<(u128, u64)>) -> Result<(), String> {
-        for frame in ledgerbus_codec::Frames::new(frames) {
-            let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
-            let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
-            if let Frame::TransferEvent(event) = &decoded {
-                if event.result() == Ok(ResultCode::Ok) {
-                    ids.push((event.id.get(), ledgerbus_ledger::ledger::fingerprint(&command_of(event))));
-                }
-            }
-            self.apply_decoded(&decoded, frame, false)?;
-        }
-        Ok(())
-    }
-
-    /// Applies one event as a consumer does: balances and the log hash, without the
-    /// transfer-id index that only a decider needs (see `Ledger::post_transfer`).
-    pub fn follow(&mut self, frame: &[u8]) -> Result<(), String> {
-        self.apply_event(frame, false)
-    }
-
-    /// [`follow`](Self::follow) for a caller that has decoded `frame` already.
-    pub fn follow_decoded(&mut self, decoded: &Frame<'_>, frame: &[u8]) -> Result<(), String> {
-        self.apply_decoded(decoded, frame, false)
-    }
-
-    fn apply_event(&mut self, frame: &[u8], remember_ids: bool) -> Result<(), String> {
-        let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
-        self.apply_decoded(&decoded, frame, remember_ids)
-    }
-
-    /// Applies an event already decoded from `frame`. The position is checked before
-    /// anything changes, so an event out of place leaves the state as it was.
-    fn apply_decoded(&mut self, decoded: &Frame<'_>, frame: &[u8], remember_ids: bool) -> Result<(), String> {
-        let Some(sequence) = decoded.event_sequence() else {
-            return Err(format!("template {} is not an event", decoded.template_id()));
-        };
-        if sequence != self.next_sequence {
-            return Err(format!("event {sequence} where {} belongs", self.next_sequence));
-        }
-        let timestamp_ns = match decoded {
-            Frame::AccountEvent(event) => {
-                if event.result().map_err(|e| e.to_string())? == ResultCode::Ok {
-                    let command = CreateAccount {
-                        correlation_id: 0.into(),
-                        id: event.id,
-                        ledger: event.ledger,
-                        code: event.code,
-                        flags: event.flags,
-                    };
-                    let again = self.ledger.create_account(&command, event.timestamp_ns.get());
-                    if again != ResultCode::Ok {
-                        return Err(format!("account event {sequence} no longer applies: {again:?}"));
-                    }
-                }
-                event.timestamp_ns.get()
-            }
-            Frame::TransferEvent(event) => {
-                if event.result().map_err(|e| e.to_string())? == ResultCode::Ok {
-                    let command = command_of(event);
-                    let applied = if remember_ids {
-                        self.ledger.replay_transfer(&command)
-                    } else {
-                        self.ledger.post_transfer(&command)
-                    };
-                    applied
-                        .map_err(|code| format!("transfer event {sequence} no longer applies: {code:?}"))?;
-                }
-                event.timestamp_ns.get()
-            }
-            _ => unreachable!("event_sequence is Some only for events"),
-        };
-        self.hash.update(frame);
-        self.next_sequence += 1;
-        self.last_timestamp_ns = self.last_timestamp_ns.max(timestamp_ns);
-        Ok(())
-    }
-}
-
-impl SequencerCore {
-    /// Writes the state (ledger, position, log hash) as a snapshot.
-    pub fn write_snapshot(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let header = [self.next_sequence, self.last_timestamp_ns, self.hash.value(), 0];
-        ledgerbus_ledger::snapshot::write(&self.ledger, &header, out)
-    }
-
-    /// A core restored from a snapshot.
-    pub fn read_snapshot(input: &mut impl std::io::Read) -> std::io::Result<SequencerCore> {
-        let (ledger, header) = ledgerbus_ledger::snapshot::read(input)?;
-        let mut core = SequencerCore::new(ledger);
-        core.next_sequence = header[0];
-        core.last_timestamp_ns = header[1];
-        core.hash = RollingHash::from_value(header[2]);
-        Ok(core)
-    }
-}
-
-/// The command a transfer event decided (the correlation id is not journaled).
-fn command_of(event: &TransferEvent) -> Transfer {
-    Transfer {
-        correlation_id: 0.into(),
-        id: event.id,
-        debit_account_id: event.debit_account_id,
-        credit_account_id: event.credit_account_id,
-        amount: event.amount,
-        ledger: event.ledger,
-        code: event.code,
-        flags: event.flags,
+    /// Re-applies one journaled event at start-up (remembering transfer ids). Events
+    /// must come in order and apply exactly as they were decided; anything else is
+    /// corruption.
+    pub fn replay(&mut self, frame: &[u8]) -> Result<(), ApplyError> {
+        self.replica.apply(frame, TransferIds::Remember)
     }
 }
 

@@ -10,21 +10,22 @@
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 
-use crate::core::SequencerCore;
+use ledgerbus_ledger::Replica;
+
 use crate::journal::{Durability, JournalError, JournalWriter, Recovered};
 
 /// Frames applied per batch; ids are handed to the builder in batches of this size too.
 const BATCH_EVENTS: usize = 1_024;
 
-/// Opens the journal in `dir` and rebuilds `core` from it.
+/// Opens the journal in `dir` and brings `replica` to its end.
 pub fn recover(
     dir: &Path,
     durability: Durability,
     segment_size_max: u64,
     new_session: u64,
-    core: &mut SequencerCore,
+    replica: &mut Replica,
 ) -> Result<(JournalWriter, Recovered), JournalError> {
-    let mut index = core.ledger_mut().take_transfer_index();
+    let mut index = replica.ledger_mut().take_transfer_index();
     let (ids_tx, ids_rx) = sync_channel::<Vec<(u128, u64)>>(16);
     let builder = std::thread::Builder::new()
         .name("recover-index".into())
@@ -49,7 +50,7 @@ pub fn recover(
             return Ok(());
         }
         pending_count = 0;
-        let applied = core.recover_batch(&pending, &mut ids);
+        let applied = replica.recover_batch(&pending, &mut ids).map_err(|e| e.to_string());
         pending.clear();
         if ids.len() >= BATCH_EVENTS {
             let full = std::mem::replace(&mut ids, Vec::with_capacity(BATCH_EVENTS));
@@ -57,7 +58,7 @@ pub fn recover(
         }
         applied
     });
-    let tail = core.recover_batch(&pending, &mut ids);
+    let tail = replica.recover_batch(&pending, &mut ids).map_err(|e| e.to_string());
     let _ = ids_tx.send(ids);
     drop(ids_tx);
     let (index, duplicate) = builder.join().map_err(|_| JournalError::Corrupt {
@@ -65,7 +66,7 @@ pub fn recover(
         offset: 0,
         reason: "the transfer index builder panicked".into(),
     })?;
-    core.ledger_mut().put_transfer_index(index);
+    replica.ledger_mut().put_transfer_index(index);
     let opened = opened?;
     tail.map_err(|reason| JournalError::Corrupt { path: dir.to_path_buf(), offset: 0, reason })?;
     if let Some(id) = duplicate {

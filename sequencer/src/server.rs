@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ledgerbus_codec::messages::{Challenge, Transfer, Welcome};
-use ledgerbus_codec::{encode, transfer_flags, DecodeError, Frame, Message, MessageHeader};
+use ledgerbus_codec::{encode, DecodeError, Frame, Message, MessageHeader};
 use ledgerbus_ledger::ledger::CHAIN_MAX;
-use ledgerbus_ledger::Ledger;
+use ledgerbus_ledger::{Ledger, Replica};
 use ledgerbus_transport::driver::{Publisher, SocketOptions, Targets};
 use ledgerbus_transport::{BusKey, BusKeys, BusSecurity, SenderConfig};
 
@@ -212,15 +212,16 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         ms = started.elapsed().as_millis() as u64,
         "transfer index allocated"
     );
-    let mut core = SequencerCore::new(ledger);
+    let mut replica = Replica::new(ledger);
     let new_session = auth::random_u64().map_err(io_err("random session id"))?;
     let (journal, recovered) = crate::recovery::recover(
         &config.data_dir,
         config.durability,
         config.segment_size_max,
         new_session,
-        &mut core,
+        &mut replica,
     )?;
+    let core = SequencerCore::new(replica);
     let elapsed = started.elapsed().as_secs_f64();
     tracing::info!(
         session = format_args!("{:#018x}", recovered.session_id),
@@ -681,7 +682,7 @@ impl HotLoop {
                 Ok((Frame::Transfer(transfer), frame_size)) => {
                     self.chain.push(transfer.to_block());
                     size += frame_size;
-                    let linked = transfer.flags.get() & transfer_flags::LINKED != 0;
+                    let linked = transfer.is_linked();
                     if !linked || self.chain.len() > CHAIN_MAX {
                         return ChainScan::Complete { size };
                     }

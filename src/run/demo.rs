@@ -77,6 +77,16 @@ fn free_udp() -> anyhow::Result<SocketAddr> {
     free_port([127, 0, 0, 1].into(), |address| UdpSocket::bind(address).is_ok())
 }
 
+/// The error for a child that exited before it was ready; one that could not bind
+/// its address says so (the demo then picks other ports).
+fn exited_while_starting(name: &str, status: std::process::ExitStatus) -> anyhow::Error {
+    if status.code() == Some(i32::from(crate::EXIT_ADDRESS_IN_USE)) {
+        anyhow::anyhow!("the {name} could not listen: its address is in use ({status}); its log is above")
+    } else {
+        anyhow::anyhow!("the {name} exited while starting ({status}); its log is above")
+    }
+}
+
 /// `address` if it can be bound now (port 0: a free port on its IP). A port already
 /// taken is refused here, naming it: the child would fail to bind it, and whatever
 /// holds it might even answer the health check in its place.
@@ -271,7 +281,7 @@ fn start_all(
     // Ready is not enough: each child must still be the one serving its address.
     for service in services.iter_mut() {
         if let Ok(Some(status)) = service.child.try_wait() {
-            bail!("the {} exited while starting ({status}); its log is above", service.name);
+            return Err(exited_while_starting(service.name, status));
         }
     }
     // Stopped in reverse order of start: the gateway first, the sequencer last.
@@ -288,7 +298,7 @@ fn wait_until(what: &str, started: &mut [Service], mut ready: impl FnMut() -> bo
         }
         for service in started.iter_mut() {
             if let Ok(Some(status)) = service.child.try_wait() {
-                bail!("the {} exited while starting ({status}); its log is above", service.name);
+                return Err(exited_while_starting(service.name, status));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -348,18 +358,6 @@ impl System {
             }
         };
         std::fs::create_dir_all(&data)?;
-        let addresses = Addresses {
-            gateway_http: with_free_port(http, "gateway HTTP", "--http")?,
-            gateway_tcp: with_free_port(tcp, "gateway TCP", "--tcp")?,
-            sequencer: free_tcp()?,
-            sequencer_status: free_tcp()?,
-            control: free_udp()?,
-            replay: free_tcp()?,
-            memory_udp: free_udp()?,
-            memory_http: free_tcp()?,
-            disk_udp: free_udp()?,
-            disk_http: free_tcp()?,
-        };
         let credentials = Credentials {
             sequencer_secret: random_hex()?,
             api_key: match api_key {
@@ -369,7 +367,32 @@ impl System {
             bus_key: random_hex_of::<32>()?,
             bus_security,
         };
-        let services = start_all(durability, &data, &addresses, &credentials, transfer_capacity)?;
+        // A port picked here can still be taken by someone else before the child
+        // binds it; that is our race, not the user's problem: pick again (ports the
+        // user chose are checked again too, and reported if really taken).
+        let mut attempt = 1;
+        let (addresses, services) = loop {
+            let addresses = Addresses {
+                gateway_http: with_free_port(http, "gateway HTTP", "--http")?,
+                gateway_tcp: with_free_port(tcp, "gateway TCP", "--tcp")?,
+                sequencer: free_tcp()?,
+                sequencer_status: free_tcp()?,
+                control: free_udp()?,
+                replay: free_tcp()?,
+                memory_udp: free_udp()?,
+                memory_http: free_tcp()?,
+                disk_udp: free_udp()?,
+                disk_http: free_tcp()?,
+            };
+            match start_all(durability, &data, &addresses, &credentials, transfer_capacity) {
+                Ok(services) => break (addresses, services),
+                Err(error) if attempt < 3 && format!("{error:#}").contains("in use") => {
+                    tracing::warn!(attempt, error = %format!("{error:#}"), "a port was taken while starting; picking others");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let Credentials { api_key, bus_key, .. } = credentials;
         Ok(System { addresses, api_key, bus_key, data, services, _temp: temp })
     }

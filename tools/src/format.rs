@@ -45,7 +45,7 @@ pub fn text(frame: &[u8]) -> String {
             e.amount.get(),
             e.ledger.get(),
             e.code.get(),
-            if e.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0 { " linked" } else { "" },
+            if e.is_linked() { " linked" } else { "" },
             result_name(e.result())
         ),
         Ok((Frame::AccountEvent(e), _)) => format!(
@@ -80,7 +80,7 @@ pub fn json(frame: &[u8]) -> Value {
             "amount": e.amount.get().to_string(),
             "ledger": e.ledger.get(),
             "code": e.code.get(),
-            "linked": e.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0,
+            "linked": e.is_linked(),
             "result": result_name(e.result()),
         }),
         Ok((Frame::AccountEvent(e), _)) => json!({
@@ -173,8 +173,8 @@ impl FieldSelection {
 #[cfg(test)]
 mod field_tests {
     use super::*;
-    use ledgerbus_codec::{encode, Message};
     use ledgerbus_codec::messages::AccountEvent;
+    use ledgerbus_codec::{encode, Message};
 
     #[test]
     fn fields_select_in_order_and_unknown_names_are_refused() {

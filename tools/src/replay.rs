@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ledgerbus_codec::messages::{Nak, StatusMessage};
 use ledgerbus_codec::{CrcCheck, Frame, Packet, PacketKind, PacketWriter};
-use ledgerbus_ledger::Ledger;
-use ledgerbus_sequencer::core::SequencerCore;
+use ledgerbus_ledger::{Ledger, Replica, TransferIds};
 use ledgerbus_sequencer::journal::{event_sequence, list_segments, Record, SegmentReader};
 use ledgerbus_transport::security::NodeSeal;
 use ledgerbus_transport::{BusSecurity, ReplayKey};
@@ -63,7 +62,7 @@ pub fn read(
 ) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut checker = Checker {
-        core: (from == 1).then(|| SequencerCore::new(Ledger::new())),
+        core: (from == 1).then(|| Replica::new(Ledger::new())),
         hash: ledgerbus_ledger::RollingHash::EMPTY,
         expected: from,
     };
@@ -98,7 +97,7 @@ pub fn read(
 }
 
 struct Checker {
-    core: Option<SequencerCore>,
+    core: Option<Replica>,
     hash: ledgerbus_ledger::RollingHash,
     expected: u64,
 }
@@ -114,7 +113,7 @@ impl Checker {
         summary.last_sequence = Some(sequence);
         self.hash.update(frame);
         if let Some(core) = &mut self.core {
-            if core.next_sequence() == sequence && core.replay(frame).is_err() {
+            if core.next_sequence() == sequence && core.apply(frame, TransferIds::Remember).is_err() {
                 summary.inconsistent += 1;
             }
         }
