@@ -12,7 +12,7 @@ use common::*;
 use ledgerbus_codec::account_flags;
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_gateway::client::{Client, Command};
-use ledgerbus_sequencer::journal::JournalReader;
+use ledgerbus_log::journal::JournalReader;
 
 const TRANSFERS: u64 = 60_000;
 

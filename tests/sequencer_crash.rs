@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use ledgerbus_codec::messages::{CreateAccount, Transfer, TransferEvent};
 use ledgerbus_codec::{account_flags, decode, ResultCode};
-use ledgerbus_sequencer::client::SequencerClient;
-use ledgerbus_sequencer::core::read_reply;
-use ledgerbus_sequencer::journal::JournalReader;
+use ledgerbus_log::journal::JournalReader;
+use ledgerbus_protocol::blocking::SequencerClient;
+use ledgerbus_protocol::Decided;
 
 const SECRET: &str = "crash-test-secret-0123456789";
 
@@ -121,7 +121,7 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
     }
     client.flush().unwrap();
     for _ in 0..2 {
-        assert_eq!(read_reply(client.read_reply().unwrap()).unwrap().2, ResultCode::Ok);
+        assert_eq!(Decided::read(client.read_reply().unwrap()).unwrap().result, ResultCode::Ok);
     }
 
     // Stream transfers in windows; kill -9 once enough have been acknowledged.
@@ -136,7 +136,7 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
         client.flush().unwrap();
         for _ in 0..500 {
             let Ok(frame) = client.read_reply() else { break 'stream };
-            let (correlation, sequence, result) = read_reply(frame).unwrap();
+            let Decided { correlation_id: correlation, sequence, result, .. } = Decided::read(frame).unwrap();
             assert_eq!(result, ResultCode::Ok);
             acknowledged.insert(u128::from(correlation), sequence);
             if acknowledged.len() == 20_000 && !killed {
@@ -195,7 +195,7 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
         }
         client.flush().unwrap();
         for id in chunk {
-            let (_, sequence, result) = read_reply(client.read_reply().unwrap()).unwrap();
+            let Decided { sequence, result, .. } = Decided::read(client.read_reply().unwrap()).unwrap();
             if let Some(&journal_sequence) = journaled.get(id) {
                 assert_eq!(
                     result,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use ledgerbus_codec::messages::{AccountEvent, TransferEvent};
 use ledgerbus_codec::{encode, Id128, Message, ResultCode};
-use ledgerbus_sequencer::journal::{list_segments, Durability, JournalWriter};
+use ledgerbus_log::journal::{list_segments, Durability, JournalWriter};
 use ledgerbus_transport::driver::{SocketOptions, Subscriber};
 use ledgerbus_transport::sim::event_frame;
 use ledgerbus_transport::ReceiverConfig;

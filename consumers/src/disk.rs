@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ledgerbus_ledger::{Ledger, Replica, TransferIds};
-use ledgerbus_sequencer::journal::{list_segments, Durability, JournalWriter};
+use ledgerbus_log::journal::{list_segments, Durability, JournalWriter};
 
 use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
 
@@ -100,7 +100,7 @@ impl DiskSink {
             config.segment_size_max,
             session,
             |frame| {
-                let sequence = ledgerbus_sequencer::journal::event_sequence(frame).unwrap_or(0);
+                let sequence = ledgerbus_log::journal::event_sequence(frame).unwrap_or(0);
                 if sequence < core.next_sequence() {
                     return Ok(()); // already in the snapshot
                 }
@@ -219,7 +219,7 @@ pub fn run(
     } else {
         // Waits (with back-off, saying so) until the sequencer is up.
         crate::follow::with_replay_service(follow_config.sequencer_replay, &stop, 1, || {
-            ledgerbus_sequencer::client::sequencer_session(
+            ledgerbus_log::replay_client::sequencer_session(
                 follow_config.sequencer_replay,
                 &follow_config.replay_key,
             )

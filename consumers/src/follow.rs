@@ -113,7 +113,7 @@ fn catch_up_once(
     let session = sink.session().unwrap_or(0);
     let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: from, error: None };
     let mut applied_error = None;
-    let (next, replay_session) = ledgerbus_sequencer::client::replay(
+    let (next, replay_session) = ledgerbus_log::replay_client::replay(
         config.sequencer_replay,
         &config.replay_key,
         session,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ledgerbus_codec::messages::{Authenticate, Challenge, Welcome};
 use ledgerbus_codec::{decode, encode, DecodeError, Message, MessageHeader, MESSAGE_HEADER_SIZE};
-use ledgerbus_sequencer::core::REPLY_FRAME_SIZE;
+use ledgerbus_protocol::{Decided, REPLY_FRAME_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
@@ -186,10 +186,8 @@ impl Upstream {
         if bytes.len() % REPLY_FRAME_SIZE != 0 {
             return Err("a result frame of an unexpected size".into());
         }
-        let highest = bytes
-            .chunks_exact(REPLY_FRAME_SIZE)
-            .filter_map(|r| ledgerbus_sequencer::core::read_reply(r).map(|r| r.1))
-            .max();
+        let highest =
+            bytes.chunks_exact(REPLY_FRAME_SIZE).filter_map(|r| Decided::read(r).map(|d| d.sequence)).max();
         let mut state = self.link.lock();
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -342,7 +340,7 @@ async fn connect(
     let answer = Authenticate {
         gateway_id: gateway_id.into(),
         reserved: [0; 4],
-        mac: ledgerbus_sequencer::auth::answer(secret, &challenge.nonce),
+        mac: ledgerbus_protocol::auth::answer(secret, &challenge.nonce),
     };
     let mut bytes = [0u8; Authenticate::FRAME_SIZE];
     encode(&answer, &mut bytes).expect("sized");

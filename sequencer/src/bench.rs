@@ -17,8 +17,8 @@ use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
 use ledgerbus_transport::SenderConfig;
 
 use crate::core::{PendingBatch, SequencerCore};
-use crate::journal::{Durability, JournalWriter};
 use crate::pipeline::CommitPipeline;
+use ledgerbus_log::journal::{Durability, JournalWriter};
 
 /// Transfers per message from the generator.
 const CHUNK: usize = 1_024;
@@ -96,7 +96,13 @@ pub fn run(
             let listener = std::net::TcpListener::bind(live.replay)?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let metrics = std::sync::Arc::new(crate::metrics::SequencerMetrics::default());
-            crate::replay::serve(listener, dir.to_path_buf(), live.bus_keys.replay_keys(), metrics, stop)?;
+            ledgerbus_log::replay::serve(
+                listener,
+                dir.to_path_buf(),
+                live.bus_keys.replay_keys(),
+                metrics,
+                stop,
+            )?;
             (Targets::Unicast(live.subscribers.clone()), live.control)
         }
         None => (Targets::Unicast(vec![socket::ipv4(sink.local_addr()?)?]), loopback),
@@ -110,7 +116,7 @@ pub fn run(
             session_id: recovered.session_id,
             allowed_requesters,
             security: live.as_ref().map(|l| l.security.clone()).unwrap_or_default(),
-            instance: crate::auth::random_u64()?,
+            instance: ledgerbus_protocol::auth::random_u64()?,
             ..SenderConfig::default()
         },
         recovered.next_sequence,
@@ -215,11 +221,7 @@ pub fn run(
                 }
             }
             publisher.flush()?;
-            rejected += durable
-                .replies()
-                .iter()
-                .filter(|r| crate::core::read_reply(&r.frame).is_some_and(|(_, _, code)| !code.is_success()))
-                .count() as u64;
+            rejected += durable.replies().iter().filter(|r| !r.result.is_success()).count() as u64;
             let decided = durable.len() as u64;
             transfers += decided;
             commits += 1;

@@ -7,14 +7,11 @@
 use ledgerbus_codec::messages::{
     AccountEvent, CreateAccount, CreateAccountResult, Transfer, TransferEvent, TransferResult,
 };
-use ledgerbus_codec::{decode, encode, Message, ResultCode};
+use ledgerbus_codec::{encode, Message, ResultCode};
 use ledgerbus_ledger::{ApplyError, Ledger, Replica, TransferIds};
+use ledgerbus_protocol::REPLY_FRAME_SIZE;
 
-use crate::journal::{Durable, JournalWriter};
-
-/// Size of a reply frame (both result messages share it).
-pub const REPLY_FRAME_SIZE: usize = TransferResult::FRAME_SIZE;
-const _: () = assert!(CreateAccountResult::FRAME_SIZE == TransferResult::FRAME_SIZE);
+use ledgerbus_log::journal::{Durable, JournalWriter};
 
 /// A reply for one command, addressed to the connection it came from.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +20,8 @@ pub struct Reply {
     pub connection: u32,
     /// An encoded CreateAccountResult or TransferResult frame.
     pub frame: [u8; REPLY_FRAME_SIZE],
+    /// The decision the frame carries, so that nobody decodes it again.
+    pub result: ResultCode,
 }
 
 /// Events and replies decided together, not yet durable.
@@ -193,7 +192,7 @@ impl SequencerCore {
         let sequence = self.replica.next_sequence();
         let event = AccountEvent::deciding(command, sequence, timestamp_ns, result);
         let reply = CreateAccountResult::answering(command, sequence, timestamp_ns, result);
-        self.record(&event, connection, &reply, batch);
+        self.record(&event, connection, (&reply, result), batch);
     }
 
     /// Decides a chain of transfers from `connection`: one transfer, or linked ones
@@ -218,7 +217,7 @@ impl SequencerCore {
             let sequence = self.replica.next_sequence();
             let event = TransferEvent::deciding(command, sequence, timestamp_ns, *result);
             let reply = TransferResult::answering(command, sequence, timestamp_ns, *result);
-            self.record(&event, connection, &reply, batch);
+            self.record(&event, connection, (&reply, *result), batch);
         }
         self.chain_results = results;
     }
@@ -227,7 +226,7 @@ impl SequencerCore {
         &mut self,
         event: &E,
         connection: u32,
-        reply: &R,
+        (reply, result): (&R, ResultCode),
         batch: &mut PendingBatch,
     ) {
         let start = batch.events.len();
@@ -237,7 +236,7 @@ impl SequencerCore {
         batch.event_ends.push(batch.events.len() as u32);
         let mut frame = [0u8; REPLY_FRAME_SIZE];
         encode(reply, &mut frame).expect("reply frames share one size");
-        batch.replies.push(Reply { connection, frame });
+        batch.replies.push(Reply { connection, frame, result });
         batch.next_sequence = self.replica.next_sequence();
         batch.last_hash = self.replica.log_hash();
     }
@@ -248,13 +247,4 @@ impl SequencerCore {
     pub fn replay(&mut self, frame: &[u8]) -> Result<(), ApplyError> {
         self.replica.apply(frame, TransferIds::Remember)
     }
-}
-
-/// Reads the result code and sequence of a reply frame (for tests and clients).
-pub fn read_reply(frame: &[u8]) -> Option<(u64, u64, ResultCode)> {
-    if let Ok((view, _)) = decode::<TransferResult>(frame) {
-        return Some((view.correlation_id.get(), view.sequence.get(), view.result().ok()?));
-    }
-    let (view, _) = decode::<CreateAccountResult>(frame).ok()?;
-    Some((view.correlation_id.get(), view.sequence.get(), view.result().ok()?))
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
+use ledgerbus_log::{LogHead, ReplayHost};
 use ledgerbus_telemetry::prometheus_client::collector::Collector;
 use ledgerbus_telemetry::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use ledgerbus_telemetry::prometheus_client::metrics::gauge::ConstGauge;
@@ -22,17 +23,6 @@ pub struct ConsumerPosition {
     pub address: SocketAddr,
     /// Highest contiguous sequence delivered.
     pub position: u64,
-}
-
-/// Where the log stands: what `/status` shows and the replay service's `Welcome` says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogHead {
-    /// Sequence of the last durable event (0 before the first).
-    pub last_sequence: u64,
-    /// Rolling log hash after it.
-    pub state_hash: u64,
-    /// The log's session id.
-    pub session: u64,
 }
 
 /// Everything `/metrics` shows. Counters are cheap clones of one atomic each; the
@@ -163,6 +153,20 @@ impl SequencerMetrics {
         format!(
             "{{\"role\":\"sequencer\",\"session\":\"{session:016x}\",\"last_sequence\":{last_sequence},\"state_hash\":\"{state_hash:016x}\"}}"
         )
+    }
+}
+
+impl ReplayHost for SequencerMetrics {
+    fn head(&self) -> LogHead {
+        SequencerMetrics::head(self)
+    }
+
+    fn served(&self) {
+        self.replays.inc();
+    }
+
+    fn refused(&self) {
+        self.replays_refused.inc();
     }
 }
 

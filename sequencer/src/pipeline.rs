@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::core::{DurableBatch, PendingBatch};
-use crate::journal::{JournalError, JournalWriter};
+use ledgerbus_log::journal::{JournalError, JournalWriter};
 
 /// A batch back from the journal thread.
 pub struct Committed {

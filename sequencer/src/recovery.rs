@@ -12,7 +12,7 @@ use std::sync::mpsc::sync_channel;
 
 use ledgerbus_ledger::Replica;
 
-use crate::journal::{Durability, JournalError, JournalWriter, Recovered};
+use ledgerbus_log::journal::{Durability, JournalError, JournalWriter, Recovered};
 
 /// Frames applied per batch; ids are handed to the builder in batches of this size too.
 const BATCH_EVENTS: usize = 1_024;

@@ -23,13 +23,14 @@ use ledgerbus_ledger::{Ledger, Replica};
 use ledgerbus_transport::driver::{Publisher, SocketOptions, Targets};
 use ledgerbus_transport::{BusKey, BusKeys, BusSecurity, SenderConfig};
 
-use crate::archive::{Archive, ArchiveConfig};
-use crate::auth;
+use ledgerbus_log::archive::{Archive, ArchiveConfig};
+use ledgerbus_log::journal::{Durability, JournalError};
+use ledgerbus_log::{replay, LogHead};
+use ledgerbus_protocol::auth;
+
 use crate::core::{PendingBatch, SequencerCore};
-use crate::journal::{Durability, JournalError};
-use crate::metrics::{self, ConsumerPosition, LogHead, SequencerMetrics};
+use crate::metrics::{self, ConsumerPosition, SequencerMetrics};
 use crate::pipeline::{CommitPipeline, Committed};
-use crate::replay;
 
 /// Everything the sequencer needs to run.
 #[derive(Debug, Clone)]
@@ -195,7 +196,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
     let started = Instant::now();
     // Size the ledger for what the journal holds (about 100 bytes per event), so
     // that replay never rehashes.
-    let journal_bytes: u64 = crate::journal::list_segments(&config.data_dir)?
+    let journal_bytes: u64 = ledgerbus_log::journal::list_segments(&config.data_dir)?
         .iter()
         .filter_map(|(_, path)| std::fs::metadata(path).ok())
         .map(|meta| meta.len())
@@ -292,7 +293,7 @@ pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError
         replay_listener,
         config.data_dir.clone(),
         config.bus_keys.replay_keys(),
-        Arc::clone(&metrics),
+        Arc::clone(&metrics) as Arc<dyn ledgerbus_log::ReplayHost>,
         Arc::clone(&running.shutdown),
     )
     .map_err(io_err("replay thread"))?;
@@ -705,10 +706,8 @@ impl HotLoop {
         let durable = committed.batch;
         let mut rejected = 0;
         for reply in durable.replies() {
-            if let Some((_, _, result)) = crate::core::read_reply(&reply.frame) {
-                if !result.is_success() {
-                    rejected += 1;
-                }
+            if !reply.result.is_success() {
+                rejected += 1;
             }
             // A gateway that went away retries with the same ids and gets `exists`.
             if let Some(Some(connection)) = self.connections.get_mut(reply.connection as usize) {

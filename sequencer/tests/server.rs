@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
-use ledgerbus_sequencer::client::{replay, SequencerClient};
-use ledgerbus_sequencer::core::read_reply;
+use ledgerbus_log::replay_client::replay;
+use ledgerbus_protocol::blocking::SequencerClient;
+use ledgerbus_protocol::Decided;
 use ledgerbus_sequencer::{start, SequencerConfig};
 use ledgerbus_transport::driver::{socket, SocketOptions, Subscriber};
 use ledgerbus_transport::{BusKey, BusKeys, BusSecurity, ReceiverConfig};
@@ -55,9 +56,9 @@ fn transfer(correlation: u64, id: u128, debit: u128, credit: u128, amount: u64, 
     }
 }
 
-fn results(client: &mut SequencerClient, count: usize) -> Vec<(u64, u64, ResultCode)> {
+fn results(client: &mut SequencerClient, count: usize) -> Vec<Decided> {
     client.flush().unwrap();
-    (0..count).map(|_| read_reply(client.read_reply().unwrap()).unwrap()).collect()
+    (0..count).map(|_| Decided::read(client.read_reply().unwrap()).unwrap()).collect()
 }
 
 #[test]
@@ -83,7 +84,7 @@ fn decide_publish_replay_and_recover() {
     client.send(&transfer(7, 13, 2, 1, 50, false)).unwrap();
     client.send(&transfer(8, 10, 1, 2, 100, false)).unwrap(); // retry of 10
     let got = results(&mut client, 8);
-    let codes: Vec<ResultCode> = got.iter().map(|r| r.2).collect();
+    let codes: Vec<ResultCode> = got.iter().map(|r| r.result).collect();
     assert_eq!(
         codes,
         [
@@ -98,12 +99,12 @@ fn decide_publish_replay_and_recover() {
         ]
     );
     assert_eq!(
-        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        got.iter().map(|r| r.correlation_id).collect::<Vec<_>>(),
         (1..=8).collect::<Vec<_>>(),
         "correlation ids echo"
     );
     assert_eq!(
-        got.iter().map(|r| r.1).collect::<Vec<_>>(),
+        got.iter().map(|r| r.sequence).collect::<Vec<_>>(),
         (1..=8).collect::<Vec<_>>(),
         "gap-free sequences"
     );
@@ -194,9 +195,9 @@ fn decide_publish_replay_and_recover() {
     client.send(&transfer(9, 10, 1, 2, 100, false)).unwrap();
     client.send(&transfer(10, 14, 2, 3, 100, false)).unwrap();
     let got = results(&mut client, 2);
-    assert_eq!(got[0].2, ResultCode::Exists, "applied before the restart");
-    assert_eq!(got[1].2, ResultCode::Ok, "balance of 100 recovered");
-    assert_eq!(got[1].1, 10);
+    assert_eq!(got[0].result, ResultCode::Exists, "applied before the restart");
+    assert_eq!(got[1].result, ResultCode::Ok, "balance of 100 recovered");
+    assert_eq!(got[1].sequence, 10);
 }
 
 fn http_get(address: SocketAddr, path: &str) -> String {
@@ -283,7 +284,7 @@ fn hostile_bytes_on_the_gateway_port_close_only_that_connection() {
     bad.flush().unwrap();
     assert!(bad.read_reply().is_err(), "a non-command frame closes the connection");
     good.send(&account(1, 5, false)).unwrap();
-    assert_eq!(results(&mut good, 1)[0].2, ResultCode::Ok, "other gateways are unaffected");
+    assert_eq!(results(&mut good, 1)[0].result, ResultCode::Ok, "other gateways are unaffected");
     assert!(sequencer.metrics.bad_packets.get() >= 3);
     assert!(sequencer.metrics.gateways_refused.get() >= 2);
 }

@@ -44,7 +44,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         Some(last) => {
             let next = match &source {
                 Source::Sequencer(address, key) => {
-                    ledgerbus_sequencer::client::sequencer_head(*address, key)?.next_sequence
+                    ledgerbus_log::replay_client::sequencer_head(*address, key)?.next_sequence
                 }
                 Source::Journal(_) => {
                     replay::read(&source, 1, None, |_, _| Ok(()))?.last_sequence.map_or(1, |s| s + 1)
@@ -186,9 +186,9 @@ fn progress_bar(visible: bool) -> ProgressBar {
 fn republish(source: &Source, args: &ReplayArgs, subscriber: SocketAddr) -> anyhow::Result<()> {
     let target = socket::ipv4(subscriber)?;
     let session = match source {
-        Source::Sequencer(address, key) => ledgerbus_sequencer::client::sequencer_session(*address, key)?,
+        Source::Sequencer(address, key) => ledgerbus_log::replay_client::sequencer_session(*address, key)?,
         Source::Journal(dir) => {
-            ledgerbus_sequencer::journal::JournalReader::open(dir, u64::MAX)?.session_id().unwrap_or(0)
+            ledgerbus_log::journal::JournalReader::open(dir, u64::MAX)?.session_id().unwrap_or(0)
         }
     };
     let mut publisher = Publisher::new(
@@ -245,7 +245,7 @@ fn run_nak(args: &ReplayNakArgs) -> anyhow::Result<()> {
         .replay
         .or(cluster.as_ref().map(|c| c.sequencer_replay))
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7002)));
-    let head = ledgerbus_sequencer::client::sequencer_head(replay_addr, &args.bus.keys()?.replay_key())
+    let head = ledgerbus_log::replay_client::sequencer_head(replay_addr, &args.bus.keys()?.replay_key())
         .with_context(|| format!("asking the replay service {replay_addr} where the log stands"))?;
     if args.from >= head.next_sequence {
         bail!("sequence {} is beyond the head: the next event will be {}", args.from, head.next_sequence);

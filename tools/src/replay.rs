@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use ledgerbus_codec::messages::{Nak, StatusMessage};
 use ledgerbus_codec::{CrcCheck, Frame, Packet, PacketKind, PacketWriter};
 use ledgerbus_ledger::{Ledger, Replica, TransferIds};
-use ledgerbus_sequencer::journal::{event_sequence, list_segments, Record, SegmentReader};
+use ledgerbus_log::journal::{event_sequence, list_segments, Record, SegmentReader};
 use ledgerbus_transport::security::NodeSeal;
 use ledgerbus_transport::{BusSecurity, ReplayKey};
 
@@ -69,7 +69,7 @@ pub fn read(
     let last = to.unwrap_or(u64::MAX);
     match source {
         Source::Sequencer(address, key) => {
-            let (_, session) = ledgerbus_sequencer::client::replay(
+            let (_, session) = ledgerbus_log::replay_client::replay(
                 *address,
                 key,
                 0,

@@ -22,11 +22,11 @@ use ledgerbus_codec::messages::{Authenticate, Challenge, ReplayEnd, ReplayReques
 use ledgerbus_codec::{decode, encode, Message};
 use ledgerbus_transport::{RecordDirection, ReplayKey};
 
-use crate::auth;
 use crate::sealed_stream::{SealedReader, SealedWriter};
+use ledgerbus_protocol::auth;
 
+use crate::head::ReplayHost;
 use crate::journal::JournalReader;
-use crate::metrics::SequencerMetrics;
 
 /// Replay clients served at once; more are refused (closed) until one finishes.
 const CLIENTS_MAX: usize = 32;
@@ -36,7 +36,7 @@ pub fn serve(
     listener: TcpListener,
     dir: PathBuf,
     keys: Vec<ReplayKey>,
-    metrics: Arc<SequencerMetrics>,
+    host: Arc<dyn ReplayHost>,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<()> {
     let keys = Arc::new(keys);
@@ -51,13 +51,13 @@ pub fn serve(
                         tracing::warn!(%peer, "too many replay clients; connection refused");
                         continue;
                     }
-                    metrics.replays.inc();
+                    host.served();
                     let dir = dir.clone();
                     let keys = Arc::clone(&keys);
-                    let metrics = Arc::clone(&metrics);
+                    let host = Arc::clone(&host);
                     let active = Arc::clone(&active);
                     let spawned = std::thread::Builder::new().name("replay-client".into()).spawn(move || {
-                        if let Err(error) = serve_client(stream, &dir, &keys, &metrics) {
+                        if let Err(error) = serve_client(stream, &dir, &keys, host.as_ref()) {
                             tracing::warn!(%peer, %error, "replay client ended with an error");
                         }
                         active.fetch_sub(1, Ordering::AcqRel);
@@ -84,7 +84,7 @@ pub fn serve(
 fn authenticate<'k>(
     stream: &mut TcpStream,
     keys: &'k [ReplayKey],
-    metrics: &SequencerMetrics,
+    host: &dyn ReplayHost,
 ) -> io::Result<(&'k ReplayKey, [u8; 32])> {
     let nonce = auth::nonce()?;
     let mut challenge = [0u8; Challenge::FRAME_SIZE];
@@ -98,7 +98,7 @@ fn authenticate<'k>(
         // The client sends its request only after this, so a refused client never
         // has unread bytes here (its close is clean, not a reset).
         // The Welcome tells an authenticated client where the log stands.
-        let head = metrics.head();
+        let head = host.head();
         let head =
             Welcome { session_id: head.session.into(), next_sequence: (head.last_sequence + 1).into() };
         let mut welcome = [0u8; Welcome::FRAME_SIZE];
@@ -114,15 +114,15 @@ fn serve_client(
     mut stream: TcpStream,
     dir: &std::path::Path,
     keys: &[ReplayKey],
-    metrics: &SequencerMetrics,
+    host: &dyn ReplayHost,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
-    let (key, challenge) = match authenticate(&mut stream, keys, metrics) {
+    let (key, challenge) = match authenticate(&mut stream, keys, host) {
         Ok(accepted) => accepted,
         Err(error) => {
-            metrics.replays_refused.inc();
+            host.refused();
             return Err(error);
         }
     };

@@ -11,8 +11,8 @@ use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, ResultCode};
 use ledgerbus_consumers::disk::DiskConfig;
 use ledgerbus_consumers::follow::FollowConfig;
-use ledgerbus_sequencer::client::SequencerClient;
-use ledgerbus_sequencer::core::read_reply;
+use ledgerbus_protocol::blocking::SequencerClient;
+use ledgerbus_protocol::Decided;
 use ledgerbus_sequencer::{start, Durability, SequencerConfig};
 use ledgerbus_transport::driver::{socket, SocketOptions};
 use ledgerbus_transport::ReceiverConfig;
@@ -160,7 +160,7 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
     }
     client.flush().unwrap();
     for _ in 0..5 {
-        assert_eq!(read_reply(client.read_reply().unwrap()).unwrap().2, ResultCode::Ok);
+        assert_eq!(Decided::read(client.read_reply().unwrap()).unwrap().result, ResultCode::Ok);
     }
     send_transfers(&mut client, 1_000, 100_000);
     let head = 100_005;

@@ -55,9 +55,11 @@ impl Archive {
         // meet the hot thread's.
         let mut sealer = match &config.security {
             BusSecurity::None => None,
-            BusSecurity::Aead(keys) => {
-                Some(Sealer::new(keys.clone(), SENDER_NODE_ID_ARCHIVE, crate::auth::random_u64()?))
-            }
+            BusSecurity::Aead(keys) => Some(Sealer::new(
+                keys.clone(),
+                SENDER_NODE_ID_ARCHIVE,
+                ledgerbus_protocol::auth::random_u64()?,
+            )),
         };
         std::thread::Builder::new().name("archive".into()).spawn(move || {
             let mut last: Option<(ArchiveRequest, Instant)> = None;

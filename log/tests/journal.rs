@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use ledgerbus_sequencer::journal::{list_segments, Durability, JournalError, JournalReader, JournalWriter};
+use ledgerbus_log::journal::{list_segments, Durability, JournalError, JournalReader, JournalWriter};
 use ledgerbus_transport::sim::event_frame;
 
 fn write_events(dir: &Path, count: u64, segment_size_max: u64) -> u64 {
@@ -25,7 +25,7 @@ fn write_events(dir: &Path, count: u64, segment_size_max: u64) -> u64 {
 fn reopen(dir: &Path) -> Result<(u64, Vec<u64>), JournalError> {
     let mut seen = Vec::new();
     let (_, recovered) = JournalWriter::open(dir, Durability::Os, 1 << 30, 7, |frame| {
-        seen.push(ledgerbus_sequencer::journal::event_sequence(frame).unwrap());
+        seen.push(ledgerbus_log::journal::event_sequence(frame).unwrap());
         Ok(())
     })?;
     Ok((recovered.next_sequence, seen))
