@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ledgerbus_client::{Client, Command};
 use ledgerbus_codec::account_flags;
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
-use ledgerbus_gateway::client::{Client, Command};
 use ledgerbus_log::journal::JournalReader;
 
 const TRANSFERS: u64 = 60_000;

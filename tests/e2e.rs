@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use ledgerbus_client::{Client, Command};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::ResultCode;
-use ledgerbus_gateway::client::{Client, Command};
 
 fn account_balance(cluster: &Cluster, id: u128) -> (String, String) {
     let response = get(cluster.gateway_http, &format!("/accounts/{id}"), Some(API_KEY)).unwrap();

@@ -62,9 +62,9 @@ fn gateway_and_consumers_ride_out_a_sequencer_restart() {
 /// applied exactly once: the credited account holds exactly one unit per transfer.
 #[test]
 fn pipelined_tcp_clients_lose_nothing_and_apply_nothing_twice_across_a_sequencer_crash() {
+    use ledgerbus_client::{Client, Command};
     use ledgerbus_codec::messages::Transfer;
     use ledgerbus_codec::ResultCode;
-    use ledgerbus_gateway::client::{Client, Command};
 
     const SENDERS: u64 = 8;
     const PER_SENDER: u64 = 400;

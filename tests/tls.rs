@@ -8,10 +8,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use ledgerbus_client::{Client, Command as ClientCommand, TlsClient};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, ResultCode};
-use ledgerbus_gateway::client::{Client, Command as ClientCommand};
-use ledgerbus_gateway::tls::TlsClient;
 
 /// Writes `ca.pem` (a CA), `cert.pem` and `key.pem` (for localhost and 127.0.0.1,
 /// signed by that CA) into `dir`.

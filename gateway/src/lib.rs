@@ -9,10 +9,7 @@
 //! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
 //! - [`original`]: the original of an idempotent retry, added to its answer.
 //! - [`metrics`]: counters and latency histograms served at `/metrics`.
-//! - [`client`]: the async Rust client of the TCP API.
-//! - [`wire`]: non-blocking frame reading and writing shared by the connections.
 
-pub mod client;
 pub mod http;
 pub mod json;
 pub mod metrics;
@@ -21,7 +18,6 @@ pub mod serve;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //!
 //! One task per connection reads commands and writes them to the sequencer itself;
 //! results are written into the client's socket by the task that reads them from the
-//! sequencer. No other task sits on the path (see [`crate::wire`]).
+//! sequencer. No other task sits on the path (see `ledgerbus_client::wire`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::upstream::{ReplyTo, ResultSink, Upstream};
-use crate::wire::{drain, Filled, Incoming, Outgoing, Stream};
+use ledgerbus_client::wire::{drain, Filled, Incoming, Outgoing, Stream};
 
 /// Submissions (one per read of a client's bytes) in flight per client connection
 /// before we stop reading from it.

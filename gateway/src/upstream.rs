@@ -6,7 +6,7 @@
 //! to submissions first-in first-out; no correlation table is needed. Submitting
 //! writes to the socket from the caller's own task, under the lock that also queues
 //! the submission for its results, so order is kept without a writer task in
-//! between (see [`crate::wire`]). Results are handed over by the one task reading
+//! between (see `ledgerbus_client::wire`). Results are handed over by the one task reading
 //! the socket: gathered for the HTTP API, or written straight into a TCP client's
 //! connection as they arrive.
 //!
@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
-use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
+use ledgerbus_client::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
 
 /// One result frame (CreateAccountResult or TransferResult).
 pub type ReplyFrame = [u8; REPLY_FRAME_SIZE];

@@ -73,7 +73,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
                     );
                 }
                 let name = args.tls_server_name.clone().unwrap_or_else(|| gateway_tcp.ip().to_string());
-                Some(ledgerbus_gateway::tls::TlsClient::new(ca, &name)?)
+                Some(ledgerbus_client::TlsClient::new(ca, &name)?)
             }
         },
     };

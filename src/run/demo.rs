@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use ledgerbus_client::{Client, Command as ClientCommand};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
-use ledgerbus_gateway::client::{Client, Command as ClientCommand};
 
 use crate::cli::{BusSecurityMode, DemoArgs};
 

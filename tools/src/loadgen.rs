@@ -17,9 +17,9 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+use ledgerbus_client::{Client, Command};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, ResultCode};
-use ledgerbus_gateway::client::{Client, Command};
 
 /// Which API to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct E2eOptions {
     /// Requests in flight per connection with `--rate max` (see [`pipeline_depth`]).
     pub in_flight: Option<u32>,
     /// TLS to the gateway's TCP API (it runs with `--tls-cert`).
-    pub tls: Option<ledgerbus_gateway::tls::TlsClient>,
+    pub tls: Option<ledgerbus_client::TlsClient>,
 }
 
 /// What it measured.

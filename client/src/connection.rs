@@ -1,4 +1,4 @@
-//! The async Rust client of the gateway's TCP API.
+//! The connection: one per [`Client`], kept up by a background task.
 //!
 //! `submit` sends a group of commands (a linked chain stays one group) and resolves
 //! to one [`Outcome`] per command; [`Client::send`] does the same without waiting,
@@ -15,25 +15,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ledgerbus_codec::messages::{
-    ClientHello, CreateAccount, CreateAccountResult, Transfer, TransferResult, Welcome,
-};
+use ledgerbus_codec::messages::{ClientHello, CreateAccountResult, Transfer, TransferResult, Welcome};
 use ledgerbus_codec::{decode, encode, Message, ResultCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
+#[cfg(feature = "tls")]
 use crate::tls::TlsClient;
 use crate::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
+use crate::{Command, Error};
 
-/// A command to send.
-#[derive(Debug, Clone, Copy)]
-pub enum Command {
-    /// Open an account.
-    CreateAccount(CreateAccount),
-    /// Move money.
-    Transfer(Transfer),
-}
+/// Without the `tls` feature there is no TLS to ask for.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub enum TlsClient {}
 
 /// The decided result of one command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +52,7 @@ struct Unanswered {
     frames: Vec<u8>,
     count: usize,
     outcomes: Vec<Outcome>,
-    reply: oneshot::Sender<io::Result<Vec<Outcome>>>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, Error>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -108,30 +104,32 @@ pub struct Client {
 
 /// The outcomes of a group sent with [`Client::send`], to be awaited.
 pub struct Pending {
-    outcomes: oneshot::Receiver<io::Result<Vec<Outcome>>>,
+    outcomes: oneshot::Receiver<Result<Vec<Outcome>, Error>>,
 }
 
 impl Pending {
     /// Waits for the group's outcomes, in command order.
-    pub async fn outcomes(self) -> io::Result<Vec<Outcome>> {
-        self.outcomes.await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client closed"))?
+    pub async fn outcomes(self) -> Result<Vec<Outcome>, Error> {
+        self.outcomes.await.map_err(|_| Error::Closed)?
     }
 }
 
 impl Client {
-    /// Connects and authenticates with `api_key`; the connection is kept up (and
+    /// Connects to the gateway's TCP API at `address` (`"host:port"` or a socket
+    /// address) and authenticates with `api_key`; the connection is kept up (and
     /// re-established) by a background task on the current runtime.
-    pub async fn connect(address: SocketAddr, api_key: &str) -> io::Result<Client> {
+    pub async fn connect(address: impl tokio::net::ToSocketAddrs, api_key: &str) -> Result<Client, Error> {
         Client::connect_with(address, api_key, None).await
     }
 
     /// [`connect`](Self::connect), over TLS when `tls` is given (the gateway runs
     /// with `--tls-cert`).
     pub async fn connect_with(
-        address: SocketAddr,
+        address: impl tokio::net::ToSocketAddrs,
         api_key: &str,
         tls: Option<TlsClient>,
-    ) -> io::Result<Client> {
+    ) -> Result<Client, Error> {
+        let address = resolve(address).await?;
         let stream = handshake(address, api_key, tls.as_ref()).await?;
         let conn = Arc::new(Conn {
             state: Mutex::new(ConnState { stream: Some(Arc::new(stream)), ..ConnState::default() }),
@@ -144,22 +142,19 @@ impl Client {
 
     /// Sends commands as one group and waits for their outcomes, in order; waits for
     /// room first when many groups are unanswered.
-    pub async fn submit(&self, commands: &[Command]) -> io::Result<Vec<Outcome>> {
+    pub async fn submit(&self, commands: &[Command]) -> Result<Vec<Outcome>, Error> {
         let conn = &self.handle.conn;
-        let permit = Arc::clone(&conn.room)
-            .acquire_owned()
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client closed"))?;
+        let permit = Arc::clone(&conn.room).acquire_owned().await.map_err(|_| Error::Closed)?;
         self.send_with(commands, permit).outcomes().await
     }
 
     /// Sends commands as one group now, from any thread, without waiting: the bytes
     /// go to the socket from the caller (no task hand-off on the way out). Fails
     /// with `WouldBlock` when too many groups are unanswered.
-    pub fn send(&self, commands: &[Command]) -> io::Result<Pending> {
-        let permit = Arc::clone(&self.handle.conn.room).try_acquire_owned().map_err(|_| {
-            io::Error::new(io::ErrorKind::WouldBlock, format!("{UNANSWERED_MAX} groups are unanswered"))
-        })?;
+    pub fn send(&self, commands: &[Command]) -> Result<Pending, Error> {
+        let permit = Arc::clone(&self.handle.conn.room)
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyUnanswered(UNANSWERED_MAX))?;
         Ok(self.send_with(commands, permit))
     }
 
@@ -205,34 +200,49 @@ fn encode_commands(commands: &[Command]) -> Vec<u8> {
     frames
 }
 
-async fn handshake(address: SocketAddr, api_key: &str, tls: Option<&TlsClient>) -> io::Result<Stream> {
+/// The first address `address` resolves to.
+async fn resolve(address: impl tokio::net::ToSocketAddrs) -> Result<SocketAddr, Error> {
+    let mut resolved = tokio::net::lookup_host(address)
+        .await
+        .map_err(|source| Error::Connect { address: "the gateway".into(), source })?;
+    resolved.next().ok_or_else(|| Error::Connect {
+        address: "the gateway".into(),
+        source: io::Error::new(io::ErrorKind::NotFound, "the address resolved to nothing"),
+    })
+}
+
+async fn handshake(address: SocketAddr, api_key: &str, tls: Option<&TlsClient>) -> Result<Stream, Error> {
     if api_key.len() > 64 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "API keys are at most 64 bytes"));
+        return Err(Error::Invalid("API keys are at most 64 bytes".into()));
     }
     let connected = async {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         match tls {
             None => Ok::<_, io::Error>(Stream::Tcp(stream)),
+            #[cfg(feature = "tls")]
             Some(tls) => Ok(Stream::Bridged(tls.connect_bridged(stream).await?)),
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
         }
     };
     let mut stream = tokio::time::timeout(Duration::from_secs(5), connected)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| Error::Timeout("connecting"))?
+        .map_err(|source| Error::Connect { address: address.to_string(), source })?;
     hello(&mut stream, api_key).await?;
     Ok(stream)
 }
 
 /// Sends the ClientHello and reads the Welcome.
-async fn hello(stream: &mut Stream, api_key: &str) -> io::Result<()> {
+async fn hello(stream: &mut Stream, api_key: &str) -> Result<(), Error> {
     match stream {
         Stream::Tcp(s) => hello_on(s, api_key).await,
         Stream::Bridged(s) => hello_on(s, api_key).await,
     }
 }
 
-async fn hello_on<S>(stream: &mut S, api_key: &str) -> io::Result<()>
+async fn hello_on<S>(stream: &mut S, api_key: &str) -> Result<(), Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -242,10 +252,8 @@ where
     encode(&ClientHello { api_key: key }, &mut hello).expect("sized");
     stream.write_all(&hello).await?;
     let mut welcome = [0u8; Welcome::FRAME_SIZE];
-    stream.read_exact(&mut welcome).await.map_err(|_| {
-        io::Error::new(io::ErrorKind::PermissionDenied, "gateway closed the connection: invalid API key?")
-    })?;
-    decode::<Welcome>(&welcome).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    stream.read_exact(&mut welcome).await.map_err(|_| Error::Refused)?;
+    decode::<Welcome>(&welcome).map_err(|e| Error::Protocol(format!("expected a Welcome: {e}")))?;
     Ok(())
 }
 
