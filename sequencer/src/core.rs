@@ -60,6 +60,12 @@ impl PendingBatch {
         self.event_ends.is_empty()
     }
 
+    /// The replies decided so far, in order (not to be sent before the batch is
+    /// durable: that is [`DurableBatch::replies`]).
+    pub fn replies(&self) -> &[Reply] {
+        &self.replies
+    }
+
     /// Appends every event to the journal (not yet committed).
     pub fn append_to(&self, journal: &mut JournalWriter) {
         for frame in frames(&self.events, &self.event_ends) {

@@ -3,17 +3,27 @@
 //! commit, and only then publishes them on the bus and answers the gateways.
 //!
 //! # Layout
+//! - [`config`]: [`SequencerConfig`] and [`SequencerError`].
 //! - [`core`](mod@core): the sans-IO decision core and the durable-batch types.
+//! - [`intake`]: a gateway connection's bytes, sans-IO: handshake, framing, chains,
+//!   window, back-pressure.
 //! - [`recovery`]: restart: journal replay with the transfer index rebuilt in parallel.
-//! - [`server`]: the process: recovery, the hot thread, gateway connections.
+//! - [`pipeline`]: group commit, inline or on a journal thread.
+//! - [`server`]: [`start`]: recover, bind, spawn.
+//! - `hot_loop`: the hot thread: sockets in and out of the intake, decide, commit,
+//!   publish.
 //! - [`metrics`]: counters and the Prometheus endpoint.
 
 pub mod bench;
+pub mod config;
 pub mod core;
+mod hot_loop;
+pub mod intake;
 pub mod metrics;
 pub mod pipeline;
 pub mod recovery;
 pub mod server;
 
+pub use config::{SequencerConfig, SequencerError, TRANSFER_CAPACITY_DEFAULT};
 pub use ledgerbus_log::journal::Durability;
-pub use server::{start, RunningSequencer, SequencerConfig, SequencerError};
+pub use server::{start, RunningSequencer};

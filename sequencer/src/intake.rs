@@ -1,0 +1,294 @@
+//! One gateway connection's intake, sans-IO: the bytes the socket delivered go in,
+//! decided commands (into the batch) and bytes to send come out. No socket and no
+//! clock inside; the hot loop reads and writes for it, and tests drive it byte by
+//! byte (docs/architecture.md, "Design rules").
+//!
+//! What lives here:
+//! - the handshake: a challenge goes out first; until a valid HMAC answer arrives
+//!   (before the deadline) nothing else is read, and a wrong answer closes;
+//! - framing: only whole frames are decided; a frame cut by the end of the bytes
+//!   waits for the rest;
+//! - chains: a linked chain is decided whole. One cut by another message or longer
+//!   than [`CHAIN_MAX`] is decided as it is (every member answers `LinkedChainOpen`);
+//!   one cut by the end of the bytes waits, unless the buffer is half full, because
+//!   a chain that cannot fit would otherwise wait forever (the buffer rule);
+//! - the window: no more commands are decided than the batch and the transport's
+//!   flow-control window have room for; the rest stays buffered;
+//! - back-pressure: while the replies queued for the gateway exceed
+//!   [`OUTBOUND_LIMIT`], no more bytes are taken in, so a gateway that does not read
+//!   its answers stops being served instead of growing our memory.
+
+use std::time::Instant;
+
+use ledgerbus_codec::messages::{Challenge, Transfer, Welcome};
+use ledgerbus_codec::{encode, DecodeError, Frame, Message, MessageHeader};
+use ledgerbus_ledger::ledger::CHAIN_MAX;
+use ledgerbus_protocol::auth;
+
+use crate::core::{PendingBatch, SequencerCore};
+
+/// Bytes of unread commands held per connection.
+pub const INBOUND_SIZE: usize = 1 << 20;
+/// Replies queued per connection beyond which its commands are not read.
+pub const OUTBOUND_LIMIT: usize = 4 << 20;
+/// How far ahead of the command being decided the transfer index is prefetched:
+/// about eight transfer frames.
+const PREFETCH_BYTES: usize = 8 * 80;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeState {
+    /// Challenge sent; waiting for the answer until the deadline.
+    Authenticating {
+        /// The challenge's nonce.
+        nonce: [u8; 32],
+        /// When an unanswered challenge closes the connection.
+        deadline: Instant,
+    },
+    /// Authenticated: commands are decided.
+    Ready {
+        /// The gateway's id, for logs.
+        gateway_id: u32,
+    },
+}
+
+/// What the handshake step found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Still authenticating (or already authenticated): nothing to do.
+    Waiting,
+    /// The gateway proved it knows the secret; the Welcome is queued.
+    Accepted {
+        /// The gateway's id.
+        gateway_id: u32,
+    },
+    /// A wrong or malformed answer, or none in time: close the connection.
+    Refused,
+}
+
+/// Why a connection is closed for what it sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A well-formed frame that is not a command.
+    #[error("unexpected message template {0}")]
+    UnexpectedTemplate(u16),
+    /// Bytes that are not a frame of this schema.
+    #[error(transparent)]
+    Malformed(#[from] DecodeError),
+}
+
+/// One connection's buffers and handshake state.
+#[derive(Debug)]
+pub struct Intake {
+    state: IntakeState,
+    inbound: Box<[u8]>,
+    inbound_len: usize,
+    outbound: Vec<u8>,
+    outbound_sent: usize,
+}
+
+/// How a transfer chain at the front of the buffer stands.
+enum ChainScan {
+    /// `chain` holds it; it took `size` bytes.
+    Complete { size: usize },
+    /// It continues past the bytes received so far.
+    Incomplete,
+}
+
+impl Intake {
+    /// A new connection: the challenge for `nonce` is queued to be sent, and an
+    /// answer is due by `deadline`.
+    pub fn new(nonce: [u8; 32], deadline: Instant) -> Intake {
+        let mut intake = Intake {
+            state: IntakeState::Authenticating { nonce, deadline },
+            inbound: vec![0; INBOUND_SIZE].into_boxed_slice(),
+            inbound_len: 0,
+            outbound: Vec::with_capacity(64 << 10),
+            outbound_sent: 0,
+        };
+        let mut challenge = [0u8; Challenge::FRAME_SIZE];
+        encode(&Challenge { nonce }, &mut challenge).expect("sized");
+        intake.queue(&challenge);
+        intake
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> IntakeState {
+        self.state
+    }
+
+    /// The free part of the inbound buffer, for the driver to read into (empty
+    /// while back-pressured: read nothing then).
+    pub fn receive_buffer(&mut self) -> &mut [u8] {
+        if self.backpressured() {
+            return &mut [];
+        }
+        &mut self.inbound[self.inbound_len..]
+    }
+
+    /// `n` bytes were read into [`receive_buffer`](Self::receive_buffer).
+    pub fn received(&mut self, n: usize) {
+        assert!(self.inbound_len + n <= self.inbound.len(), "received more than the buffer holds");
+        self.inbound_len += n;
+    }
+
+    /// Bytes received and not decided yet.
+    pub fn buffered(&self) -> usize {
+        self.inbound_len
+    }
+
+    /// Queues bytes to send (a reply frame).
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.outbound.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not sent yet.
+    pub fn unsent(&self) -> &[u8] {
+        &self.outbound[self.outbound_sent..]
+    }
+
+    /// `n` bytes of [`unsent`](Self::unsent) were written.
+    pub fn sent(&mut self, n: usize) {
+        assert!(n <= self.unsent().len(), "sent more than was queued");
+        self.outbound_sent += n;
+        if self.outbound_sent == self.outbound.len() {
+            self.outbound.clear();
+            self.outbound_sent = 0;
+        }
+    }
+
+    /// Whether so many replies wait to be sent that no more commands are taken in.
+    pub fn backpressured(&self) -> bool {
+        self.unsent().len() > OUTBOUND_LIMIT
+    }
+
+    /// While authenticating: checks the answer, if it has arrived, against `secret`.
+    /// On success the Welcome (the log's `session` and `next_sequence`) is queued.
+    pub fn authenticate(
+        &mut self,
+        secret: &[u8],
+        now: Instant,
+        session: u64,
+        next_sequence: u64,
+    ) -> Handshake {
+        let IntakeState::Authenticating { nonce, deadline } = self.state else { return Handshake::Waiting };
+        let answer = match Frame::decode(&self.inbound[..self.inbound_len]) {
+            Err(DecodeError::Truncated { .. }) if now < deadline => return Handshake::Waiting,
+            Ok((Frame::Authenticate(answer), size)) => Some((answer.to_block(), size)),
+            _ => None,
+        };
+        match answer {
+            Some((answer, size)) if auth::verify(secret, &nonce, &answer.mac) => {
+                let gateway_id = answer.gateway_id.get();
+                self.state = IntakeState::Ready { gateway_id };
+                self.consume(size);
+                let welcome = Welcome { session_id: session.into(), next_sequence: next_sequence.into() };
+                let mut bytes = [0u8; Welcome::FRAME_SIZE];
+                encode(&welcome, &mut bytes).expect("sized");
+                self.queue(&bytes);
+                Handshake::Accepted { gateway_id }
+            }
+            _ => Handshake::Refused,
+        }
+    }
+
+    /// Decides the whole commands buffered, in order, while `batch` holds fewer than
+    /// `window` events; what cannot be decided yet stays buffered. `connection` is
+    /// the id replies are addressed to; `chain` is scratch space. Does nothing
+    /// before the handshake. An error means the connection must close (what was
+    /// decided before it stays decided).
+    pub fn decide(
+        &mut self,
+        connection: u32,
+        core: &mut SequencerCore,
+        chain: &mut Vec<Transfer>,
+        now_ns: u64,
+        window: usize,
+        batch: &mut PendingBatch,
+    ) -> Result<(), ProtocolError> {
+        if !matches!(self.state, IntakeState::Ready { .. }) {
+            return Ok(());
+        }
+        let len = self.inbound_len;
+        let mut consumed = 0;
+        let mut prefetched = 0;
+        let outcome = loop {
+            if batch.len() >= window {
+                break Ok(());
+            }
+            // Prefetch the transfer-index slots of the next few commands, so that
+            // their cache misses overlap with deciding this one.
+            prefetched = prefetched.max(consumed);
+            while prefetched < len && prefetched < consumed + PREFETCH_BYTES {
+                match Frame::decode(&self.inbound[prefetched..len]) {
+                    Ok((frame, size)) => {
+                        if let Frame::Transfer(transfer) = frame {
+                            core.prefetch_transfer(transfer.id.get());
+                        }
+                        prefetched += size;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let rest = &self.inbound[consumed..len];
+            if rest.is_empty() {
+                break Ok(());
+            }
+            match Frame::decode(rest) {
+                Err(DecodeError::Truncated { .. }) => break Ok(()),
+                Ok((Frame::CreateAccount(command), size)) => {
+                    core.decide_account(connection, &command, now_ns, batch);
+                    consumed += size;
+                }
+                Ok((Frame::Transfer(_), _)) => match scan_chain(rest, chain) {
+                    ChainScan::Incomplete => break Ok(()),
+                    ChainScan::Complete { size } => {
+                        core.decide_transfers(connection, chain, now_ns, batch);
+                        consumed += size;
+                    }
+                },
+                Ok((other, _)) => break Err(ProtocolError::UnexpectedTemplate(other.template_id())),
+                Err(error) => break Err(ProtocolError::Malformed(error)),
+            }
+        };
+        self.consume(consumed);
+        outcome
+    }
+
+    fn consume(&mut self, size: usize) {
+        self.inbound.copy_within(size..self.inbound_len, 0);
+        self.inbound_len -= size;
+    }
+}
+
+/// Gathers the transfer chain at the start of `bytes` into `chain`: transfers while
+/// they are linked, plus the first that is not.
+fn scan_chain(bytes: &[u8], chain: &mut Vec<Transfer>) -> ChainScan {
+    chain.clear();
+    let mut size = 0;
+    loop {
+        match Frame::decode(&bytes[size..]) {
+            Ok((Frame::Transfer(transfer), frame_size)) => {
+                chain.push(transfer.to_block());
+                size += frame_size;
+                if !transfer.is_linked() || chain.len() > CHAIN_MAX {
+                    return ChainScan::Complete { size };
+                }
+            }
+            // The bytes end inside the chain: wait for the rest, unless it could
+            // never fit, which the buffer rule decides as an open chain now.
+            Err(DecodeError::Truncated { .. }) if MessageHeader::frame_size(&bytes[size..]).is_err() => {
+                return if bytes.len() >= INBOUND_SIZE / 2 {
+                    ChainScan::Complete { size }
+                } else {
+                    ChainScan::Incomplete
+                };
+            }
+            _ => return ChainScan::Complete { size },
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "intake_tests.rs"]
+mod tests;
