@@ -14,7 +14,6 @@
 //!   publish.
 //! - [`metrics`]: counters and the Prometheus endpoint.
 
-pub mod bench;
 pub mod config;
 pub mod core;
 mod hot_loop;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::cli::{BenchSequencerArgs, BenchTransportArgs, BusSecurityMode};
 
-/// `ledgerbus bench transport`: see `ledgerbus_transport::bench`.
+/// `ledgerbus bench transport`: see `ledgerbus_tools::bench_transport`.
 pub fn transport(args: &BenchTransportArgs) -> anyhow::Result<()> {
     let mut modes = vec![args.bus_security];
     if args.compare {
@@ -31,8 +31,8 @@ pub fn transport(args: &BenchTransportArgs) -> anyhow::Result<()> {
 fn transport_once(
     args: &BenchTransportArgs,
     mode: BusSecurityMode,
-) -> anyhow::Result<ledgerbus_transport::bench::BenchReport> {
-    use ledgerbus_transport::bench;
+) -> anyhow::Result<ledgerbus_tools::bench_transport::BenchReport> {
+    use ledgerbus_tools::bench_transport as bench;
     use ledgerbus_transport::{BusKey, BusKeys, BusSecurity};
     let security = match mode {
         BusSecurityMode::None => BusSecurity::None,
@@ -79,7 +79,7 @@ fn transport_once(
     Ok(report)
 }
 
-/// `ledgerbus bench sequencer`: see `ledgerbus_sequencer::bench`.
+/// `ledgerbus bench sequencer`: see `super::bench_sequencer`.
 pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("ledgerbus-bench-").tempdir()?;
     let durability = super::sequencer::durability(args.durability);
@@ -103,7 +103,7 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
             args.control_listen,
             args.replay_listen
         );
-        Some(ledgerbus_sequencer::bench::LiveConsumers {
+        Some(super::bench_sequencer::LiveConsumers {
             subscribers,
             control: args.control_listen,
             replay: args.replay_listen,
@@ -111,12 +111,8 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
             security: args.bus.security()?,
         })
     };
-    let report = ledgerbus_sequencer::bench::run(
-        dir.path(),
-        durability,
-        Duration::from_secs_f64(args.duration),
-        live,
-    )?;
+    let report =
+        super::bench_sequencer::run(dir.path(), durability, Duration::from_secs_f64(args.duration), live)?;
     println!("transfers/s        {:>12.0}", report.transfers_per_sec);
     println!("transfers          {:>12}", report.transfers);
     println!("group commits      {:>12}", report.commits);

@@ -6,7 +6,11 @@
 //! - [`hops`]: the latency floor of the request path's shape on this host.
 //! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
 //! - [`format`]: events as text lines and JSON.
+//! - [`filter`]: which events `replay` prints.
+//! - [`bench_transport`]: the transport's throughput and repair benchmark
+//!   (`ledgerbus bench transport`).
 
+pub mod bench_transport;
 pub mod filter;
 pub mod format;
 pub mod histogram;

@@ -17,7 +17,6 @@
 //! - [`stats`]: counters for metrics.
 //! - [`sim`]: a seeded network simulator with loss, bursts, reordering, duplication.
 
-pub mod bench;
 pub mod config;
 pub mod driver;
 pub mod receiver;

@@ -16,9 +16,9 @@ use ledgerbus_ledger::{Ledger, Replica};
 use ledgerbus_transport::driver::{socket, Publisher, SocketOptions, Targets};
 use ledgerbus_transport::SenderConfig;
 
-use crate::core::{PendingBatch, SequencerCore};
-use crate::pipeline::CommitPipeline;
 use ledgerbus_log::journal::{Durability, JournalWriter};
+use ledgerbus_sequencer::core::{PendingBatch, SequencerCore};
+use ledgerbus_sequencer::pipeline::CommitPipeline;
 
 /// Transfers per message from the generator.
 const CHUNK: usize = 1_024;
@@ -95,7 +95,7 @@ pub fn run(
         Some(live) => {
             let listener = std::net::TcpListener::bind(live.replay)?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let metrics = std::sync::Arc::new(crate::metrics::SequencerMetrics::default());
+            let metrics = std::sync::Arc::new(ledgerbus_sequencer::metrics::SequencerMetrics::default());
             ledgerbus_log::replay::serve(
                 listener,
                 dir.to_path_buf(),
@@ -242,8 +242,9 @@ pub fn run(
     // Restart recovery: reopen the journal into a fresh ledger, as a restart does.
     let mut recovered_core = Replica::new(Ledger::with_capacity(ACCOUNTS as usize + 1, 1 << 24));
     let recovery_start = Instant::now();
-    let (_, recovered) = crate::recovery::recover(dir, durability, 1 << 30, 1, &mut recovered_core)
-        .map_err(std::io::Error::other)?;
+    let (_, recovered) =
+        ledgerbus_sequencer::recovery::recover(dir, durability, 1 << 30, 1, &mut recovered_core)
+            .map_err(std::io::Error::other)?;
     let recovery_sec = recovery_start.elapsed().as_secs_f64();
     if recovered_core.log_hash() != core.log_hash()
         || recovered_core.ledger().transfer_count() != core.ledger().transfer_count()

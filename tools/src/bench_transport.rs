@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ledgerbus_codec::{MessageHeader, MESSAGE_HEADER_SIZE, SCHEMA_ID, SCHEMA_VERSION};
 use zerocopy::IntoBytes;
 
-use crate::driver::{Publisher, SocketOptions, Subscriber, Targets};
-use crate::{BusSecurity, ReceiverConfig, SenderConfig};
+use ledgerbus_transport::driver::{Publisher, SocketOptions, Subscriber, Targets};
+use ledgerbus_transport::{BusSecurity, ReceiverConfig, SenderConfig};
 
 /// Template id of the benchmark's filler events. The transport carries any frame;
 /// this id is outside the schema so no consumer would mistake it for a ledger event.
@@ -114,7 +114,7 @@ pub fn run(options: &BenchOptions, mut progress: impl FnMut(u64)) -> std::io::Re
     }
     let targets = subscribers
         .iter()
-        .map(|s| s.local_addr().and_then(crate::driver::socket::ipv4))
+        .map(|s| s.local_addr().and_then(ledgerbus_transport::driver::socket::ipv4))
         .collect::<Result<_, _>>()?;
     let sender_config = SenderConfig {
         datagram_size_max: options.datagram_size_max,
