@@ -82,14 +82,8 @@ pub enum Command {
     Schema,
 }
 
-/// Durability of an acknowledged event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Durability {
-    /// Group commit: nothing is published or acknowledged before its fdatasync returns.
-    Fsync,
-    /// Written to the page cache: survives a process crash, not a power loss.
-    Os,
-}
+/// Durability of an acknowledged event: the journal's own type.
+pub use ledgerbus_log::Durability;
 
 /// Settings of the reliable UDP transport, shared by senders and receivers.
 /// Defaults follow docs/architecture.md ("Wire format", Aeron's reference values,

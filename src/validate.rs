@@ -2,6 +2,8 @@
 //! setting (as its flag) so the operator knows what to change. Single-value checks
 //! (ranges, enums, addresses) are done by clap's value parsers, which also name it.
 
+use ledgerbus_transport::{ReceiverConfig, SenderConfig};
+
 use crate::cli::*;
 
 /// An invalid configuration: which setting, and why.
@@ -36,25 +38,44 @@ impl TransportArgs {
                 format!("{group} is not an IPv4 multicast address")
             })?;
         }
-        check(self.heartbeat_interval_us > 0, "heartbeat-interval-us", || "must be at least 1".into())?;
-        check(self.nak_retry_us > 0, "nak-retry-us", || "must be at least 1".into())?;
-        check(self.nak_delay_us <= self.nak_retry_us, "nak-delay-us", || {
-            format!("{} exceeds --nak-retry-us {}", self.nak_delay_us, self.nak_retry_us)
-        })?;
-        check(self.retransmit_linger_us < self.nak_retry_us, "retransmit-linger-us", || {
-            format!(
-                "{} must be below --nak-retry-us {}, or a lost repair waits out the linger",
-                self.retransmit_linger_us, self.nak_retry_us
-            )
-        })?;
-        check(self.nak_backoff_max_us <= 1_000_000, "nak-backoff-max-us", || "must be at most 1 s".into())?;
-        check(self.socket_rcvbuf >= usize::from(self.mtu), "socket-rcvbuf", || {
-            format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_rcvbuf, self.mtu)
-        })?;
-        check(self.socket_sndbuf >= usize::from(self.mtu), "socket-sndbuf", || {
-            format!("{} bytes cannot hold one datagram of --mtu {}", self.socket_sndbuf, self.mtu)
-        })
+        // Everything else is the transport library's own rule; this only says which
+        // flag a setting is. The ring and reorder sizes are checked with the
+        // component that sets them.
+        // Sealing adds a trailer, which the datagram size must leave room for (the
+        // key itself is checked with the bus settings).
+        let security = match (self.bus.bus_security, self.bus.keys()) {
+            (BusSecurityMode::Aes256Gcm, Ok(keys)) => ledgerbus_transport::BusSecurity::Aead(keys),
+            _ => ledgerbus_transport::BusSecurity::None,
+        };
+        let sender = SenderConfig { security: security.clone(), ..self.sender_settings(1_024) };
+        let receiver = ReceiverConfig { security, ..self.receiver_settings(1, 4_096) };
+        ledgerbus_transport::config::check_link(&sender, &receiver).map_err(in_flags)?;
+        self.socket_options().validate(usize::from(self.mtu)).map_err(in_flags)
     }
+}
+
+/// Transport library settings and the flags that set them.
+const FLAGS: [(&str, &str); 10] = [
+    ("datagram_size_max", "mtu"),
+    ("ring_datagrams", "ring-datagrams"),
+    ("reorder_datagrams_max", "reorder-datagrams-max"),
+    ("recv_buffer_size", "socket-rcvbuf"),
+    ("send_buffer_size", "socket-sndbuf"),
+    ("heartbeat_interval_us", "heartbeat-interval-us"),
+    ("retransmit_linger_us", "retransmit-linger-us"),
+    ("nak_delay_us", "nak-delay-us"),
+    ("nak_backoff_max_us", "nak-backoff-max-us"),
+    ("nak_retry_us", "nak-retry-us"),
+];
+
+/// The transport library's error in the command line's words: its setting as the
+/// flag, and any setting its message names as a flag too.
+fn in_flags(error: ledgerbus_transport::ConfigError) -> ConfigError {
+    let setting =
+        FLAGS.iter().find(|(name, _)| *name == error.setting).map_or(error.setting, |(_, flag)| flag);
+    let message =
+        FLAGS.iter().fold(error.message, |message, (name, flag)| message.replace(name, &format!("--{flag}")));
+    ConfigError { setting, message }
 }
 
 impl crate::cli::BusArgs {
@@ -82,9 +103,7 @@ impl SequencerArgs {
             "subscribers",
             || "needs at least one address when --multicast-group is not set".into(),
         )?;
-        check((16..=16_777_216).contains(&self.ring_datagrams), "ring-datagrams", || {
-            format!("{} is not in 16..=16777216", self.ring_datagrams)
-        })?;
+        self.transport.sender_settings(self.ring_datagrams as usize).validate().map_err(in_flags)?;
         match &self.secret {
             Some(secret) => check(secret.len() >= 16, "secret", || "must be at least 16 characters".into()),
             None => Err(ConfigError {
@@ -126,9 +145,9 @@ impl ConsumerArgs {
     /// Cross-setting checks of the consumer configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.transport.validate()?;
-        check((4..=65_535).contains(&self.reorder_datagrams_max), "reorder-datagrams-max", || {
-            format!("{} is not in 4..=65535", self.reorder_datagrams_max)
-        })?;
+        let receiver =
+            self.transport.receiver_settings(self.consumer_id, self.reorder_datagrams_max as usize);
+        receiver.validate().map_err(in_flags)?;
         check(self.snapshot_every > 0, "snapshot-every", || "must be at least 1".into())?;
         check(self.kind != ConsumerKind::Memory || !self.api_keys.is_empty(), "api-keys", || {
             "at least one key is required for the memory consumer's query API (or LEDGERBUS_API_KEYS)".into()

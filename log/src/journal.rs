@@ -55,13 +55,31 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     move |source| JournalError::Io { path: path.to_path_buf(), source }
 }
 
-/// When an appended event counts as durable.
+/// When an appended event counts as durable. With the `clap` feature it is also
+/// the command line's `--durability fsync|os`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Durability {
-    /// After `fdatasync` returns (group commit: one sync per batch).
+    /// Group commit: nothing is published or acknowledged before its fdatasync returns.
     Fsync,
-    /// After `write` returns: survives a process crash, not a power loss.
+    /// Written to the page cache: survives a process crash, not a power loss.
     Os,
+}
+
+impl Durability {
+    /// The name the command line and the logs use (`fsync`, `os`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Os => "os",
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The sequence number inside an event frame.

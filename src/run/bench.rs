@@ -82,9 +82,9 @@ fn transport_once(
 /// `ledgerbus bench sequencer`: see `super::bench_sequencer`.
 pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("ledgerbus-bench-").tempdir()?;
-    let durability = super::sequencer::durability(args.durability);
+    let durability = args.durability;
     eprintln!(
-        "bench sequencer: --durability {:?}, {} s, journal in {} (decide + journal + publish, no gateway)",
+        "bench sequencer: --durability {}, {} s, journal in {} (decide + journal + publish, no gateway)",
         args.durability,
         args.duration,
         dir.path().display()

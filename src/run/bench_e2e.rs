@@ -19,7 +19,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         let expected = rate.unwrap_or(2_000_000) as f64 * args.duration * 1.25;
         let capacity = args.transfer_capacity.unwrap_or((expected as usize).max(1 << 20));
         eprintln!(
-            "starting the whole system on 127.0.0.1 (--durability {:?}, --transfer-capacity {capacity}, --bus-security {:?})",
+            "starting the whole system on 127.0.0.1 (--durability {}, --transfer-capacity {capacity}, --bus-security {:?})",
             args.durability, args.bus_security
         );
         let local = "127.0.0.1:0".parse().expect("valid address");

@@ -48,7 +48,7 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
         ConsumerKind::Disk => {
             let disk = DiskConfig {
                 data_dir: args.data_dir.clone(),
-                durability: super::sequencer::durability(args.durability),
+                durability: args.durability,
                 snapshot_every: args.snapshot_every,
                 segment_size_max: 256 << 20,
             };

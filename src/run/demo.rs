@@ -197,7 +197,7 @@ fn start_all(
     credentials: &Credentials,
     transfer_capacity: Option<usize>,
 ) -> anyhow::Result<Vec<Service>> {
-    let durability = s(format!("{durability:?}").to_lowercase());
+    let durability = s(durability.as_str());
     let capacity: Vec<String> =
         transfer_capacity.map(|ids| vec![s("--transfer-capacity"), s(ids)]).unwrap_or_default();
     let sequencer = spawn(

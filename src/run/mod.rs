@@ -92,6 +92,14 @@ impl TransportArgs {
         Ok(SenderConfig {
             security: self.bus.security()?,
             instance: random_instance()?,
+            ..self.sender_settings(ring_datagrams)
+        })
+    }
+
+    /// The sender settings the flags give, unsealed (for validation and for
+    /// [`sender_config`](Self::sender_config) to complete).
+    pub fn sender_settings(&self, ring_datagrams: usize) -> SenderConfig {
+        SenderConfig {
             stream_id: self.stream_id,
             datagram_size_max: usize::from(self.mtu),
             ring_datagrams,
@@ -99,7 +107,7 @@ impl TransportArgs {
             retransmit_linger_us: self.retransmit_linger_us,
             mode: self.mode(),
             ..SenderConfig::default()
-        })
+        }
     }
 
     /// Receiver settings.
@@ -111,6 +119,13 @@ impl TransportArgs {
         Ok(ReceiverConfig {
             security: self.bus.security()?,
             instance: random_instance()?,
+            ..self.receiver_settings(receiver_id, reorder_datagrams_max)
+        })
+    }
+
+    /// The receiver settings the flags give, unsealed.
+    pub fn receiver_settings(&self, receiver_id: u32, reorder_datagrams_max: usize) -> ReceiverConfig {
+        ReceiverConfig {
             stream_id: self.stream_id,
             receiver_id,
             datagram_size_max: usize::from(self.mtu),
@@ -121,7 +136,7 @@ impl TransportArgs {
             reorder_datagrams_max,
             rng_seed: u64::from(receiver_id),
             ..ReceiverConfig::default()
-        })
+        }
     }
 }
 

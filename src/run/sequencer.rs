@@ -4,17 +4,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use ledgerbus_sequencer::{Durability, SequencerConfig};
+use ledgerbus_sequencer::SequencerConfig;
 
-use crate::cli::{self, SequencerArgs};
-
-/// Maps the CLI's durability onto the journal's.
-pub fn durability(mode: cli::Durability) -> Durability {
-    match mode {
-        cli::Durability::Fsync => Durability::Fsync,
-        cli::Durability::Os => Durability::Os,
-    }
-}
+use crate::cli::SequencerArgs;
 
 /// The sequencer configuration the flags describe.
 pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
@@ -26,7 +18,7 @@ pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
         replay_listen: args.replay_listen,
         metrics_listen: Some(args.metrics_listen),
         targets: args.transport.targets(&args.subscribers)?,
-        durability: durability(args.durability),
+        durability: args.durability,
         sender: args.transport.sender_config(args.ring_datagrams as usize)?,
         socket: args.transport.socket_options(),
         secret: secret.into_bytes(),
@@ -47,10 +39,7 @@ pub fn run(args: &SequencerArgs) -> anyhow::Result<()> {
         replay = %running.replay_addr,
         metrics = ?running.metrics_addr,
         session = format_args!("{:#018x}", running.session_id),
-        durability = %match args.durability {
-            cli::Durability::Fsync => "fsync",
-            cli::Durability::Os => "os",
-        },
+        durability = %args.durability,
         "sequencer running"
     );
     while !shutdown.load(Ordering::Relaxed) && running.is_running() {

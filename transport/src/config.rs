@@ -116,7 +116,9 @@ impl SenderConfig {
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_datagram_size(self.datagram_size_max, &self.security)?;
-        check(self.ring_datagrams >= 16, "ring_datagrams", || "must be at least 16".into())?;
+        check((16..=16_777_216).contains(&self.ring_datagrams), "ring_datagrams", || {
+            format!("{} is not in 16..=16777216", self.ring_datagrams)
+        })?;
         check(self.heartbeat_interval_us > 0, "heartbeat_interval_us", || "must be positive".into())?;
         check(
             self.heartbeat_interval_max_us >= self.heartbeat_interval_us,
@@ -206,6 +208,10 @@ impl ReceiverConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_datagram_size(self.datagram_size_max, &self.security)?;
         check(self.nak_retry_us > 0, "nak_retry_us", || "must be positive".into())?;
+        check(self.nak_delay_us <= self.nak_retry_us, "nak_delay_us", || {
+            format!("{} exceeds nak_retry_us {}", self.nak_delay_us, self.nak_retry_us)
+        })?;
+        check(self.nak_backoff_max_us <= 1_000_000, "nak_backoff_max_us", || "must be at most 1 s".into())?;
         check(self.nak_events_max > 0, "nak_events_max", || "must be positive".into())?;
         check(self.reorder_datagrams_max >= 4, "reorder_datagrams_max", || "must be at least 4".into())?;
         check(self.reorder_datagrams_max <= usize::from(u16::MAX), "reorder_datagrams_max", || {
@@ -217,4 +223,23 @@ impl ReceiverConfig {
             "must be at least status_interval_us".into()
         })
     }
+}
+
+/// Checks that a sender and its receivers can work together: a repair that is lost
+/// must be asked for again after the linger, not waited out.
+pub fn check_link(sender: &SenderConfig, receiver: &ReceiverConfig) -> Result<(), ConfigError> {
+    sender.validate()?;
+    receiver.validate()?;
+    check(sender.retransmit_linger_us < receiver.nak_retry_us, "retransmit_linger_us", || {
+        format!(
+            "{} must be below nak_retry_us {}, or a lost repair waits out the linger",
+            sender.retransmit_linger_us, receiver.nak_retry_us
+        )
+    })?;
+    check(receiver.datagram_size_max >= sender.datagram_size_max, "datagram_size_max", || {
+        format!(
+            "the receiver's {} cannot hold the sender's {}-byte datagrams",
+            receiver.datagram_size_max, sender.datagram_size_max
+        )
+    })
 }

@@ -28,6 +28,23 @@ pub struct SocketOptions {
     pub send_buffer_size: usize,
 }
 
+impl SocketOptions {
+    /// Both buffers must hold at least one datagram of `datagram_size_max` bytes.
+    pub fn validate(&self, datagram_size_max: usize) -> Result<(), crate::ConfigError> {
+        for (setting, size) in
+            [("recv_buffer_size", self.recv_buffer_size), ("send_buffer_size", self.send_buffer_size)]
+        {
+            if size < datagram_size_max {
+                return Err(crate::ConfigError {
+                    setting,
+                    message: format!("{size} bytes cannot hold one datagram of {datagram_size_max} bytes"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for SocketOptions {
     fn default() -> Self {
         SocketOptions { recv_buffer_size: 4 << 20, send_buffer_size: 4 << 20 }
