@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ledgerbus_ledger::{Ledger, Replica, TransferIds};
 use ledgerbus_log::journal::{list_segments, Durability, JournalWriter};
 
+use crate::error::SinkError;
 use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
 
 /// Settings of the disk consumer.
@@ -78,8 +79,10 @@ impl DiskSink {
         config: DiskConfig,
         session: u64,
         progress: Arc<Progress>,
-    ) -> Result<(DiskSink, Resumed), String> {
-        fs::create_dir_all(snapshot_dir(&config.data_dir)).map_err(|e| e.to_string())?;
+    ) -> Result<(DiskSink, Resumed), SinkError> {
+        let snapshots_at = snapshot_dir(&config.data_dir);
+        fs::create_dir_all(&snapshots_at)
+            .map_err(|source| SinkError::Io { path: snapshots_at.clone(), source })?;
         let mut core = Replica::new(Ledger::new());
         let mut snapshot_sequence = 0;
         for (sequence, path) in snapshots(&snapshot_dir(&config.data_dir)) {
@@ -105,16 +108,14 @@ impl DiskSink {
                     return Ok(()); // already in the snapshot
                 }
                 journal_events += 1;
-                core.apply(frame, TransferIds::Skip).map_err(|e| e.to_string())
+                core.apply(frame, TransferIds::Skip)
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if recovered.next_sequence != core.next_sequence() {
-            return Err(format!(
-                "snapshot at {} is ahead of the journal, which ends before {}",
-                core.next_sequence(),
-                recovered.next_sequence
-            ));
+            return Err(SinkError::SnapshotAhead {
+                snapshot: core.next_sequence(),
+                journal_end: recovered.next_sequence,
+            });
         }
         progress.applied_through(core.next_sequence() - 1);
         progress.state_hash.store(core.log_hash(), Ordering::Relaxed);
@@ -159,7 +160,7 @@ impl Sink for DiskSink {
         Some(self.journal.session_id())
     }
 
-    fn start_session(&mut self, session: u64) -> Result<(), String> {
+    fn start_session(&mut self, session: u64) -> Result<(), SinkError> {
         let held = self.journal.session_id();
         if held == session {
             return Ok(());
@@ -175,10 +176,11 @@ impl Sink for DiskSink {
             })
             .find(|path| !path.exists())
             .expect("some name is free");
-        fs::create_dir_all(&aside).map_err(|e| format!("creating {}: {e}", aside.display()))?;
+        fs::create_dir_all(&aside).map_err(|source| SinkError::Io { path: aside.clone(), source })?;
         for dir in [journal_dir(data), snapshot_dir(data)] {
             let name = dir.file_name().expect("fixed names").to_owned();
-            fs::rename(&dir, aside.join(name)).map_err(|e| format!("moving {} aside: {e}", dir.display()))?;
+            fs::rename(&dir, aside.join(name))
+                .map_err(|source| SinkError::Io { path: dir.clone(), source })?;
         }
         tracing::warn!(old = %aside.display(), "the previous log's journal and snapshots were moved aside");
         let (fresh, _) = DiskSink::open(self.config.clone(), session, Arc::clone(&self.progress))?;
@@ -186,19 +188,20 @@ impl Sink for DiskSink {
         Ok(())
     }
 
-    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
+    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError> {
         for frame in split_frames(frames) {
-            self.core.apply(frame, TransferIds::Skip).map_err(|e| e.to_string())?;
+            self.core.apply(frame, TransferIds::Skip)?;
             self.journal.append(frame);
         }
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<(), String> {
-        let _durable = self.journal.commit().map_err(|e| e.to_string())?;
+    fn commit(&mut self) -> Result<(), SinkError> {
+        let _durable = self.journal.commit()?;
         self.progress.state_hash.store(self.core.log_hash(), Ordering::Relaxed);
         if self.core.next_sequence() > self.last_snapshot + self.config.snapshot_every {
-            self.snapshot().map_err(|e| format!("writing a snapshot: {e}"))?;
+            let path = snapshot_dir(&self.config.data_dir);
+            self.snapshot().map_err(|source| SinkError::Io { path, source })?;
         }
         Ok(())
     }

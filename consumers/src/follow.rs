@@ -16,6 +16,7 @@ use std::time::Duration;
 use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Subscriber};
 use ledgerbus_transport::{ReceiverConfig, ReceiverEvent, ReplayKey};
 
+use crate::error::SinkError;
 pub use crate::progress::Progress;
 
 /// Where events go.
@@ -27,11 +28,11 @@ pub trait Sink {
     /// From now on the sink's events belong to `session`. A sink holding events of
     /// another session forgets them first (keeping its old data aside where it has
     /// any on disk) and expects the new log's first event next.
-    fn start_session(&mut self, session: u64) -> Result<(), String>;
+    fn start_session(&mut self, session: u64) -> Result<(), SinkError>;
     /// Applies a batch of event frames (concatenated, in order).
-    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String>;
+    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError>;
     /// Called after each batch (persist, publish progress).
-    fn commit(&mut self) -> Result<(), String>;
+    fn commit(&mut self) -> Result<(), SinkError>;
 }
 
 /// How to reach the sequencer and receive the stream.
@@ -59,22 +60,22 @@ pub enum FollowError {
     /// A socket or the replay service failed.
     #[error(transparent)]
     Io(#[from] io::Error),
-    /// The sink refused an event (corruption or a bug).
+    /// The sink refused an event (corruption or a bug) or could not keep it.
     #[error("applying events: {0}")]
-    Apply(String),
+    Apply(#[from] SinkError),
 }
 
 /// Frames gathered between two applies; one lock or one journal commit per batch.
 struct Batch {
     frames: Vec<u8>,
     next: u64,
-    error: Option<String>,
+    error: Option<SinkError>,
 }
 
 impl Batch {
     fn push(&mut self, sequence: u64, frame: &[u8]) {
         if self.error.is_none() && sequence != self.next {
-            self.error = Some(format!("event {sequence} delivered where {} belongs", self.next));
+            self.error = Some(SinkError::OutOfOrder { sequence, expected: self.next });
         }
         self.frames.extend_from_slice(frame);
         self.next = sequence + 1;

@@ -7,9 +7,11 @@
 //! - [`readmodel`]: balances, transfers by id, per-account history.
 //! - [`memory`]: the memory consumer and its HTTP query API.
 //! - [`disk`]: the disk consumer: its own journal plus snapshots.
+//! - [`error`]: [`error::SinkError`], why an event was refused or not kept.
 //! - [`progress`]: how far a consumer has got: `/status` and `/metrics`.
 
 pub mod disk;
+pub mod error;
 pub mod follow;
 pub mod memory;
 pub mod progress;

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::error::SinkError;
 use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
 use crate::readmodel::{ReadModel, TransferRecord};
 
@@ -59,9 +60,9 @@ impl Sink for MemorySink {
         self.session
     }
 
-    fn start_session(&mut self, session: u64) -> Result<(), String> {
+    fn start_session(&mut self, session: u64) -> Result<(), SinkError> {
         if self.session.is_some_and(|held| held != session) {
-            let mut model = self.model.write().map_err(|_| "read model lock poisoned".to_string())?;
+            let mut model = self.model.write().map_err(|_| SinkError::Poisoned)?;
             *model = ReadModel::with_capacity(self.transfer_capacity);
             self.next = model.next_sequence();
             self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
@@ -71,15 +72,15 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
-        let mut model = self.model.write().map_err(|_| "read model lock poisoned".to_string())?;
+    fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError> {
+        let mut model = self.model.write().map_err(|_| SinkError::Poisoned)?;
         let applied = model.apply_batch(frames);
         self.next = model.next_sequence();
         self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
         applied
     }
 
-    fn commit(&mut self) -> Result<(), String> {
+    fn commit(&mut self) -> Result<(), SinkError> {
         self.applied.send_replace(self.next - 1);
         Ok(())
     }

@@ -16,6 +16,8 @@ use ledgerbus_codec::{decode, transfer_flags, Frame, Frames, ResultCode};
 use ledgerbus_ledger::index::{IdIndex, Probe};
 use ledgerbus_ledger::{Ledger, Replica, TransferIds};
 
+use crate::error::SinkError;
+
 /// Records per chunk of the transfer store.
 const CHUNK_BITS: u32 = 16;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
@@ -164,9 +166,9 @@ impl ReadModel {
 
     /// Stores a record and returns its index, or an error when the store is full
     /// (2^32 transfers, far beyond any memory this runs in).
-    fn push(&mut self, record: TransferRecord) -> Result<u32, String> {
+    fn push(&mut self, record: TransferRecord) -> Result<u32, SinkError> {
         let index = self.len;
-        let next = index.checked_add(1).ok_or("the read model holds 2^32 transfers; it is full")?;
+        let next = index.checked_add(1).ok_or(SinkError::StoreFull)?;
         if index as usize & (CHUNK_LEN - 1) == 0 {
             self.chunks.push(Vec::with_capacity(CHUNK_LEN));
         }
@@ -179,13 +181,13 @@ impl ReadModel {
 
     /// Applies concatenated event frames in order, stopping at the first error
     /// (events before it stay applied, as if applied one by one).
-    pub fn apply_batch(&mut self, frames: &[u8]) -> Result<(), String> {
+    pub fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError> {
         let mut ahead = Frames::new(frames).map_while(Result::ok);
         for frame in ahead.by_ref().take(PREFETCH_DISTANCE) {
             self.prefetch(frame);
         }
         for frame in Frames::new(frames) {
-            let frame = frame.map_err(|e| format!("undecodable event: {e}"))?;
+            let frame = frame.map_err(ledgerbus_ledger::ApplyError::Undecodable)?;
             if let Some(next) = ahead.next() {
                 self.prefetch(next);
             }
@@ -202,30 +204,27 @@ impl ReadModel {
 
     /// Applies the next event. Out of order, undecodable or inconsistent events are
     /// errors and change nothing in the query indexes.
-    pub fn apply(&mut self, frame: &[u8]) -> Result<(), String> {
-        let (decoded, _) = Frame::decode(frame).map_err(|e| format!("undecodable event: {e}"))?;
+    pub fn apply(&mut self, frame: &[u8]) -> Result<(), SinkError> {
+        let (decoded, _) = Frame::decode(frame).map_err(ledgerbus_ledger::ApplyError::Undecodable)?;
         // Where the id goes, found before anything changes: an applied transfer's id
         // is never 0 and never applied twice in a well-formed log.
         let slot = match &decoded {
             Frame::TransferEvent(event) if event.result() == Ok(ResultCode::Ok) => {
                 let id = event.id.get();
                 if id == 0 {
-                    return Err(format!("event {} applies a transfer with id 0", event.sequence.get()));
+                    return Err(SinkError::ZeroTransferId { sequence: event.sequence.get() });
                 }
                 self.by_id.reserve_one();
                 match self.by_id.find(id) {
                     Probe::Found(_) => {
-                        return Err(format!(
-                            "event {} applies transfer {id} a second time",
-                            event.sequence.get()
-                        ))
+                        return Err(SinkError::DuplicateTransfer { sequence: event.sequence.get(), id })
                     }
                     Probe::Vacant(slot) => Some(slot),
                 }
             }
             _ => None,
         };
-        self.core.apply_decoded(&decoded, frame, TransferIds::Skip).map_err(|e| e.to_string())?;
+        self.core.apply_decoded(&decoded, frame, TransferIds::Skip)?;
         if let (Some(slot), Frame::TransferEvent(event)) = (slot, &decoded) {
             let record = TransferRecord {
                 id: event.id.get(),
@@ -366,9 +365,12 @@ mod tests {
         let mut model = model_with(3);
         let (hash, next) = (model.state_hash(), model.next_sequence());
         let repeated = transfer(next, 100, 1, 2, ResultCode::Ok);
-        assert!(model.apply(&repeated).unwrap_err().contains("second time"));
+        assert!(matches!(model.apply(&repeated), Err(SinkError::DuplicateTransfer { id: 100, .. })));
         let misplaced = transfer(next + 1, 500, 1, 2, ResultCode::Ok);
-        assert!(model.apply(&misplaced).is_err());
+        assert!(matches!(
+            model.apply(&misplaced),
+            Err(SinkError::Apply(ledgerbus_ledger::ApplyError::OutOfPlace { .. }))
+        ));
         assert!(model.apply(&repeated[..20]).is_err(), "a truncated frame is refused");
         assert_eq!((model.state_hash(), model.next_sequence()), (hash, next));
         assert!(model.transfer(500).is_none());

@@ -87,6 +87,11 @@ pub fn event_sequence(frame: &[u8]) -> Option<u64> {
     Frame::decode(frame).ok().and_then(|(frame, _)| frame.event_sequence())
 }
 
+/// For [`JournalWriter::open`] when the events already journaled are not needed.
+pub fn skip_events(_frame: &[u8]) -> Result<(), std::convert::Infallible> {
+    Ok(())
+}
+
 /// Path of the segment starting at `first_sequence`.
 fn segment_path(dir: &Path, first_sequence: u64) -> PathBuf {
     dir.join(format!("{first_sequence:020}.journal"))
@@ -315,12 +320,12 @@ impl JournalWriter {
     /// event frame, in order, to `replay`. A torn tail is truncated; corruption
     /// elsewhere is an error naming file and offset. `new_session` is used only when
     /// the directory holds no journal yet.
-    pub fn open(
+    pub fn open<E: std::fmt::Display>(
         dir: &Path,
         durability: Durability,
         segment_size_max: u64,
         new_session: u64,
-        mut replay: impl FnMut(&[u8]) -> Result<(), String>,
+        mut replay: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(JournalWriter, Recovered), JournalError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let segments = list_segments(dir)?;
@@ -357,7 +362,7 @@ impl JournalWriter {
                                 ));
                             }
                         }
-                        replay(frame).map_err(|reason| corrupt(offset, reason))?;
+                        replay(frame).map_err(|reason| corrupt(offset, reason.to_string()))?;
                         next_sequence += 1;
                         events += 1;
                     }

@@ -10,7 +10,8 @@ use ledgerbus_transport::sim::event_frame;
 
 fn write_events(dir: &Path, count: u64, segment_size_max: u64) -> u64 {
     let (mut journal, recovered) =
-        JournalWriter::open(dir, Durability::Os, segment_size_max, 42, |_| Ok(())).unwrap();
+        JournalWriter::open(dir, Durability::Os, segment_size_max, 42, ledgerbus_log::journal::skip_events)
+            .unwrap();
     let first = recovered.next_sequence;
     for sequence in first..first + count {
         journal.append(&event_frame(sequence));
@@ -26,7 +27,7 @@ fn reopen(dir: &Path) -> Result<(u64, Vec<u64>), JournalError> {
     let mut seen = Vec::new();
     let (_, recovered) = JournalWriter::open(dir, Durability::Os, 1 << 30, 7, |frame| {
         seen.push(ledgerbus_log::journal::event_sequence(frame).unwrap());
-        Ok(())
+        Ok::<(), std::convert::Infallible>(())
     })?;
     Ok((recovered.next_sequence, seen))
 }

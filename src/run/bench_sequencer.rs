@@ -86,7 +86,8 @@ pub fn run(
     live: Option<LiveConsumers>,
 ) -> std::io::Result<SequencerBenchReport> {
     let (mut journal, recovered) =
-        JournalWriter::open(dir, durability, 1 << 30, 1, |_| Ok(())).map_err(std::io::Error::other)?;
+        JournalWriter::open(dir, durability, 1 << 30, 1, ledgerbus_log::journal::skip_events)
+            .map_err(std::io::Error::other)?;
     // Without live consumers: a subscriber socket nobody reads; the kernel drops what
     // overflows, as a slow consumer would, and the sequencer pays its full publishing cost.
     let sink = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;

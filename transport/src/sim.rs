@@ -23,6 +23,7 @@ use ledgerbus_codec::{decode, encode, Id128, Message, PacketWriter, ResultCode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::ConfigError;
 use crate::security::{BusKey, BusKeys, BusSecurity};
 use crate::{Destination, MonoTime, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig};
 
@@ -242,18 +243,44 @@ struct Sim {
     captured: Vec<(Node, Vec<u8>)>,
 }
 
+/// Why a simulation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The configuration was refused by the sender or a receiver.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An invariant broke: lost, duplicated, reordered or wrong events, or no
+    /// progress by the time limit. The seed replays it exactly.
+    #[error("seed {seed:#x}: {violation}")]
+    Violation {
+        /// The run's seed.
+        seed: u64,
+        /// What went wrong.
+        violation: String,
+    },
+}
+
+/// A failure inside the run, before the seed is attached.
+enum Failure {
+    Config(ConfigError),
+    Violation(String),
+}
+
 /// Runs a scenario to completion. On failure the error names the seed.
-pub fn run(config: SimConfig) -> Result<SimReport, String> {
+pub fn run(config: SimConfig) -> Result<SimReport, SimError> {
     let seed = config.seed;
-    Sim::new(config).and_then(|mut sim| sim.run()).map_err(|error| format!("seed {seed:#x}: {error}"))
+    Sim::new(config).and_then(|mut sim| sim.run()).map_err(|failure| match failure {
+        Failure::Config(error) => SimError::Config(error),
+        Failure::Violation(violation) => SimError::Violation { seed, violation },
+    })
 }
 
 impl Sim {
-    fn new(config: SimConfig) -> Result<Sim, String> {
+    fn new(config: SimConfig) -> Result<Sim, Failure> {
         let now = MonoTime::ZERO;
         let mut sender_config = config.sender.clone();
         sender_config.instance = config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        let sender = Sender::new(sender_config, 1, now).map_err(|e| e.to_string())?;
+        let sender = Sender::new(sender_config, 1, now).map_err(Failure::Config)?;
         let mut receivers = Vec::new();
         let mut receiver_addresses = Vec::new();
         for index in 0..config.receivers {
@@ -262,7 +289,7 @@ impl Sim {
             receiver_config.rng_seed = config.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             receiver_config.datagram_size_max = config.sender.datagram_size_max;
             receiver_config.instance = receiver_config.rng_seed.rotate_left(17);
-            receivers.push(Receiver::new(receiver_config, 1, None, now).map_err(|e| e.to_string())?);
+            receivers.push(Receiver::new(receiver_config, 1, None, now).map_err(Failure::Config)?);
             receiver_addresses.push(address(index as u8 + 2));
         }
         Ok(Sim {
@@ -293,7 +320,7 @@ impl Sim {
         self.now.as_nanos() >= self.config.heal_after_us * 1_000
     }
 
-    fn run(&mut self) -> Result<SimReport, String> {
+    fn run(&mut self) -> Result<SimReport, Failure> {
         loop {
             self.deliver_due()?;
             self.run_timers();
@@ -302,7 +329,7 @@ impl Sim {
             self.drain_transmits()?;
             self.handle_events()?;
             if let Some(error) = self.checkers.iter().find_map(|c| c.error.clone()) {
-                return Err(error);
+                return Err(Failure::Violation(error));
             }
             if self.complete() {
                 return Ok(self.finish());
@@ -310,10 +337,10 @@ impl Sim {
             let next = self.next_wakeup();
             if next.as_nanos() > self.config.time_limit_us * 1_000 {
                 let positions: Vec<u64> = self.receivers.iter().map(|r| r.next_expected() - 1).collect();
-                return Err(format!(
+                return Err(Failure::Violation(format!(
                     "not complete by {} µs: published {} of {}, receiver positions {positions:?}",
                     self.config.time_limit_us, self.published, self.config.events
-                ));
+                )));
             }
             assert!(next >= self.now, "virtual time must not go backwards");
             self.now = next;
@@ -358,7 +385,7 @@ impl Sim {
         next.max(self.now)
     }
 
-    fn deliver_due(&mut self) -> Result<(), String> {
+    fn deliver_due(&mut self) -> Result<(), Failure> {
         while let Some(Reverse((at, _, slot))) = self.network.peek().copied() {
             if at > self.now {
                 break;
@@ -412,7 +439,7 @@ impl Sim {
         self.next_publish = self.now.plus_us(self.config.publish_interval_us);
     }
 
-    fn drain_transmits(&mut self) -> Result<(), String> {
+    fn drain_transmits(&mut self) -> Result<(), Failure> {
         let mut buf = std::mem::take(&mut self.buf);
         while let Some(transmit) = self.sender.poll_transmit(self.now, &mut buf) {
             let bytes = &buf[..transmit.size];
@@ -434,7 +461,7 @@ impl Sim {
                             let error =
                                 format!("the sender sent {} bytes to {address}, not a receiver", bytes.len());
                             self.buf = buf;
-                            return Err(error);
+                            return Err(Failure::Violation(error));
                         }
                     }
                 }
@@ -596,7 +623,7 @@ impl Sim {
 
     /// Acts on receiver signals: a needed replay is served from the "journal" (the
     /// deterministic event bytes) up to what has been published.
-    fn handle_events(&mut self) -> Result<(), String> {
+    fn handle_events(&mut self) -> Result<(), Failure> {
         for index in 0..self.receivers.len() {
             while let Some(event) = self.receivers[index].poll_event() {
                 match event {
@@ -604,10 +631,10 @@ impl Sim {
                         self.report.replays += 1;
                         let checker = &mut self.checkers[index];
                         if checker.next != from_sequence {
-                            return Err(format!(
+                            return Err(Failure::Violation(format!(
                                 "receiver {index} needs replay from {from_sequence} but delivered up to {}",
                                 checker.next - 1
-                            ));
+                            )));
                         }
                         let end = self.published + 1;
                         for sequence in from_sequence..end {
@@ -616,7 +643,9 @@ impl Sim {
                         self.receivers[index].resume(self.now, end, &mut |s, f| checker.deliver(s, f));
                     }
                     ReceiverEvent::SessionChanged { .. } => {
-                        return Err(format!("receiver {index} saw a session change in a one-session run"));
+                        return Err(Failure::Violation(format!(
+                            "receiver {index} saw a session change in a one-session run"
+                        )));
                     }
                 }
             }

@@ -145,7 +145,7 @@ fn the_same_attacker_breaks_an_unsealed_bus() {
     config.events = 30_000;
     config.heal_after_us = 3_000_000;
     config.attack_interval_us = Some(50);
-    let error = run(config).expect_err("an unsealed bus cannot tell forgeries apart");
+    let error = run(config).expect_err("an unsealed bus cannot tell forgeries apart").to_string();
     assert!(
         error.contains("wrong bytes") || error.contains("not a receiver") || error.contains("session change"),
         "{error}"
