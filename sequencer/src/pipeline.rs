@@ -6,6 +6,7 @@
 //! already in the ledger, and a journal error is fatal (the process stops rather
 //! than answer for an event it could not make durable).
 
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,20 +22,33 @@ pub struct Committed {
     pub sync_us: u64,
 }
 
-/// The journal thread and its two channels, or (for `os` durability, where a commit
-/// is only a `write` into the page cache) the journal itself, committed inline to
-/// save two thread hand-offs per batch.
+type Outcome = Result<Committed, JournalError>;
+
+/// Group commit, in one of two modes. Exactly one batch may be in flight.
 pub struct CommitPipeline {
-    submit: Option<SyncSender<PendingBatch>>,
-    done: Option<Receiver<Result<Committed, JournalError>>>,
+    mode: Mode,
     in_flight: bool,
-    thread: Option<JoinHandle<()>>,
-    /// Inline mode: the journal, and the result of the last submit.
-    inline: Option<JournalWriter>,
-    ready: Option<Result<Committed, JournalError>>,
-    /// Readable when the journal thread has finished a batch, so the hot thread can
-    /// sleep in one `ppoll` on its sockets and this, and keep deciding meanwhile.
-    wake: Option<std::os::unix::net::UnixStream>,
+}
+
+/// How batches reach the journal.
+enum Mode {
+    /// `fsync` durability: a journal thread writes and syncs while the hot thread
+    /// decides the next batch.
+    Threaded {
+        submit: Option<SyncSender<PendingBatch>>,
+        done: Receiver<Outcome>,
+        thread: Option<JoinHandle<()>>,
+        /// Readable when the journal thread has finished a batch, so the hot
+        /// thread can sleep in one `ppoll` on its sockets and this.
+        wake: UnixStream,
+    },
+    /// `os` durability: a commit is only a `write` into the page cache, done on the
+    /// caller's thread to save two thread hand-offs per batch.
+    Inline {
+        journal: JournalWriter,
+        /// The result of the last submit, until collected.
+        ready: Option<Outcome>,
+    },
 }
 
 impl CommitPipeline {
@@ -42,16 +56,11 @@ impl CommitPipeline {
     pub fn start(mut journal: JournalWriter) -> std::io::Result<CommitPipeline> {
         let (submit, batches) = sync_channel::<PendingBatch>(1);
         let (finished, done) = sync_channel(1);
-        let (wake, mut signal) = std::os::unix::net::UnixStream::pair()?;
+        let (wake, mut signal) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         let thread = std::thread::Builder::new().name("journal".into()).spawn(move || {
             while let Ok(batch) = batches.recv() {
-                let started = Instant::now();
-                batch.append_to(&mut journal);
-                let result = journal.commit().map(|proof| Committed {
-                    batch: batch.into_durable(&proof),
-                    sync_us: started.elapsed().as_micros() as u64,
-                });
+                let result = commit(&mut journal, batch);
                 let failed = result.is_err();
                 if finished.send(result).is_err() || failed {
                     return;
@@ -59,34 +68,19 @@ impl CommitPipeline {
                 let _ = std::io::Write::write(&mut signal, &[1]);
             }
         })?;
-        Ok(CommitPipeline {
-            submit: Some(submit),
-            done: Some(done),
-            in_flight: false,
-            thread: Some(thread),
-            inline: None,
-            ready: None,
-            wake: Some(wake),
-        })
+        let mode = Mode::Threaded { submit: Some(submit), done, thread: Some(thread), wake };
+        Ok(CommitPipeline { mode, in_flight: false })
     }
 
     /// Commits on the caller's thread: `submit` writes (and syncs, if the journal's
     /// policy says so) before it returns.
     pub fn inline(journal: JournalWriter) -> CommitPipeline {
-        CommitPipeline {
-            submit: None,
-            done: None,
-            in_flight: false,
-            thread: None,
-            inline: Some(journal),
-            ready: None,
-            wake: None,
-        }
+        CommitPipeline { mode: Mode::Inline { journal, ready: None }, in_flight: false }
     }
 
     /// Whether a finished batch is waiting to be collected (inline mode).
     pub fn is_ready(&self) -> bool {
-        self.ready.is_some()
+        matches!(self.mode, Mode::Inline { ready: Some(_), .. })
     }
 
     /// Whether a batch is being written.
@@ -94,41 +88,34 @@ impl CommitPipeline {
         self.in_flight
     }
 
-    /// Hands a batch to the journal thread. Only one may be in flight.
+    /// Hands a batch to the journal. Only one may be in flight.
     pub fn submit(&mut self, batch: PendingBatch) {
         assert!(!self.in_flight, "one batch in flight at a time");
         assert!(!batch.is_empty());
         self.in_flight = true;
-        if let Some(journal) = &mut self.inline {
-            let started = Instant::now();
-            batch.append_to(journal);
-            self.ready = Some(journal.commit().map(|proof| Committed {
-                batch: batch.into_durable(&proof),
-                sync_us: started.elapsed().as_micros() as u64,
-            }));
-            return;
+        match &mut self.mode {
+            Mode::Inline { journal, ready } => *ready = Some(commit(journal, batch)),
+            Mode::Threaded { submit, .. } => submit
+                .as_ref()
+                .expect("pipeline running")
+                .send(batch)
+                .expect("journal thread alive while in flight"),
         }
-        self.submit
-            .as_ref()
-            .expect("pipeline running")
-            .send(batch)
-            .expect("journal thread alive while in flight");
     }
 
     /// A descriptor that becomes readable when a batch completes (threaded mode).
     pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.wake.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
-    }
-
-    fn drain_wake(&mut self) {
-        if let Some(wake) = &mut self.wake {
-            let mut sink = [0u8; 64];
-            while matches!(std::io::Read::read(wake, &mut sink), Ok(n) if n > 0) {}
+        match &self.mode {
+            Mode::Threaded { wake, .. } => Some(std::os::fd::AsRawFd::as_raw_fd(wake)),
+            Mode::Inline { .. } => None,
         }
     }
 
     /// The in-flight batch, if it is done; never blocks.
-    pub fn try_complete(&mut self) -> Option<Result<Committed, JournalError>> {
+    pub fn try_complete(&mut self) -> Option<Outcome> {
+        // Drained even with nothing in flight: the journal thread signals after it
+        // sends, so a signal can outlive the batch it announced, and a readable
+        // descriptor left behind would wake the idle hot thread forever.
         self.drain_wake();
         self.collect(|done| match done.try_recv() {
             Ok(result) => Some(result),
@@ -138,7 +125,7 @@ impl CommitPipeline {
     }
 
     /// Waits up to `timeout` for the in-flight batch.
-    pub fn wait_complete(&mut self, timeout: Duration) -> Option<Result<Committed, JournalError>> {
+    pub fn wait_complete(&mut self, timeout: Duration) -> Option<Outcome> {
         self.collect(|done| match done.recv_timeout(timeout) {
             Ok(result) => Some(result),
             Err(RecvTimeoutError::Timeout) => None,
@@ -146,20 +133,22 @@ impl CommitPipeline {
         })
     }
 
+    fn drain_wake(&mut self) {
+        if let Mode::Threaded { wake, .. } = &mut self.mode {
+            let mut sink = [0u8; 64];
+            while matches!(std::io::Read::read(wake, &mut sink), Ok(n) if n > 0) {}
+        }
+    }
+
     /// The in-flight batch's result: ready at once in inline mode, else from the
     /// journal thread through `receive`.
-    fn collect(
-        &mut self,
-        receive: impl FnOnce(
-            &Receiver<Result<Committed, JournalError>>,
-        ) -> Option<Result<Committed, JournalError>>,
-    ) -> Option<Result<Committed, JournalError>> {
+    fn collect(&mut self, receive: impl FnOnce(&Receiver<Outcome>) -> Option<Outcome>) -> Option<Outcome> {
         if !self.in_flight {
             return None;
         }
-        let result = match self.ready.take() {
-            Some(ready) => Some(ready),
-            None => receive(self.done.as_ref().expect("threaded pipeline")),
+        let result = match &mut self.mode {
+            Mode::Inline { ready, .. } => ready.take(),
+            Mode::Threaded { done, .. } => receive(done),
         };
         if result.is_some() {
             self.in_flight = false;
@@ -168,11 +157,23 @@ impl CommitPipeline {
     }
 }
 
+/// Appends and commits one batch; the journal's proof makes it durable.
+fn commit(journal: &mut JournalWriter, batch: PendingBatch) -> Outcome {
+    let started = Instant::now();
+    batch.append_to(journal);
+    journal.commit().map(|proof| Committed {
+        batch: batch.into_durable(&proof),
+        sync_us: started.elapsed().as_micros() as u64,
+    })
+}
+
 impl Drop for CommitPipeline {
     fn drop(&mut self) {
-        self.submit.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Mode::Threaded { submit, thread, .. } = &mut self.mode {
+            submit.take();
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }
