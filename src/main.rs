@@ -20,7 +20,7 @@ use config_file::FileSettings;
 const EXIT_CONFIG: u8 = 2;
 /// Exit status when an address to listen on is in use (sysexits' EX_TEMPFAIL: try
 /// again, or elsewhere); the demo picks other ports when a child exits with it.
-pub const EXIT_ADDRESS_IN_USE: u8 = 75;
+const EXIT_ADDRESS_IN_USE: u8 = ledgerbus_tools::cluster::EXIT_ADDRESS_IN_USE as u8;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();

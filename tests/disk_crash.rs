@@ -72,11 +72,11 @@ fn disk_consumer_survives_kill_dash_nine() {
     let (sequence, disk_hash, sequencer_hash) = cluster.converge(cluster.disk_http);
     assert_eq!(sequence, TRANSFERS + 10);
     assert_eq!(disk_hash, sequencer_hash, "same state hash as the sequencer");
-    let snapshots = std::fs::read_dir(dir.path().join("disk").join("snapshots")).unwrap().count();
+    let snapshots = std::fs::read_dir(dir.path().join("disk-consumer").join("snapshots")).unwrap().count();
     assert!(snapshots > 0, "the disk consumer wrote snapshots");
 
     // Exactly the same events, byte for byte, no gap, no duplicate.
-    let mut ours = JournalReader::open(&dir.path().join("disk").join("journal"), 1).unwrap();
+    let mut ours = JournalReader::open(&dir.path().join("disk-consumer").join("journal"), 1).unwrap();
     let mut theirs = JournalReader::open(&dir.path().join("sequencer"), 1).unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut count = 0;

@@ -25,8 +25,8 @@ fn session_of(cluster: &Cluster) -> u64 {
     u64::from_str_radix(status["session"].as_str().unwrap(), 16).unwrap()
 }
 
-fn alive(process: &mut Option<Process>) -> bool {
-    process.as_mut().is_some_and(|p| p.0.try_wait().unwrap().is_none())
+fn alive(process: &mut Option<Service>) -> bool {
+    process.as_mut().is_some_and(|p| p.exited().is_none())
 }
 
 /// The attack of finding 1 and 2, and the NAK amplification of finding 3, with the
@@ -291,7 +291,7 @@ fn consumers_follow_a_sequencer_that_starts_a_new_log() {
         404,
         "the old log is gone from the model"
     );
-    let kept: Vec<_> = std::fs::read_dir(dir.path().join("disk"))
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("disk-consumer"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("previous-log-"))

@@ -4,10 +4,8 @@
 //! both consumers reached the sequencer's state hash, then serves until Ctrl-C or
 //! `--duration`. The children are stopped (SIGTERM, then SIGKILL) when it exits.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,83 +16,18 @@ use ledgerbus_client::{Client, Command as ClientCommand};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
 
+use ledgerbus_tools::cluster::{self, http_json, Addresses, Cluster, Credentials, Service};
+
 use crate::cli::{BusSecurityMode, DemoArgs};
-
-/// A child process stopped when dropped: SIGTERM, a grace period, then SIGKILL.
-struct Service {
-    name: &'static str,
-    child: Child,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tracing::warn!(service = self.name, "did not stop in 5 s; killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port on `ip` that is free now, for a child process to bind. Chosen at random
-/// below the kernel's ephemeral range: a port the kernel hands out (bind to port 0)
-/// could be taken again by any outgoing connection before the child binds it.
-fn free_port(ip: std::net::IpAddr, free: impl Fn(SocketAddr) -> bool) -> anyhow::Result<SocketAddr> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let low = 10_000u16.min(ephemeral_low.saturating_sub(1_000));
-    let span = ephemeral_low.saturating_sub(low).max(1);
-    for _ in 0..1_000 {
-        let mut random = [0u8; 2];
-        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random port: {e}"))?;
-        let candidate = SocketAddr::new(ip, low + u16::from_le_bytes(random) % span);
-        if free(candidate) {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!("no free port below {ephemeral_low} on {ip}")
-}
-
-fn tcp_is_free(address: SocketAddr) -> bool {
-    TcpListener::bind(address).is_ok()
-}
-
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    free_port([127, 0, 0, 1].into(), tcp_is_free)
-}
-
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    free_port([127, 0, 0, 1].into(), |address| UdpSocket::bind(address).is_ok())
-}
-
-/// The error for a child that exited before it was ready; one that could not bind
-/// its address says so (the demo then picks other ports).
-fn exited_while_starting(name: &str, status: std::process::ExitStatus) -> anyhow::Error {
-    if status.code() == Some(i32::from(crate::EXIT_ADDRESS_IN_USE)) {
-        anyhow::anyhow!("the {name} could not listen: its address is in use ({status}); its log is above")
-    } else {
-        anyhow::anyhow!("the {name} exited while starting ({status}); its log is above")
-    }
-}
 
 /// `address` if it can be bound now (port 0: a free port on its IP). A port already
 /// taken is refused here, naming it: the child would fail to bind it, and whatever
 /// holds it might even answer the health check in its place.
 fn with_free_port(address: SocketAddr, what: &str, flag: &str) -> anyhow::Result<SocketAddr> {
     if address.port() == 0 {
-        return free_port(address.ip(), tcp_is_free);
+        return cluster::free_port(address.ip(), |a| std::net::TcpListener::bind(a).is_ok());
     }
-    match TcpListener::bind(address) {
+    match std::net::TcpListener::bind(address) {
         Ok(_) => Ok(address),
         Err(error) => {
             bail!("the {what} address {address} is not available ({error}); choose another with {flag}")
@@ -110,200 +43,6 @@ fn random_hex_of<const N: usize>() -> anyhow::Result<String> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random key: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A GET with a JSON answer; `None` if the service is not answering (yet).
-fn http_json(address: SocketAddr, path: &str, key: Option<&str>) -> Option<(u16, serde_json::Value)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: demo\r\n{auth}Connection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    Some((status, serde_json::from_str(body).ok()?))
-}
-
-/// Where each part of a started system listens.
-pub struct Addresses {
-    pub gateway_http: SocketAddr,
-    pub gateway_tcp: SocketAddr,
-    pub sequencer: SocketAddr,
-    pub sequencer_status: SocketAddr,
-    pub control: SocketAddr,
-    pub replay: SocketAddr,
-    pub memory_udp: SocketAddr,
-    pub memory_http: SocketAddr,
-    pub disk_udp: SocketAddr,
-    pub disk_http: SocketAddr,
-}
-
-/// The secrets a started system shares, handed to each child in its environment
-/// (never on a command line, where `ps` would show them).
-pub struct Credentials {
-    /// Gateways' credential at the sequencer.
-    pub sequencer_secret: String,
-    /// Clients' API key (also what the gateway presents to the memory consumer).
-    pub api_key: String,
-    /// The bus key (64 hex digits): seals the bus and authenticates bulk replay.
-    pub bus_key: String,
-    /// `aes-256-gcm` or `none`.
-    pub bus_security: BusSecurityMode,
-}
-
-fn spawn(name: &'static str, args: &[String], credentials: &Credentials) -> anyhow::Result<Service> {
-    let exe = std::env::current_exe().context("locating the ledgerbus binary")?;
-    let bus_security = match credentials.bus_security {
-        BusSecurityMode::Aes256Gcm => "aes-256-gcm",
-        BusSecurityMode::None => "none",
-    };
-    let mut command = Command::new(exe);
-    // A child must not outlive the demo, even one killed with SIGKILL: the kernel
-    // sends it SIGTERM when the demo's thread that started it ends.
-    // SAFETY: prctl is async-signal-safe and touches only the child being started.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command
-        .args(["--log-level", "warn"])
-        .args(args)
-        .env("LEDGERBUS_SEQUENCER_SECRET", &credentials.sequencer_secret)
-        .env("LEDGERBUS_API_KEYS", &credentials.api_key)
-        .env("LEDGERBUS_BUS_KEY", &credentials.bus_key)
-        .env("LEDGERBUS_BUS_SECURITY", bus_security)
-        .env_remove("LEDGERBUS_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting the {name}"))?;
-    Ok(Service { name, child })
-}
-
-fn s(value: impl ToString) -> String {
-    value.to_string()
-}
-
-fn start_all(
-    durability: crate::cli::Durability,
-    data: &Path,
-    a: &Addresses,
-    credentials: &Credentials,
-    transfer_capacity: Option<usize>,
-) -> anyhow::Result<Vec<Service>> {
-    let durability = s(durability.as_str());
-    let capacity: Vec<String> =
-        transfer_capacity.map(|ids| vec![s("--transfer-capacity"), s(ids)]).unwrap_or_default();
-    let sequencer = spawn(
-        "sequencer",
-        &[
-            s("sequencer"),
-            s("--data-dir"),
-            s(data.join("sequencer").display()),
-            s("--gateway-listen"),
-            s(a.sequencer),
-            s("--control-listen"),
-            s(a.control),
-            s("--replay-listen"),
-            s(a.replay),
-            s("--metrics-listen"),
-            s(a.sequencer_status),
-            s("--subscribers"),
-            format!("{},{}", a.memory_udp, a.disk_udp),
-            s("--durability"),
-            durability.clone(),
-        ]
-        .into_iter()
-        .chain(capacity.iter().cloned())
-        .collect::<Vec<_>>(),
-        credentials,
-    )?;
-    let consumer = |kind: &'static str, id: u32, udp: SocketAddr, http: SocketAddr| {
-        spawn(
-            kind,
-            &[
-                s("consumer"),
-                s(if kind == "memory consumer" { "memory" } else { "disk" }),
-                s("--listen"),
-                s(udp),
-                s("--http-listen"),
-                s(http),
-                s("--sequencer-control"),
-                s(a.control),
-                s("--sequencer-replay"),
-                s(a.replay),
-                s("--consumer-id"),
-                s(id),
-                s("--data-dir"),
-                s(data.join("disk-consumer").display()),
-                s("--durability"),
-                durability.clone(),
-            ]
-            .into_iter()
-            .chain(if kind == "memory consumer" { capacity.clone() } else { Vec::new() })
-            .collect::<Vec<_>>(),
-            credentials,
-        )
-    };
-    // The sequencer first, so that the consumers find its replay service.
-    let mut services = vec![sequencer];
-    wait_until("sequencer", &mut services, || http_json(a.sequencer_status, "/status", None).is_some())?;
-    services.push(consumer("memory consumer", 1, a.memory_udp, a.memory_http)?);
-    services.push(consumer("disk consumer", 2, a.disk_udp, a.disk_http)?);
-    services.push(spawn(
-        "gateway",
-        &[
-            s("gateway"),
-            s("--http-listen"),
-            s(a.gateway_http),
-            s("--tcp-listen"),
-            s(a.gateway_tcp),
-            s("--sequencer"),
-            s(a.sequencer),
-            s("--query-upstream"),
-            s(a.memory_http),
-        ],
-        credentials,
-    )?);
-    wait_until("gateway", &mut services, || {
-        http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
-    })?;
-    wait_until("consumers", &mut services, || {
-        http_json(a.memory_http, "/status", None).is_some()
-            && http_json(a.disk_http, "/status", None).is_some()
-    })?;
-    // Ready is not enough: each child must still be the one serving its address.
-    for service in services.iter_mut() {
-        if let Ok(Some(status)) = service.child.try_wait() {
-            return Err(exited_while_starting(service.name, status));
-        }
-    }
-    // Stopped in reverse order of start: the gateway first, the sequencer last.
-    services.reverse();
-    Ok(services)
-}
-
-/// Waits up to 30 s for `ready`, failing at once if a started process exits.
-fn wait_until(what: &str, started: &mut [Service], mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if ready() {
-            return Ok(());
-        }
-        for service in started.iter_mut() {
-            if let Ok(Some(status)) = service.child.try_wait() {
-                return Err(exited_while_starting(service.name, status));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("the {what} did not come up within 30 s")
 }
 
 /// A whole ledgerbus started as child processes; stopped when dropped.
@@ -365,26 +104,31 @@ impl System {
                 None => random_hex()?,
             },
             bus_key: random_hex_of::<32>()?,
-            bus_security,
+            bus_security: match bus_security {
+                BusSecurityMode::Aes256Gcm => "aes-256-gcm",
+                BusSecurityMode::None => "none",
+            },
         };
         // A port picked here can still be taken by someone else before the child
         // binds it; that is our race, not the user's problem: pick again (ports the
         // user chose are checked again too, and reported if really taken).
         let mut attempt = 1;
         let (addresses, services) = loop {
-            let addresses = Addresses {
-                gateway_http: with_free_port(http, "gateway HTTP", "--http")?,
-                gateway_tcp: with_free_port(tcp, "gateway TCP", "--tcp")?,
-                sequencer: free_tcp()?,
-                sequencer_status: free_tcp()?,
-                control: free_udp()?,
-                replay: free_tcp()?,
-                memory_udp: free_udp()?,
-                memory_http: free_tcp()?,
-                disk_udp: free_udp()?,
-                disk_http: free_tcp()?,
+            let addresses = Addresses::free(
+                with_free_port(http, "gateway HTTP", "--http")?,
+                with_free_port(tcp, "gateway TCP", "--tcp")?,
+            )?;
+            let cluster = Cluster {
+                exe: std::env::current_exe().context("locating the ledgerbus binary")?,
+                data: data.clone(),
+                addresses,
+                credentials: credentials.clone(),
+                durability,
+                transfer_capacity,
+                snapshot_every: None,
+                log_level: "warn",
             };
-            match start_all(durability, &data, &addresses, &credentials, transfer_capacity) {
+            match cluster.start() {
                 Ok(services) => break (addresses, services),
                 Err(error) if attempt < 3 && format!("{error:#}").contains("in use") => {
                     tracing::warn!(attempt, error = %format!("{error:#}"), "a port was taken while starting; picking others");

@@ -5,35 +5,21 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 pub const SECRET: &str = "e2e-test-secret-0123456789";
 pub const API_KEY: &str = "e2e-test-api-key-0123456789";
 pub const BUS_KEY: &str = "e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0e2e0";
 
-/// A free port below the kernel's ephemeral range (10000–32767): a port from bind
-/// to port 0 could be taken by any outgoing connection of a test running in
-/// parallel before the child process binds it.
-fn free_port(free: impl Fn(SocketAddr) -> bool) -> SocketAddr {
-    loop {
-        let mut random = [0u8; 2];
-        getrandom::fill(&mut random).unwrap();
-        let candidate = SocketAddr::from(([127, 0, 0, 1], 10_000 + u16::from_le_bytes(random) % 22_768));
-        if free(candidate) {
-            return candidate;
-        }
-    }
-}
-
 pub fn free_tcp() -> SocketAddr {
-    free_port(|address| TcpListener::bind(address).is_ok())
+    ledgerbus_tools::cluster::free_tcp().unwrap()
 }
 
 pub fn free_udp() -> SocketAddr {
-    free_port(|address| UdpSocket::bind(address).is_ok())
+    ledgerbus_tools::cluster::free_udp().unwrap()
 }
 
 /// A child killed when dropped.
@@ -52,24 +38,8 @@ impl Drop for Process {
     }
 }
 
-pub fn spawn(args: &[String]) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_ledgerbus"))
-        .args(["--log-level", "warn"])
-        .args(args)
-        .env("LEDGERBUS_SEQUENCER_SECRET", SECRET)
-        .env("LEDGERBUS_API_KEYS", API_KEY)
-        .env("LEDGERBUS_BUS_KEY", BUS_KEY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ledgerbus");
-    Process(child)
-}
-
-fn s(value: impl ToString) -> String {
-    value.to_string()
-}
+/// The cluster's processes, started by the same launcher as `ledgerbus demo`.
+pub type Service = ledgerbus_tools::cluster::Service;
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -83,107 +53,76 @@ pub struct Cluster {
     pub memory_http: SocketAddr,
     pub disk_udp: SocketAddr,
     pub disk_http: SocketAddr,
-    pub sequencer_process: Option<Process>,
-    pub memory_process: Option<Process>,
-    pub disk_process: Option<Process>,
-    pub gateway_process: Option<Process>,
+    pub sequencer_process: Option<Service>,
+    pub memory_process: Option<Service>,
+    pub disk_process: Option<Service>,
+    pub gateway_process: Option<Service>,
+    launcher: ledgerbus_tools::cluster::Cluster,
 }
 
 impl Cluster {
     pub fn start(dir: &Path) -> Cluster {
+        let addresses = ledgerbus_tools::cluster::Addresses::free(free_tcp(), free_tcp()).unwrap();
+        let launcher = ledgerbus_tools::cluster::Cluster {
+            exe: env!("CARGO_BIN_EXE_ledgerbus").into(),
+            data: dir.to_path_buf(),
+            addresses,
+            credentials: ledgerbus_tools::cluster::Credentials {
+                sequencer_secret: SECRET.into(),
+                api_key: API_KEY.into(),
+                bus_key: BUS_KEY.into(),
+                bus_security: "aes-256-gcm",
+            },
+            durability: ledgerbus_log::Durability::Os,
+            transfer_capacity: None,
+            snapshot_every: Some(20_000),
+            log_level: "warn",
+        };
+        let a = addresses;
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
-            gateway_http: free_tcp(),
-            gateway_tcp: free_tcp(),
-            sequencer: free_tcp(),
-            sequencer_status: free_tcp(),
-            control: free_udp(),
-            replay: free_tcp(),
-            memory_udp: free_udp(),
-            memory_http: free_tcp(),
-            disk_udp: free_udp(),
-            disk_http: free_tcp(),
+            gateway_http: a.gateway_http,
+            gateway_tcp: a.gateway_tcp,
+            sequencer: a.sequencer,
+            sequencer_status: a.sequencer_status,
+            control: a.control,
+            replay: a.replay,
+            memory_udp: a.memory_udp,
+            memory_http: a.memory_http,
+            disk_udp: a.disk_udp,
+            disk_http: a.disk_http,
             sequencer_process: None,
             memory_process: None,
             disk_process: None,
             gateway_process: None,
+            launcher,
         };
-        cluster.sequencer_process = Some(cluster.spawn_sequencer());
-        wait_until("sequencer", || get(cluster.sequencer_status, "/status", None).is_some());
-        cluster.memory_process = Some(cluster.spawn_consumer("memory"));
-        cluster.disk_process = Some(cluster.spawn_consumer("disk"));
-        cluster.gateway_process = Some(cluster.spawn_gateway(cluster.gateway_http, cluster.gateway_tcp, &[]));
-        wait_until("gateway", || get(cluster.gateway_http, "/health", None).is_some_and(|r| r.status == 200));
-        wait_until("consumers", || {
-            get(cluster.memory_http, "/status", None).is_some()
-                && get(cluster.disk_http, "/status", None).is_some()
-        });
+        let mut services = cluster.launcher.start().expect("the cluster starts");
+        // `start` hands them back in stopping order: gateway, disk, memory, sequencer.
+        cluster.sequencer_process = services.pop();
+        cluster.memory_process = services.pop();
+        cluster.disk_process = services.pop();
+        cluster.gateway_process = services.pop();
         cluster
     }
 
-    pub fn spawn_sequencer(&self) -> Process {
-        spawn(&[
-            s("sequencer"),
-            s("--data-dir"),
-            s(self.dir.join("sequencer").display()),
-            s("--gateway-listen"),
-            s(self.sequencer),
-            s("--control-listen"),
-            s(self.control),
-            s("--replay-listen"),
-            s(self.replay),
-            s("--metrics-listen"),
-            s(self.sequencer_status),
-            s("--subscribers"),
-            format!("{},{}", self.memory_udp, self.disk_udp),
-            s("--durability"),
-            s("os"),
-        ])
+    /// The disk consumer's data directory.
+    pub fn disk_data(&self) -> PathBuf {
+        self.launcher.disk_data()
     }
 
-    pub fn spawn_consumer(&self, kind: &str) -> Process {
-        let (udp, http, id) = match kind {
-            "memory" => (self.memory_udp, self.memory_http, 1),
-            _ => (self.disk_udp, self.disk_http, 2),
-        };
-        spawn(&[
-            s("consumer"),
-            s(kind),
-            s("--listen"),
-            s(udp),
-            s("--http-listen"),
-            s(http),
-            s("--sequencer-control"),
-            s(self.control),
-            s("--sequencer-replay"),
-            s(self.replay),
-            s("--consumer-id"),
-            s(id),
-            s("--data-dir"),
-            s(self.dir.join("disk").display()),
-            s("--durability"),
-            s("os"),
-            s("--snapshot-every"),
-            s(20_000),
-        ])
+    pub fn spawn_sequencer(&self) -> Service {
+        self.launcher.spawn_sequencer().expect("start the sequencer")
+    }
+
+    pub fn spawn_consumer(&self, kind: &str) -> Service {
+        self.launcher.spawn_consumer(kind).expect("start a consumer")
     }
 
     /// Another gateway in front of this cluster's sequencer and memory consumer, on
     /// the given addresses, with `extra` flags.
-    pub fn spawn_gateway(&self, http: SocketAddr, tcp: SocketAddr, extra: &[&str]) -> Process {
-        let mut args = vec![
-            s("gateway"),
-            s("--http-listen"),
-            s(http),
-            s("--tcp-listen"),
-            s(tcp),
-            s("--sequencer"),
-            s(self.sequencer),
-            s("--query-upstream"),
-            s(self.memory_http),
-        ];
-        args.extend(extra.iter().map(s));
-        spawn(&args)
+    pub fn spawn_gateway(&self, http: SocketAddr, tcp: SocketAddr, extra: &[&str]) -> Service {
+        self.launcher.spawn_gateway(http, tcp, extra).expect("start a gateway")
     }
 
     /// Waits until the consumer at `http` has applied everything the sequencer has and

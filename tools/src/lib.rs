@@ -7,10 +7,13 @@
 //! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
 //! - [`format`]: events as text lines and JSON.
 //! - [`filter`]: which events `replay` prints.
+//! - [`cluster`]: a whole ledgerbus as child processes (demo, `bench e2e --spawn`,
+//!   integration tests).
 //! - [`bench_transport`]: the transport's throughput and repair benchmark
 //!   (`ledgerbus bench transport`).
 
 pub mod bench_transport;
+pub mod cluster;
 pub mod filter;
 pub mod format;
 pub mod histogram;

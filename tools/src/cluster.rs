@@ -1,0 +1,362 @@
+//! A whole ledgerbus on one host as child processes of the `ledgerbus` binary: the
+//! sequencer, a memory consumer, a disk consumer and a gateway, on free 127.0.0.1
+//! ports, with their secrets in the environment (never on a command line, where
+//! `ps` would show them). `ledgerbus demo`, `bench e2e --spawn` and the
+//! integration tests all start their processes here, so they start the same way.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ledgerbus_log::Durability;
+
+/// Exit status of a `ledgerbus` command whose address to listen on is in use.
+pub const EXIT_ADDRESS_IN_USE: i32 = 75;
+
+/// A child process. Dropping it stops it: SIGTERM, a grace period, then SIGKILL.
+pub struct Service {
+    /// What it is, for messages.
+    pub name: &'static str,
+    /// The process.
+    pub child: Child,
+}
+
+impl Service {
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(service = self.name, "did not stop in 5 s; killing it");
+        self.kill_now();
+    }
+}
+
+/// A port on `ip` that is free now, for a child process to bind. Chosen at random
+/// below the kernel's ephemeral range: a port the kernel hands out (bind to port 0)
+/// could be taken again by any outgoing connection before the child binds it.
+pub fn free_port(ip: std::net::IpAddr, free: impl Fn(SocketAddr) -> bool) -> anyhow::Result<SocketAddr> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1_000));
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    for _ in 0..1_000 {
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("random port: {e}"))?;
+        let candidate = SocketAddr::new(ip, low + u16::from_le_bytes(random) % span);
+        if free(candidate) {
+            return Ok(candidate);
+        }
+    }
+    bail!("no free port below {ephemeral_low} on {ip}")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp() -> anyhow::Result<SocketAddr> {
+    free_port([127, 0, 0, 1].into(), |address| TcpListener::bind(address).is_ok())
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp() -> anyhow::Result<SocketAddr> {
+    free_port([127, 0, 0, 1].into(), |address| UdpSocket::bind(address).is_ok())
+}
+
+/// A GET with a JSON answer; `None` if the service is not answering (yet).
+pub fn http_json(address: SocketAddr, path: &str, key: Option<&str>) -> Option<(u16, serde_json::Value)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: ledgerbus\r\n{auth}Connection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+/// Where each part of a cluster listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    /// Gateway HTTP API.
+    pub gateway_http: SocketAddr,
+    /// Gateway TCP API.
+    pub gateway_tcp: SocketAddr,
+    /// Sequencer: gateways connect here.
+    pub sequencer: SocketAddr,
+    /// Sequencer `/status` and `/metrics`.
+    pub sequencer_status: SocketAddr,
+    /// Sequencer bus socket (NAKs, status).
+    pub control: SocketAddr,
+    /// Sequencer bulk replay.
+    pub replay: SocketAddr,
+    /// Memory consumer's stream.
+    pub memory_udp: SocketAddr,
+    /// Memory consumer's query API.
+    pub memory_http: SocketAddr,
+    /// Disk consumer's stream.
+    pub disk_udp: SocketAddr,
+    /// Disk consumer's `/status`.
+    pub disk_http: SocketAddr,
+}
+
+impl Addresses {
+    /// Free ports for everything but the gateway's two, which are given.
+    pub fn free(gateway_http: SocketAddr, gateway_tcp: SocketAddr) -> anyhow::Result<Addresses> {
+        Ok(Addresses {
+            gateway_http,
+            gateway_tcp,
+            sequencer: free_tcp()?,
+            sequencer_status: free_tcp()?,
+            control: free_udp()?,
+            replay: free_tcp()?,
+            memory_udp: free_udp()?,
+            memory_http: free_tcp()?,
+            disk_udp: free_udp()?,
+            disk_http: free_tcp()?,
+        })
+    }
+}
+
+/// The secrets a cluster shares, handed to each child in its environment.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Gateways' credential at the sequencer.
+    pub sequencer_secret: String,
+    /// Clients' API key (also what the gateway presents to the memory consumer).
+    pub api_key: String,
+    /// The bus key (64 hex digits): seals the bus and authenticates bulk replay.
+    pub bus_key: String,
+    /// `aes-256-gcm` or `none`.
+    pub bus_security: &'static str,
+}
+
+/// How to start a cluster's processes.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The `ledgerbus` binary.
+    pub exe: PathBuf,
+    /// Data of the sequencer (`<data>/sequencer`) and the disk consumer.
+    pub data: PathBuf,
+    /// Where everything listens.
+    pub addresses: Addresses,
+    /// The shared secrets.
+    pub credentials: Credentials,
+    /// `--durability` of the sequencer and the disk consumer.
+    pub durability: Durability,
+    /// `--transfer-capacity` of the sequencer and the memory consumer, if not the default.
+    pub transfer_capacity: Option<usize>,
+    /// `--snapshot-every` of the disk consumer, if not the default.
+    pub snapshot_every: Option<u64>,
+    /// `--log-level` of the children.
+    pub log_level: &'static str,
+}
+
+fn s(value: impl ToString) -> String {
+    value.to_string()
+}
+
+impl Cluster {
+    /// The disk consumer's data directory.
+    pub fn disk_data(&self) -> PathBuf {
+        self.data.join("disk-consumer")
+    }
+
+    /// Starts one `ledgerbus` child. It gets SIGTERM if this thread ends, so that a
+    /// child never outlives its parent, even one killed with SIGKILL.
+    pub fn spawn(&self, name: &'static str, args: &[String]) -> anyhow::Result<Service> {
+        let mut command = Command::new(&self.exe);
+        // SAFETY: prctl is async-signal-safe and touches only the child being started.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let credentials = &self.credentials;
+        let child = command
+            .args(["--log-level", self.log_level])
+            .args(args)
+            .env("LEDGERBUS_SEQUENCER_SECRET", &credentials.sequencer_secret)
+            .env("LEDGERBUS_API_KEYS", &credentials.api_key)
+            .env("LEDGERBUS_BUS_KEY", &credentials.bus_key)
+            .env("LEDGERBUS_BUS_SECURITY", credentials.bus_security)
+            .env_remove("LEDGERBUS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting the {name} ({})", self.exe.display()))?;
+        Ok(Service { name, child })
+    }
+
+    /// Starts the sequencer.
+    pub fn spawn_sequencer(&self) -> anyhow::Result<Service> {
+        let a = &self.addresses;
+        let mut args = vec![
+            s("sequencer"),
+            s("--data-dir"),
+            s(self.data.join("sequencer").display()),
+            s("--gateway-listen"),
+            s(a.sequencer),
+            s("--control-listen"),
+            s(a.control),
+            s("--replay-listen"),
+            s(a.replay),
+            s("--metrics-listen"),
+            s(a.sequencer_status),
+            s("--subscribers"),
+            format!("{},{}", a.memory_udp, a.disk_udp),
+            s("--durability"),
+            s(self.durability),
+        ];
+        if let Some(ids) = self.transfer_capacity {
+            args.extend([s("--transfer-capacity"), s(ids)]);
+        }
+        self.spawn("sequencer", &args)
+    }
+
+    /// Starts the memory consumer (`memory`) or the disk consumer (`disk`).
+    pub fn spawn_consumer(&self, kind: &str) -> anyhow::Result<Service> {
+        let a = &self.addresses;
+        let (name, udp, http, id) = match kind {
+            "memory" => ("memory consumer", a.memory_udp, a.memory_http, 1),
+            _ => ("disk consumer", a.disk_udp, a.disk_http, 2),
+        };
+        let mut args = vec![
+            s("consumer"),
+            s(kind),
+            s("--listen"),
+            s(udp),
+            s("--http-listen"),
+            s(http),
+            s("--sequencer-control"),
+            s(a.control),
+            s("--sequencer-replay"),
+            s(a.replay),
+            s("--consumer-id"),
+            s(id),
+            s("--data-dir"),
+            s(self.disk_data().display()),
+            s("--durability"),
+            s(self.durability),
+        ];
+        if let (Some(ids), "memory") = (self.transfer_capacity, kind) {
+            args.extend([s("--transfer-capacity"), s(ids)]);
+        }
+        if let (Some(every), "disk") = (self.snapshot_every, kind) {
+            args.extend([s("--snapshot-every"), s(every)]);
+        }
+        self.spawn(name, &args)
+    }
+
+    /// Starts a gateway on `http` and `tcp` in front of this cluster's sequencer and
+    /// memory consumer, with `extra` flags.
+    pub fn spawn_gateway(
+        &self,
+        http: SocketAddr,
+        tcp: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Service> {
+        let a = &self.addresses;
+        let mut args = vec![
+            s("gateway"),
+            s("--http-listen"),
+            s(http),
+            s("--tcp-listen"),
+            s(tcp),
+            s("--sequencer"),
+            s(a.sequencer),
+            s("--query-upstream"),
+            s(a.memory_http),
+        ];
+        args.extend(extra.iter().map(s));
+        self.spawn("gateway", &args)
+    }
+
+    /// Starts everything in order (the sequencer first, so that the consumers find
+    /// its replay service) and waits until each answers. The services come back in
+    /// the order to stop them: the gateway first, the sequencer last.
+    pub fn start(&self) -> anyhow::Result<Vec<Service>> {
+        let a = &self.addresses;
+        let mut services = vec![self.spawn_sequencer()?];
+        wait_until("sequencer", &mut services, || http_json(a.sequencer_status, "/status", None).is_some())?;
+        services.push(self.spawn_consumer("memory")?);
+        services.push(self.spawn_consumer("disk")?);
+        services.push(self.spawn_gateway(a.gateway_http, a.gateway_tcp, &[])?);
+        wait_until("gateway", &mut services, || {
+            http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
+        })?;
+        wait_until("consumers", &mut services, || {
+            http_json(a.memory_http, "/status", None).is_some()
+                && http_json(a.disk_http, "/status", None).is_some()
+        })?;
+        // Ready is not enough: each child must still be the one serving its address.
+        for service in services.iter_mut() {
+            if let Some(status) = service.exited() {
+                return Err(exited_while_starting(service.name, status));
+            }
+        }
+        services.reverse();
+        Ok(services)
+    }
+}
+
+/// Waits up to 30 s for `ready`, failing at once if a started process exits.
+pub fn wait_until(
+    what: &str,
+    started: &mut [Service],
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        for service in started.iter_mut() {
+            if let Some(status) = service.exited() {
+                return Err(exited_while_starting(service.name, status));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the {what} did not come up within 30 s")
+}
+
+/// The error for a child that exited before it was ready; one that could not bind
+/// its address says so (the caller may pick other ports).
+pub fn exited_while_starting(name: &str, status: std::process::ExitStatus) -> anyhow::Error {
+    if status.code() == Some(EXIT_ADDRESS_IN_USE) {
+        anyhow::anyhow!("the {name} could not listen: its address is in use ({status}); its log is above")
+    } else {
+        anyhow::anyhow!("the {name} exited while starting ({status}); its log is above")
+    }
+}
