@@ -284,7 +284,10 @@ fn io_errors_name_the_path_and_say_it_once() {
 #[test]
 fn component_settings_have_their_own_environment_names() {
     let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-    for line in std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli.rs")).unwrap().lines() {
+    let sources = ["mod.rs", "bench.rs", "replay.rs"].map(|file| {
+        std::fs::read_to_string(format!("{}/src/cli/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    });
+    for line in sources.iter().flat_map(|source| source.lines()) {
         if let Some(rest) = line.split("env = \"").nth(1) {
             let name = rest.split('"').next().unwrap().to_string();
             seen.entry(name).or_default().push(line.trim().to_string());

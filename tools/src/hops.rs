@@ -92,7 +92,7 @@ pub fn run(options: HopsOptions) -> anyhow::Result<HopsReport> {
     let interval = Duration::from_secs_f64(1.0 / options.rate as f64);
     let (sent_tx, sent) = std::sync::mpsc::sync_channel::<Instant>(count.min(1 << 20) as usize);
     let sender = std::thread::Builder::new().name("hops-client".into()).spawn(move || {
-        crate::loadgen::tighten_timer_slack();
+        crate::pacing::tighten_timer_slack();
         let start = Instant::now();
         for k in 0..count {
             let intended = start + interval.mul_f64(k as f64);

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`loadgen`]: the open-loop end-to-end load generator (`ledgerbus bench e2e`).
+//! - [`pacing`]: sends at their intended times, from a thread of their own.
+//! - [`latency`]: its latencies, split by outcome.
 //! - [`histogram`]: percentile table, `.hgrm` output and the latency plot.
 //! - [`hops`]: the latency floor of the request path's shape on this host.
 //! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
@@ -18,5 +20,7 @@ pub mod filter;
 pub mod format;
 pub mod histogram;
 pub mod hops;
+pub mod latency;
 pub mod loadgen;
+pub mod pacing;
 pub mod replay;

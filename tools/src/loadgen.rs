@@ -18,6 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use ledgerbus_client::{Client, Command};
+
+pub use crate::latency::Latency;
+use crate::pacing::{pace, Schedule};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, ResultCode};
 
@@ -132,42 +135,6 @@ impl Accounts {
     fn user(&self, index: u64) -> u128 {
         self.base + 1_000 + u128::from(index % self.users)
     }
-}
-
-/// Request latencies, in µs: all of them (the figures and the `.hgrm`), and split by
-/// outcome, since a refusal can be decided faster or slower than an application.
-#[derive(Clone)]
-pub struct Latency {
-    /// Every answered request.
-    pub all: Histogram<u64>,
-    /// Requests whose transfers were all accepted.
-    pub accepted: Histogram<u64>,
-    /// Requests with at least one transfer rejected by a rule.
-    pub rejected: Histogram<u64>,
-}
-
-impl Latency {
-    fn new() -> Latency {
-        Latency { all: new_histogram(), accepted: new_histogram(), rejected: new_histogram() }
-    }
-
-    fn record(&mut self, micros: u64, results: &[Option<ResultCode>]) {
-        let _ = self.all.record(micros);
-        let refused = results.iter().any(|r| {
-            matches!(r, Some(code) if !matches!(code, ResultCode::Ok | ResultCode::Exists | ResultCode::Busy))
-        });
-        let _ = if refused { self.rejected.record(micros) } else { self.accepted.record(micros) };
-    }
-
-    fn add(&mut self, other: &Latency) {
-        let _ = self.all.add(&other.all);
-        let _ = self.accepted.add(&other.accepted);
-        let _ = self.rejected.add(&other.rejected);
-    }
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
 /// A fresh id space per run, so runs against the same system never collide.
@@ -502,48 +469,6 @@ const ANSWER_GRACE: Duration = Duration::from_secs(10);
 async fn answered_by<T>(deadline: Instant, answer: impl std::future::Future<Output = T>) -> Option<T> {
     let give_up = tokio::time::Instant::from_std(deadline + ANSWER_GRACE);
     tokio::time::timeout_at(give_up, answer).await.ok()
-}
-
-/// Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by
-/// default) to batch wake-ups; for a pacing thread every µs of that would count as
-/// request latency. Sets the calling thread's slack to 1 ns.
-pub fn tighten_timer_slack() {
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
-}
-
-/// When an open-loop connection sends.
-#[derive(Debug, Clone, Copy)]
-struct Schedule {
-    interval: Duration,
-    deadline: Instant,
-}
-
-/// Paces one connection's requests from a dedicated OS thread: `std::thread::sleep`
-/// wakes within tens of microseconds, where the async timer ticks by the millisecond
-/// and would add up to a millisecond of the generator's own lateness to every request.
-/// Calls `due` with each intended send time until the deadline or until it says stop.
-fn pace(schedule: Schedule, mut due: impl FnMut(Instant) -> bool) {
-    tighten_timer_slack();
-    let start = Instant::now();
-    let mut k: u32 = 0;
-    loop {
-        let intended = start + schedule.interval * k;
-        if intended >= schedule.deadline {
-            return;
-        }
-        let now = Instant::now();
-        if intended > now {
-            std::thread::sleep(intended - now);
-        }
-        if !due(intended) {
-            return;
-        }
-        k += 1;
-    }
 }
 
 /// The TCP open loop: the pacing thread writes each request to the socket itself
