@@ -9,6 +9,8 @@
 //! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
 //! - [`original`]: the original of an idempotent retry, added to its answer.
 //! - [`metrics`]: counters and latency histograms served at `/metrics`.
+//! - [`serve`]: the HTTP accept loop: connection slots, header timeout, early 413.
+//! - [`tls`]: the server side of TLS on both APIs.
 
 pub mod http;
 pub mod json;

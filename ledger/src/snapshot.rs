@@ -38,7 +38,7 @@ pub fn write(ledger: &Ledger, header: &[u64; 4], out: &mut impl Write) -> io::Re
     out.inner.write_all(&crc.to_le_bytes())
 }
 
-/// Reads a snapshot written by [`write`]: the ledger and the header words. A wrong
+/// Reads a snapshot written by [`write()`]: the ledger and the header words. A wrong
 /// magic, a short file or a CRC mismatch is an `InvalidData` error.
 pub fn read(input: &mut impl Read) -> io::Result<(Ledger, [u64; 4])> {
     let mut input = CrcReader { inner: input, hasher: crc32fast::Hasher::new() };

@@ -1,4 +1,4 @@
-//! The sequencer process: recovery, then one hot thread ([`crate::hot_loop`]) that
+//! The sequencer process: recovery, then one hot thread (`hot_loop`) that
 //! reads gateway commands, decides them, journals them (group commit), and only then
 //! publishes the events and answers the gateways; plus a replay service, the archive
 //! and a metrics endpoint on their own threads. [`start`] is those three steps:

@@ -98,7 +98,7 @@ pub fn json(frame: &[u8]) -> Value {
     }
 }
 
-/// The fields `--fields` can pick: every key of [`json`], and `time` (the time stamp
+/// The fields `--fields` can pick: every key of [`json()`], and `time` (the time stamp
 /// in RFC 3339).
 pub const FIELDS: [&str; 13] = [
     "sequence",

@@ -7,7 +7,7 @@
 //! - [`histogram`]: percentile table, `.hgrm` output and the latency plot.
 //! - [`hops`]: the latency floor of the request path's shape on this host.
 //! - [`replay`]: fetch, print, verify and re-publish event ranges; the NAK probe.
-//! - [`format`]: events as text lines and JSON.
+//! - [`format`](mod@format): events as text lines and JSON.
 //! - [`filter`]: which events `replay` prints.
 //! - [`cluster`]: a whole ledgerbus as child processes (demo, `bench e2e --spawn`,
 //!   integration tests).

@@ -16,6 +16,8 @@
 //! - [`security`]: AES-256-GCM sealing of every datagram, keys, replay guard.
 //! - [`stats`]: counters for metrics.
 //! - [`sim`]: a seeded network simulator with loss, bursts, reordering, duplication.
+//! - [`driver`]: the thin socket drivers, `Publisher` and `Subscriber`
+//!   (`sendmmsg`/`recvmmsg`, unicast fan-out or multicast).
 
 pub mod config;
 pub mod driver;
