@@ -170,8 +170,11 @@ fn catch_up_retrying(
 
 /// Runs `attempt` until the replay service answers it, waiting with back-off (and
 /// saying so) while it cannot be reached or drops the connection: a sequencer that is
-/// starting or restarting is not the consumer's failure. A refused credential or a
-/// sink error ends at once.
+/// starting or restarting is not the consumer's failure. A sink error ends at once.
+///
+/// A refused credential ends following too, but only once it is refused again: the
+/// service refuses by closing the connection after our answer, which is also what a
+/// sequencer killed between our answer and its welcome looks like.
 pub fn with_replay_service<T>(
     replay: SocketAddr,
     stop: &AtomicBool,
@@ -179,30 +182,39 @@ pub fn with_replay_service<T>(
     mut attempt: impl FnMut() -> Result<T, FollowError>,
 ) -> Result<T, FollowError> {
     let mut backoff = Duration::from_millis(50);
+    let mut refusals = 0;
     loop {
         match attempt() {
             Err(FollowError::Io(error))
-                if !stop.load(Ordering::Relaxed)
-                    && !matches!(
-                        error.kind(),
-                        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidData
-                    ) =>
+                if error.kind() == io::ErrorKind::PermissionDenied
+                    && (refusals >= REFUSALS_MAX || stop.load(Ordering::Relaxed)) =>
             {
-                tracing::warn!(%replay, %error, retry_ms = backoff.as_millis() as u64, next,
-                    "waiting for the sequencer's replay service");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Err(FollowError::Io(error)) if error.kind() == io::ErrorKind::PermissionDenied => {
                 return Err(FollowError::Io(io::Error::new(
                     error.kind(),
                     format!("replay service {replay}: {error} (check LEDGERBUS_BUS_KEY)"),
                 )));
             }
+            Err(FollowError::Io(error))
+                if !stop.load(Ordering::Relaxed) && error.kind() != io::ErrorKind::InvalidData =>
+            {
+                if error.kind() == io::ErrorKind::PermissionDenied {
+                    refusals += 1;
+                } else {
+                    refusals = 0;
+                }
+                tracing::warn!(%replay, %error, retry_ms = backoff.as_millis() as u64, next,
+                    "waiting for the sequencer's replay service");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
             outcome => return outcome,
         }
     }
 }
+
+/// Refusals in a row after which the credential is taken to be wrong (about 1.5 s
+/// of back-off: longer than a sequencer takes to come back up).
+const REFUSALS_MAX: u32 = 4;
 
 /// Follows the stream until `stop` is set or an error occurs.
 pub fn follow(
