@@ -151,11 +151,13 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
         let (tls, header_timeout) = (limits.tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
             let served = match tls {
-                None => serve_connection(stream, router, header_timeout).await,
+                None => serve_connection(stream, router, header_timeout).await.map_err(ConnectionError::Http),
                 Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(session)) => serve_connection(session, router, header_timeout).await,
-                    Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
-                    Err(_) => Err("TLS handshake timed out".to_string()),
+                    Ok(Ok(session)) => {
+                        serve_connection(session, router, header_timeout).await.map_err(ConnectionError::Http)
+                    }
+                    Ok(Err(error)) => Err(ConnectionError::Tls(error)),
+                    Err(_) => Err(ConnectionError::TlsTimeout),
                 },
             };
             if let Err(error) = served {
@@ -166,8 +168,19 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
     }
 }
 
+/// Why an HTTP connection ended early (logged at debug: clients come and go).
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error(transparent)]
+    Http(hyper::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+}
+
 /// One HTTP/1.1 connection, plain or TLS.
-async fn serve_connection<I>(io: I, router: Router, header_timeout: Duration) -> Result<(), String>
+async fn serve_connection<I>(io: I, router: Router, header_timeout: Duration) -> Result<(), hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -176,7 +189,6 @@ where
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(router))
         .await
-        .map_err(|e| e.to_string())
 }
 
 fn too_large(limit: usize) -> Response {

@@ -184,18 +184,48 @@ impl ResultSink for Outbox {
     }
 }
 
+/// Why a TCP client's connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed or was reset.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The TLS handshake failed or timed out.
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    /// No whole ClientHello within the frame timeout.
+    #[error("no ClientHello within {0:?}")]
+    HelloTimeout(Duration),
+    /// The first frame was not a ClientHello.
+    #[error("expected ClientHello: {0}")]
+    NotHello(DecodeError),
+    /// The ClientHello's key is not one of ours.
+    #[error("invalid API key")]
+    InvalidKey,
+    /// Bytes that are not a command of this schema.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A frame or chain started and not finished within the frame timeout.
+    #[error("stopped in the middle of a frame for {0:?}")]
+    Stalled(Duration),
+    /// The sequencer link dropped with this client's commands in flight: closing
+    /// makes the client re-send them with the same ids.
+    #[error("the sequencer link dropped with {0} of this client's commands unanswered")]
+    Unanswered(usize),
+}
+
 async fn client(
     stream: TcpStream,
     upstream: Upstream,
     keys: Arc<HashSet<String>>,
     limits: TcpLimits,
-) -> Result<(), String> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+) -> Result<(), ClientError> {
+    stream.set_nodelay(true)?;
     let stream = match &limits.tls {
         None => Stream::Tcp(stream),
         Some(acceptor) => crate::tls::accept_bridged(acceptor, stream, limits.frame_timeout)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?,
+            .map_err(ClientError::Tls)?,
     };
     let stream = Arc::new(stream);
     let outcome = serve_client(&stream, upstream, keys, limits).await;
@@ -210,24 +240,23 @@ async fn serve_client(
     upstream: Upstream,
     keys: Arc<HashSet<String>>,
     limits: TcpLimits,
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     let mut hello = [0u8; ClientHello::FRAME_SIZE];
     tokio::time::timeout(limits.frame_timeout, read_exact(stream, &mut hello))
         .await
-        .map_err(|_| format!("no ClientHello within {:?}", limits.frame_timeout))?
-        .map_err(|e| e.to_string())?;
-    let (hello, _) = decode::<ClientHello>(&hello).map_err(|e| format!("expected ClientHello: {e}"))?;
+        .map_err(|_| ClientError::HelloTimeout(limits.frame_timeout))??;
+    let (hello, _) = decode::<ClientHello>(&hello).map_err(ClientError::NotHello)?;
     let key_len = hello.api_key.iter().position(|&b| b == 0).unwrap_or(hello.api_key.len());
     let key = std::str::from_utf8(&hello.api_key[..key_len]).unwrap_or("");
     if !keys.contains(key) {
-        return Err("invalid API key".into());
+        return Err(ClientError::InvalidKey);
     }
     let mut welcome = [0u8; Welcome::FRAME_SIZE];
     let session = upstream.session();
     encode(&Welcome { session_id: session.into(), next_sequence: 0.into() }, &mut welcome).expect("sized");
     let mut out = Outgoing::default();
-    if out.send(stream, &welcome).map_err(|e| e.to_string())? {
-        drain(stream, || out.flush(stream)).await.map_err(|e| e.to_string())?;
+    if out.send(stream, &welcome)? {
+        drain(stream, || out.flush(stream)).await?;
     }
     let _counted = upstream.metrics.tcp_client();
     let outbox = Arc::new(Outbox {
@@ -251,9 +280,7 @@ async fn serve_client(
             if let Some(unanswered) = state.lost {
                 // Their outcome is unknown: closing makes the client re-send them
                 // with the same ids, which the ledger answers without applying twice.
-                return Err(format!(
-                    "the sequencer link dropped with {unanswered} of this client's commands unanswered"
-                ));
+                return Err(ClientError::Unanswered(unanswered));
             }
             state.paused = !Outbox::has_room(&state);
             !state.paused
@@ -261,8 +288,8 @@ async fn serve_client(
         let partial_deadline = partial_since.map(|since| since + limits.frame_timeout);
         tokio::select! {
             ready = stream.readable(), if reading => {
-                ready.map_err(|e| e.to_string())?;
-                match incoming.fill(stream).map_err(|e| e.to_string())? {
+                ready?;
+                match incoming.fill(stream)? {
                     Filled::Closed => return Ok(()),
                     Filled::Nothing => continue,
                     Filled::Bytes => {}
@@ -273,7 +300,7 @@ async fn serve_client(
                     incoming.consume(groups.whole);
                 }
                 if let Some(error) = groups.error {
-                    return Err(format!("malformed frame: {error}"));
+                    return Err(ClientError::Malformed(error));
                 }
                 // The clock runs from the first byte of an incomplete frame or chain,
                 // and restarts only when a whole one went through: a client dribbling
@@ -286,25 +313,30 @@ async fn serve_client(
             }
             _ = tokio::time::sleep_until(partial_deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if partial_deadline.is_some() && reading => {
-                return Err(format!("stopped in the middle of a frame for {:?}", limits.frame_timeout));
+                return Err(ClientError::Stalled(limits.frame_timeout));
             }
             _ = outbox.wake.notified() => {
-                drain(stream, || outbox.lock().out.flush(stream)).await.map_err(|e| e.to_string())?;
+                drain(stream, || outbox.lock().out.flush(stream)).await?;
             }
         }
     }
 }
 
 /// Fills `buf` from a shared stream.
-async fn read_exact(stream: &Stream, buf: &mut [u8]) -> Result<(), String> {
+async fn read_exact(stream: &Stream, buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        stream.readable().await.map_err(|e| e.to_string())?;
+        stream.readable().await?;
         match stream.try_read(&mut buf[filled..]) {
-            Ok(0) => return Err("closed before the handshake".into()),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before the handshake",
+                ))
+            }
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())

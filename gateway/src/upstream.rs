@@ -182,9 +182,9 @@ impl Upstream {
     }
 
     /// Hands `bytes` (whole result frames) to the waiting submissions in order.
-    fn deliver(&self, bytes: &[u8], touched: &mut Vec<Arc<dyn ResultSink>>) -> Result<(), String> {
+    fn deliver(&self, bytes: &[u8], touched: &mut Vec<Arc<dyn ResultSink>>) -> Result<(), LinkError> {
         if bytes.len() % REPLY_FRAME_SIZE != 0 {
-            return Err("a result frame of an unexpected size".into());
+            return Err(LinkError::UnexpectedSize);
         }
         let highest =
             bytes.chunks_exact(REPLY_FRAME_SIZE).filter_map(|r| Decided::read(r).map(|d| d.sequence)).max();
@@ -192,7 +192,7 @@ impl Upstream {
         let mut rest = bytes;
         while !rest.is_empty() {
             let Some(front) = state.waiting.front_mut() else {
-                return Err("a result nobody asked for".into());
+                return Err(LinkError::Unsolicited);
             };
             let count = front.remaining.min(rest.len() / REPLY_FRAME_SIZE);
             let (results, after) = rest.split_at(count * REPLY_FRAME_SIZE);
@@ -278,19 +278,39 @@ async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link:
     }
 }
 
+/// Why the link to the sequencer ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The sequencer closed the connection (it stopped or restarted).
+    #[error("connection closed by the sequencer")]
+    Closed,
+    /// Bytes that are not result frames.
+    #[error("malformed result: {0}")]
+    Malformed(DecodeError),
+    /// Result frames of a size no result has.
+    #[error("a result frame of an unexpected size")]
+    UnexpectedSize,
+    /// A result with no command waiting for it.
+    #[error("a result nobody asked for")]
+    Unsolicited,
+}
+
 /// Reads results and drains queued bytes until the connection fails.
-async fn serve(link: &Upstream, stream: &Stream) -> String {
+async fn serve(link: &Upstream, stream: &Stream) -> LinkError {
     let reading = async {
         let mut incoming = Incoming::with_capacity(1 << 20);
         let mut touched: Vec<Arc<dyn ResultSink>> = Vec::new();
         loop {
-            stream.readable().await.map_err(|e| e.to_string())?;
-            match incoming.fill(stream).map_err(|e| e.to_string())? {
-                Filled::Closed => return Err("connection closed by the sequencer".to_string()),
+            stream.readable().await?;
+            match incoming.fill(stream)? {
+                Filled::Closed => return Err(LinkError::Closed),
                 Filled::Nothing => continue,
                 Filled::Bytes => {}
             }
-            let (length, _) = whole_frames(incoming.bytes()).map_err(|e| format!("malformed result: {e}"))?;
+            let (length, _) = whole_frames(incoming.bytes()).map_err(LinkError::Malformed)?;
             link.deliver(&incoming.bytes()[..length], &mut touched)?;
             incoming.consume(length);
             for sink in touched.drain(..) {
@@ -301,14 +321,17 @@ async fn serve(link: &Upstream, stream: &Stream) -> String {
     let draining = async {
         loop {
             link.link.backlog.notified().await;
-            drain(stream, || link.link.lock().out.flush(stream)).await.map_err(|e| e.to_string())?;
+            drain(stream, || link.link.lock().out.flush(stream)).await?;
         }
     };
-    let outcome: Result<(), String> = tokio::select! {
+    let outcome: Result<std::convert::Infallible, LinkError> = tokio::select! {
         outcome = reading => outcome,
         outcome = draining => outcome,
     };
-    outcome.err().unwrap_or_default()
+    match outcome {
+        Err(error) => error,
+        Ok(never) => match never {},
+    }
 }
 
 async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> std::io::Result<()> {
