@@ -41,23 +41,22 @@ impl Drop for Process {
 /// The cluster's processes, started by the same launcher as `ledgerbus demo`.
 pub type Service = ledgerbus_tools::cluster::Service;
 
+/// A cluster on 127.0.0.1; its addresses (`cluster.gateway_http`, …) are the
+/// launcher's, reached through `Deref`.
 pub struct Cluster {
     pub dir: PathBuf,
-    pub gateway_http: SocketAddr,
-    pub gateway_tcp: SocketAddr,
-    pub sequencer: SocketAddr,
-    pub sequencer_status: SocketAddr,
-    pub control: SocketAddr,
-    pub replay: SocketAddr,
-    pub memory_udp: SocketAddr,
-    pub memory_http: SocketAddr,
-    pub disk_udp: SocketAddr,
-    pub disk_http: SocketAddr,
     pub sequencer_process: Option<Service>,
     pub memory_process: Option<Service>,
     pub disk_process: Option<Service>,
     pub gateway_process: Option<Service>,
     launcher: ledgerbus_tools::cluster::Cluster,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = ledgerbus_tools::cluster::Addresses;
+    fn deref(&self) -> &Self::Target {
+        &self.launcher.addresses
+    }
 }
 
 impl Cluster {
@@ -78,19 +77,8 @@ impl Cluster {
             snapshot_every: Some(20_000),
             log_level: "warn",
         };
-        let a = addresses;
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
-            gateway_http: a.gateway_http,
-            gateway_tcp: a.gateway_tcp,
-            sequencer: a.sequencer,
-            sequencer_status: a.sequencer_status,
-            control: a.control,
-            replay: a.replay,
-            memory_udp: a.memory_udp,
-            memory_http: a.memory_http,
-            disk_udp: a.disk_udp,
-            disk_http: a.disk_http,
             sequencer_process: None,
             memory_process: None,
             disk_process: None,
