@@ -283,13 +283,11 @@ impl IdIndex {
         let wanted = capacity.saturating_mul(LOAD_DENOMINATOR) / LOAD_NUMERATOR + 1;
         let slots_len = wanted.next_power_of_two().max(MIN_SLOTS);
         let slots = Slots::zeroed(slots_len);
+        // A per-table random seed (std's per-process hash keys, no clock): it only
+        // spreads ids over slots, and nothing the ledger outputs depends on it.
         let seed = {
-            // Any varying value will do: the seed only spreads ids; outputs never depend on it.
-            let stack = &slots_len as *const usize as u64;
-            let time = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            mix(stack ^ 0x9E37_79B9_7F4A_7C15, time | 1)
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(slots_len) | 1
         };
         IdIndex {
             slots,

@@ -1,8 +1,8 @@
 //! The decider: applies commands to accounts and transfers, one result code each.
 //!
-//! Pure and deterministic (docs/architecture.md, "Ledger semantics"): no clock (the timestamp
-//! is an argument), no randomness, no I/O, and no output ever depends on hash-map
-//! iteration order. Given the same commands in the same order, two ledgers reach the
+//! Deterministic (docs/architecture.md, "Ledger semantics"): no clock (the timestamp
+//! is an argument), no I/O, and no output ever depends on the random hash seeds of its
+//! tables or on their iteration order. Given the same commands in the same order, two ledgers reach the
 //! same state, which [`Ledger::state_digest`] and the rolling log hash confirm.
 //!
 //! Rejections change nothing. Only successful transfers are remembered by id (as

@@ -1,7 +1,12 @@
 //! The deterministic ledger state machine (docs/architecture.md, "Ledger semantics").
 //!
-//! No I/O, no clock, no randomness: the sequencer calls it to decide, consumers and
-//! recovery call it to apply events, and the same log always yields the same state.
+//! No I/O and no clock, and no output depends on randomness or on threads: the
+//! sequencer calls it to decide, consumers and recovery call it to apply events, and
+//! the same log always yields the same state. Two things inside are not pure, and
+//! neither reaches an output: the transfer-id index keys its hash with a random
+//! per-table seed (so client-chosen ids cannot be crafted to collide), and a large
+//! index faults its next, larger table in on a helper thread before it is needed (so
+//! growing never stalls deciding).
 //!
 //! # Layout
 //! - [`account`]: an account's state.
