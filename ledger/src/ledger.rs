@@ -273,12 +273,23 @@ impl Ledger {
     /// idempotency index (the costliest part of deciding) is not theirs to keep. The
     /// balance rules are still checked: a log that breaks them is refused.
     pub fn post_transfer(&mut self, command: &Transfer) -> Result<(), ResultCode> {
-        let debit_id = command.debit_account_id.get();
-        let credit_id = command.credit_account_id.get();
+        let (debit, credit) = (command.debit_account_id.get(), command.credit_account_id.get());
+        self.post_between(debit, credit, command.ledger.get(), command.amount.get())
+    }
+
+    /// [`post_transfer`](Self::post_transfer) from the fields themselves, for a
+    /// follower applying an event (no command to build).
+    pub fn post_between(
+        &mut self,
+        debit_id: u128,
+        credit_id: u128,
+        ledger: u32,
+        amount: u64,
+    ) -> Result<(), ResultCode> {
         if debit_id == credit_id {
             return Err(ResultCode::AccountsMustBeDifferent);
         }
-        self.post(debit_id, credit_id, command.ledger.get(), command.amount.get())
+        self.post(debit_id, credit_id, ledger, amount)
     }
 
     /// The balance rules of a transfer between two distinct accounts, and the posting

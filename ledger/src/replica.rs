@@ -157,10 +157,14 @@ impl Replica {
             }
             Frame::TransferEvent(event) => {
                 if event.result().map_err(|_| ApplyError::UnknownResult(sequence))? == ResultCode::Ok {
-                    let command = event.command();
                     let applied = match ids {
-                        TransferIds::Remember => self.ledger.replay_transfer(&command),
-                        TransferIds::Skip => self.ledger.post_transfer(&command),
+                        TransferIds::Remember => self.ledger.replay_transfer(&event.command()),
+                        TransferIds::Skip => self.ledger.post_between(
+                            event.debit_account_id.get(),
+                            event.credit_account_id.get(),
+                            event.ledger.get(),
+                            event.amount.get(),
+                        ),
                     };
                     applied.map_err(|code| ApplyError::NoLongerApplies { sequence, code })?;
                 }
