@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use ledgerbus_codec::messages::{Challenge, Transfer, Welcome};
-use ledgerbus_codec::{encode, DecodeError, Frame, Message, MessageHeader};
+use ledgerbus_codec::{encode, DecodeError, Frame, Message, MessageHeader, View};
 use ledgerbus_ledger::ledger::CHAIN_MAX;
 use ledgerbus_protocol::auth;
 
@@ -240,7 +240,7 @@ impl Intake {
                     core.decide_account(connection, &command, now_ns, batch);
                     consumed += size;
                 }
-                Ok((Frame::Transfer(_), _)) => match scan_chain(rest, chain) {
+                Ok((Frame::Transfer(first), size)) => match scan_chain(rest, &first, size, chain) {
                     ChainScan::Incomplete => break Ok(()),
                     ChainScan::Complete { size } => {
                         core.decide_transfers(connection, chain, now_ns, batch);
@@ -262,10 +262,20 @@ impl Intake {
 }
 
 /// Gathers the transfer chain at the start of `bytes` into `chain`: transfers while
-/// they are linked, plus the first that is not.
-fn scan_chain(bytes: &[u8], chain: &mut Vec<Transfer>) -> ChainScan {
+/// they are linked, plus the first that is not. `first` is the transfer at the start,
+/// already decoded (`first_size` bytes).
+fn scan_chain(
+    bytes: &[u8],
+    first: &View<'_, Transfer>,
+    first_size: usize,
+    chain: &mut Vec<Transfer>,
+) -> ChainScan {
     chain.clear();
-    let mut size = 0;
+    chain.push(first.to_block());
+    let mut size = first_size;
+    if !first.is_linked() {
+        return ChainScan::Complete { size };
+    }
     loop {
         match Frame::decode(&bytes[size..]) {
             Ok((Frame::Transfer(transfer), frame_size)) => {
