@@ -19,12 +19,12 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use ledgerbus_codec::messages::{CreateAccountResult, TransferResult};
-use ledgerbus_codec::{decode, encode, Message, ResultCode};
+use ledgerbus_codec::{encode, Message, ResultCode};
 use serde_json::{json, Value};
 
 use crate::json::{self, BadRequest};
-use crate::upstream::{ReplyFrame, SubmitError, Upstream};
+use crate::upstream::{SubmitError, Upstream};
+use ledgerbus_protocol::Decided;
 
 /// The OpenAPI document, kept in the repository beside the code.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -157,18 +157,14 @@ async fn record_duration(
 }
 
 /// One decided command: its JSON and the HTTP status it would get on its own.
-fn decided(reply: &ReplyFrame) -> (Value, StatusCode) {
-    let (id, sequence, timestamp, code) = if let Ok((view, _)) = decode::<TransferResult>(reply) {
-        (view.id.get(), view.sequence.get(), view.timestamp_ns.get(), view.result())
-    } else if let Ok((view, _)) = decode::<CreateAccountResult>(reply) {
-        (view.id.get(), view.sequence.get(), view.timestamp_ns.get(), view.result())
-    } else {
-        return (json!({ "error": "unreadable result from the sequencer" }), StatusCode::BAD_GATEWAY);
-    };
-    let Ok(code) = code else {
-        return (json!({ "id": id.to_string(), "error": "unknown result code" }), StatusCode::BAD_GATEWAY);
-    };
-    (json::result_json(id, code, sequence, timestamp), status_for(code))
+fn decided(reply: &Option<Decided>) -> (Value, StatusCode) {
+    match reply {
+        Some(decided) => (
+            json::result_json(decided.id, decided.result, decided.sequence, decided.timestamp_ns),
+            status_for(decided.result),
+        ),
+        None => (json!({ "error": "unreadable result from the sequencer" }), StatusCode::BAD_GATEWAY),
+    }
 }
 
 fn status_for(code: ResultCode) -> StatusCode {

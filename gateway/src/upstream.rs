@@ -30,9 +30,6 @@ use tokio::sync::{oneshot, Notify};
 
 use ledgerbus_client::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
 
-/// One result frame (CreateAccountResult or TransferResult).
-pub type ReplyFrame = [u8; REPLY_FRAME_SIZE];
-
 /// Why a submission got no results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -58,7 +55,7 @@ pub trait ResultSink: Send + Sync {
 /// Where a submission's results go.
 pub enum ReplyTo {
     /// Gathered and sent whole with the last one (the HTTP API).
-    Gather(oneshot::Sender<Result<Vec<ReplyFrame>, SubmitError>>),
+    Gather(oneshot::Sender<Result<Vec<Option<Decided>>, SubmitError>>),
     /// Passed on as they arrive.
     Sink(Arc<dyn ResultSink>),
 }
@@ -66,7 +63,8 @@ pub enum ReplyTo {
 /// A submission written to the sequencer and not fully answered.
 struct Waiting {
     remaining: usize,
-    gathered: Vec<ReplyFrame>,
+    /// What each result said (`None`: a frame that did not read as a result).
+    gathered: Vec<Option<Decided>>,
     reply: ReplyTo,
 }
 
@@ -146,7 +144,7 @@ impl Upstream {
     }
 
     /// Sends `count` encoded commands as one group and waits for their results.
-    pub async fn submit(&self, frames: Vec<u8>, count: usize) -> Result<Vec<ReplyFrame>, SubmitError> {
+    pub async fn submit(&self, frames: Vec<u8>, count: usize) -> Result<Vec<Option<Decided>>, SubmitError> {
         let (reply, results) = oneshot::channel();
         self.submit_to(&frames, count, ReplyTo::Gather(reply))?;
         results.await.unwrap_or(Err(SubmitError::Unavailable))
@@ -186,8 +184,9 @@ impl Upstream {
         if bytes.len() % REPLY_FRAME_SIZE != 0 {
             return Err(LinkError::UnexpectedSize);
         }
-        let highest =
-            bytes.chunks_exact(REPLY_FRAME_SIZE).filter_map(|r| Decided::read(r).map(|d| d.sequence)).max();
+        // Each result is read once, here: for the read-your-writes position, and for
+        // the HTTP API, which gets what it says rather than the frame.
+        let mut highest = None;
         let mut state = self.link.lock();
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -197,10 +196,16 @@ impl Upstream {
             let count = front.remaining.min(rest.len() / REPLY_FRAME_SIZE);
             let (results, after) = rest.split_at(count * REPLY_FRAME_SIZE);
             match &front.reply {
-                ReplyTo::Gather(_) => front.gathered.extend(
-                    results.chunks_exact(REPLY_FRAME_SIZE).map(|r| <ReplyFrame>::try_from(r).expect("exact")),
-                ),
+                ReplyTo::Gather(_) => {
+                    for frame in results.chunks_exact(REPLY_FRAME_SIZE) {
+                        let decided = Decided::read(frame);
+                        highest = highest.max(decided.map(|d| d.sequence));
+                        front.gathered.push(decided);
+                    }
+                }
                 ReplyTo::Sink(sink) => {
+                    let sequences = results.chunks_exact(REPLY_FRAME_SIZE).filter_map(Decided::read);
+                    highest = highest.max(sequences.map(|d| d.sequence).max());
                     sink.deliver(results, count);
                     if !touched.last().is_some_and(|last| Arc::ptr_eq(last, sink)) {
                         touched.push(Arc::clone(sink));
