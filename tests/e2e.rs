@@ -265,6 +265,24 @@ fn ledger_over_http_and_tcp() {
             flags: 0.into(),
         });
         assert_eq!(client.submit(&[account]).await.unwrap()[0].result, ResultCode::Ok);
+
+        // Reads over TCP, in line with the writes: a lookup sent right behind a
+        // transfer (not waiting for its outcome) sees it.
+        let paid = client
+            .send(&[ledgerbus_client::Transfer::new(20_000, 1, 50, 7).ledger(840).code(1).into()])
+            .unwrap();
+        let seen = client.account(50).await.unwrap().expect("account 50 exists");
+        assert_eq!((seen.credits_posted, seen.balance(), seen.ledger), (7, 7, 840), "{seen:?}");
+        assert_eq!(paid.outcomes().await.unwrap()[0].result, ResultCode::Ok);
+        let decided = client.transfer(20_000).await.unwrap().expect("transfer 20000 was decided");
+        assert_eq!((decided.amount, decided.credit_account_id, decided.result), (7, 50, ResultCode::Ok));
+        assert!(decided.sequence > 0);
+        let mismatch = [ledgerbus_client::Transfer::new(20_001, 2, 50, 1).ledger(978).code(1).into()];
+        assert_eq!(client.submit(&mismatch).await.unwrap()[0].result, ResultCode::LedgerMismatch);
+        let how = client.transfer(20_001).await.unwrap().expect("a refusal is a decision");
+        assert_eq!(how.result, ResultCode::LedgerMismatch);
+        assert_eq!(client.account(999_999).await.unwrap(), None);
+        assert_eq!(client.transfer(999_999).await.unwrap(), None);
         // A wrong API key is refused.
         assert!(Client::connect(cluster.gateway_tcp, "not-a-valid-key-at-all").await.is_err());
     });

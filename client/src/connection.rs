@@ -15,7 +15,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ledgerbus_codec::messages::{ClientHello, CreateAccountResult, Transfer, TransferResult, Welcome};
+use ledgerbus_codec::messages::{
+    AccountRecord, ClientHello, CreateAccountResult, LookupAccount, LookupTransfer, Transfer, TransferRecord,
+    TransferResult, Welcome,
+};
 use ledgerbus_codec::{decode, encode, Message, ResultCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,9 +54,16 @@ struct Unanswered {
     /// Kept to send again after a reconnect.
     frames: Vec<u8>,
     count: usize,
-    outcomes: Vec<Outcome>,
-    reply: oneshot::Sender<Result<Vec<Outcome>, Error>>,
+    answers: Answers,
     _permit: OwnedSemaphorePermit,
+}
+
+/// What a group waits for.
+enum Answers {
+    /// One result per command.
+    Outcomes { outcomes: Vec<Outcome>, reply: oneshot::Sender<Result<Vec<Outcome>, Error>> },
+    /// One record answering a lookup (the frame, decoded by the caller).
+    Record { reply: oneshot::Sender<Result<Vec<u8>, Error>> },
 }
 
 /// Groups that may be unanswered at once per client.
@@ -178,12 +188,139 @@ impl Client {
         state.unanswered.push_back(Unanswered {
             frames,
             count: commands.len(),
-            outcomes: Vec::with_capacity(commands.len()),
-            reply,
+            answers: Answers::Outcomes { outcomes: Vec::with_capacity(commands.len()), reply },
             _permit: permit,
         });
         Pending { outcomes }
     }
+
+    /// Looks account `id` up in the read model, seeing every command this client
+    /// sent before (answered in order on the same connection). `None`: no such
+    /// account.
+    pub async fn account(&self, id: u128) -> Result<Option<AccountInfo>, Error> {
+        let lookup = LookupAccount { correlation_id: 0.into(), id: id.into() };
+        let frame = self.lookup(&lookup).await?;
+        let (record, _) = decode::<AccountRecord>(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        match record.result() {
+            Ok(ResultCode::Ok) => {}
+            Ok(ResultCode::Busy) => return Err(Error::Unavailable),
+            other => return Err(Error::Protocol(format!("account record with result {other:?}"))),
+        }
+        if record.ledger.get() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(AccountInfo {
+            id: record.id.get(),
+            ledger: record.ledger.get(),
+            code: record.code.get(),
+            allow_negative: record.flags.get() & ledgerbus_codec::account_flags::ALLOW_NEGATIVE != 0,
+            debits_posted: record.debits_posted.get(),
+            credits_posted: record.credits_posted.get(),
+            timestamp_ns: record.timestamp_ns.get(),
+            sequence: record.sequence.get(),
+        }))
+    }
+
+    /// How transfer `id` was decided: applied (`result` ok) or its last refusal,
+    /// seeing every command this client sent before. `None`: never decided.
+    pub async fn transfer(&self, id: u128) -> Result<Option<TransferInfo>, Error> {
+        let lookup = LookupTransfer { correlation_id: 0.into(), id: id.into() };
+        let frame = self.lookup(&lookup).await?;
+        let (record, _) = decode::<TransferRecord>(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
+        let result = record.result().map_err(|e| Error::Protocol(e.to_string()))?;
+        if record.sequence.get() == 0 {
+            return if result == ResultCode::Busy { Err(Error::Unavailable) } else { Ok(None) };
+        }
+        Ok(Some(TransferInfo {
+            id: record.id.get(),
+            debit_account_id: record.debit_account_id.get(),
+            credit_account_id: record.credit_account_id.get(),
+            amount: record.amount.get(),
+            ledger: record.ledger.get(),
+            code: record.code.get(),
+            linked: record.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0,
+            timestamp_ns: record.timestamp_ns.get(),
+            sequence: record.sequence.get(),
+            result,
+        }))
+    }
+
+    /// Sends one lookup frame in line with the commands and waits for its record.
+    async fn lookup<M: Message>(&self, lookup: &M) -> Result<Vec<u8>, Error> {
+        let conn = &self.handle.conn;
+        let permit = Arc::clone(&conn.room).acquire_owned().await.map_err(|_| Error::Closed)?;
+        let mut frames = vec![0u8; M::FRAME_SIZE];
+        encode(lookup, &mut frames).expect("sized");
+        let (reply, record) = oneshot::channel();
+        {
+            let mut state = conn.lock();
+            if let Some(stream) = state.stream.clone() {
+                if !matches!(state.out.send(&stream, &frames), Ok(false)) {
+                    conn.wake.notify_one();
+                }
+            }
+            state.unanswered.push_back(Unanswered {
+                frames,
+                count: 1,
+                answers: Answers::Record { reply },
+                _permit: permit,
+            });
+        }
+        record.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// An account, as a lookup answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Its id.
+    pub id: u128,
+    /// Ledger (currency) code.
+    pub ledger: u32,
+    /// Account kind.
+    pub code: u16,
+    /// Whether debits may exceed credits.
+    pub allow_negative: bool,
+    /// Sum of debits, minor units.
+    pub debits_posted: u64,
+    /// Sum of credits, minor units.
+    pub credits_posted: u64,
+    /// When it was created.
+    pub timestamp_ns: u64,
+    /// The event that created it.
+    pub sequence: u64,
+}
+
+impl AccountInfo {
+    /// Credits minus debits.
+    pub fn balance(&self) -> i128 {
+        i128::from(self.credits_posted) - i128::from(self.debits_posted)
+    }
+}
+
+/// A transfer id's decision, as a lookup answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferInfo {
+    /// Its id.
+    pub id: u128,
+    /// Debited account.
+    pub debit_account_id: u128,
+    /// Credited account.
+    pub credit_account_id: u128,
+    /// Minor units.
+    pub amount: u64,
+    /// Ledger code.
+    pub ledger: u32,
+    /// Transfer kind.
+    pub code: u16,
+    /// Whether it was chained with the next.
+    pub linked: bool,
+    /// When it was decided.
+    pub timestamp_ns: u64,
+    /// The event that decided it.
+    pub sequence: u64,
+    /// Ok when applied; otherwise why it was (last) refused.
+    pub result: ResultCode,
 }
 
 fn encode_commands(commands: &[Command]) -> Vec<u8> {
@@ -301,7 +438,9 @@ async fn drive(address: SocketAddr, api_key: String, tls: Option<TlsClient>, con
                 let mut state = conn.lock();
                 let state = &mut *state;
                 for group in state.unanswered.iter_mut() {
-                    group.outcomes.clear();
+                    if let Answers::Outcomes { outcomes, .. } = &mut group.answers {
+                        outcomes.clear();
+                    }
                     state.out.queue(&group.frames);
                 }
                 state.stream = Some(stream);
@@ -356,12 +495,36 @@ fn answer(conn: &Conn, results: &[u8]) -> io::Result<()> {
     let mut state = conn.lock();
     for frame in ledgerbus_codec::Frames::new(results) {
         let frame = frame.map_err(|e| invalid(&e.to_string()))?;
-        let result = outcome(frame).ok_or_else(|| invalid("not a result frame"))?;
         let front = state.unanswered.front_mut().ok_or_else(|| invalid("a result nobody asked for"))?;
-        front.outcomes.push(result);
-        if front.outcomes.len() == front.count {
-            let done = state.unanswered.pop_front().expect("front exists");
-            let _ = done.reply.send(Ok(done.outcomes));
+        let done = match &mut front.answers {
+            Answers::Outcomes { outcomes, .. } => {
+                outcomes.push(outcome(frame).ok_or_else(|| invalid("not a result frame"))?);
+                outcomes.len() == front.count
+            }
+            Answers::Record { .. } => {
+                let is_record = matches!(
+                    ledgerbus_codec::Frame::decode(frame),
+                    Ok((
+                        ledgerbus_codec::Frame::AccountRecord(_) | ledgerbus_codec::Frame::TransferRecord(_),
+                        _
+                    ))
+                );
+                if !is_record {
+                    return Err(invalid("not a record frame"));
+                }
+                true
+            }
+        };
+        if done {
+            let group = state.unanswered.pop_front().expect("front exists");
+            match group.answers {
+                Answers::Outcomes { outcomes, reply } => {
+                    let _ = reply.send(Ok(outcomes));
+                }
+                Answers::Record { reply } => {
+                    let _ = reply.send(Ok(frame.to_vec()));
+                }
+            }
         }
     }
     if state.closed && state.unanswered.is_empty() {

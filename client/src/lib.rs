@@ -32,7 +32,9 @@
 //!
 //! # Layout
 //! - [`command`]: [`Account`] and [`Transfer`] builders, typed flags, [`Command`].
-//! - [`connection`]: [`Client`], [`Outcome`], [`Pending`].
+//! - [`connection`]: [`Client`] (commands, and lookups of accounts and transfers that
+//!   see the client's own writes), [`Outcome`], [`Pending`], [`AccountInfo`],
+//!   [`TransferInfo`].
 //! - [`wire`]: non-blocking frame reading and writing (shared with the gateway).
 //! - `tls` (feature `tls`, on by default): TLS to a gateway run with `--tls-cert`.
 
@@ -43,7 +45,7 @@ pub mod tls;
 pub mod wire;
 
 pub use command::{Account, AccountFlags, Command, Transfer, TransferFlags};
-pub use connection::{Client, Outcome, Pending};
+pub use connection::{AccountInfo, Client, Outcome, Pending, TransferInfo};
 pub use ledgerbus_codec::ResultCode;
 #[cfg(feature = "tls")]
 pub use tls::TlsClient;
@@ -71,6 +73,9 @@ pub enum Error {
     /// Too many groups are unanswered ([`Client::send`] does not wait for room).
     #[error("{0} groups are unanswered; wait for some outcomes first")]
     TooManyUnanswered(usize),
+    /// The read model could not answer a lookup now (ask again).
+    #[error("the read model could not answer; ask again")]
+    Unavailable,
     /// The client was dropped while the call waited.
     #[error("the client is closed")]
     Closed,
@@ -93,6 +98,7 @@ impl From<Error> for std::io::Error {
             Error::Protocol(_) => ErrorKind::InvalidData,
             Error::TooManyUnanswered(_) => ErrorKind::WouldBlock,
             Error::Closed => ErrorKind::BrokenPipe,
+            Error::Unavailable => ErrorKind::WouldBlock,
             Error::Invalid(_) => ErrorKind::InvalidInput,
         };
         std::io::Error::new(kind, error.to_string())

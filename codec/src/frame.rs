@@ -24,6 +24,14 @@ pub enum Frame<'a> {
     Authenticate(View<'a, Authenticate>),
     Welcome(View<'a, Welcome>),
     ClientHello(View<'a, ClientHello>),
+    /// A lookup of an account (gateway TCP).
+    LookupAccount(View<'a, LookupAccount>),
+    /// A lookup of a transfer (gateway TCP).
+    LookupTransfer(View<'a, LookupTransfer>),
+    /// An account record (gateway TCP).
+    AccountRecord(View<'a, AccountRecord>),
+    /// A transfer record (gateway TCP).
+    TransferRecord(View<'a, TransferRecord>),
 }
 
 impl<'a> Frame<'a> {
@@ -54,6 +62,10 @@ impl<'a> Frame<'a> {
             Authenticate::TEMPLATE_ID => Frame::Authenticate(View::from_frame(header, block)?),
             Welcome::TEMPLATE_ID => Frame::Welcome(View::from_frame(header, block)?),
             ClientHello::TEMPLATE_ID => Frame::ClientHello(View::from_frame(header, block)?),
+            LookupAccount::TEMPLATE_ID => Frame::LookupAccount(View::from_frame(header, block)?),
+            LookupTransfer::TEMPLATE_ID => Frame::LookupTransfer(View::from_frame(header, block)?),
+            AccountRecord::TEMPLATE_ID => Frame::AccountRecord(View::from_frame(header, block)?),
+            TransferRecord::TEMPLATE_ID => Frame::TransferRecord(View::from_frame(header, block)?),
             id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
         };
         Ok((frame, frame_size))
@@ -78,6 +90,10 @@ impl<'a> Frame<'a> {
             Frame::Authenticate(_) => Authenticate::TEMPLATE_ID,
             Frame::Welcome(_) => Welcome::TEMPLATE_ID,
             Frame::ClientHello(_) => ClientHello::TEMPLATE_ID,
+            Frame::LookupAccount(_) => LookupAccount::TEMPLATE_ID,
+            Frame::LookupTransfer(_) => LookupTransfer::TEMPLATE_ID,
+            Frame::AccountRecord(_) => AccountRecord::TEMPLATE_ID,
+            Frame::TransferRecord(_) => TransferRecord::TEMPLATE_ID,
         }
     }
 

@@ -279,6 +279,94 @@ crate::sbe_block! {
 }
 message!(ClientHello, template 23);
 
+crate::sbe_block! {
+    /// Read on the gateway's TCP port: an account, answered by an [`AccountRecord`].
+    pub struct LookupAccount: size 24 {
+        /// Chosen by the sender, echoed in the record.
+        [0] correlation_id: U64,
+        /// The account.
+        [8] id: Id128,
+    }
+}
+message!(LookupAccount, template 24);
+
+crate::sbe_block! {
+    /// Read on the gateway's TCP port: how a transfer id was decided, answered by a
+    /// [`TransferRecord`].
+    pub struct LookupTransfer: size 24 {
+        /// Chosen by the sender, echoed in the record.
+        [0] correlation_id: U64,
+        /// The transfer.
+        [8] id: Id128,
+    }
+}
+message!(LookupTransfer, template 25);
+
+crate::sbe_block! {
+    /// An account as the read model holds it; `ledger` 0 when there is no such
+    /// account; `result` busy when the read model could not answer (ask again).
+    pub struct AccountRecord: size 72 {
+        /// The lookup's correlation id.
+        [0] correlation_id: U64,
+        /// The account.
+        [8] id: Id128,
+        /// Sum of debits, minor units.
+        [24] debits_posted: U64,
+        /// Sum of credits, minor units.
+        [32] credits_posted: U64,
+        /// When it was created.
+        [40] timestamp_ns: U64,
+        /// The event that created it.
+        [48] sequence: U64,
+        /// Ledger (currency) code; 0: not found.
+        [56] ledger: U32,
+        /// Account kind.
+        [60] code: U16,
+        /// `account_flags` bits.
+        [62] flags: U16,
+        /// [`ResultCode`]: ok, or busy.
+        [64] result: U16,
+        /// Zero.
+        [66] reserved: [u8; 6],
+    }
+}
+message!(AccountRecord, template 26);
+result_reader!(AccountRecord);
+
+crate::sbe_block! {
+    /// How a transfer id was decided: the applied transfer (`result` ok), or its last
+    /// refusal; `sequence` 0 when it was never decided; `result` busy and `sequence` 0
+    /// when the read model could not answer (ask again).
+    pub struct TransferRecord: size 96 {
+        /// The lookup's correlation id.
+        [0] correlation_id: U64,
+        /// The transfer.
+        [8] id: Id128,
+        /// Debited account.
+        [24] debit_account_id: Id128,
+        /// Credited account.
+        [40] credit_account_id: Id128,
+        /// Minor units.
+        [56] amount: U64,
+        /// When it was decided.
+        [64] timestamp_ns: U64,
+        /// The event that decided it; 0: never decided.
+        [72] sequence: U64,
+        /// Ledger code.
+        [80] ledger: U32,
+        /// Transfer kind.
+        [84] code: U16,
+        /// `transfer_flags` bits.
+        [86] flags: U16,
+        /// [`ResultCode`].
+        [88] result: U16,
+        /// Zero.
+        [90] reserved: [u8; 6],
+    }
+}
+message!(TransferRecord, template 27);
+result_reader!(TransferRecord);
+
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
 impl CreateAccountResult {
@@ -428,4 +516,8 @@ message_table!(
     Authenticate,
     Welcome,
     ClientHello,
+    LookupAccount,
+    LookupTransfer,
+    AccountRecord,
+    TransferRecord,
 );

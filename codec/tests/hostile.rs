@@ -33,10 +33,20 @@ fn decode_everything(bytes: &[u8]) {
     typed::<Authenticate>(bytes);
     typed::<Welcome>(bytes);
     typed::<ClientHello>(bytes);
+    typed::<LookupAccount>(bytes);
+    typed::<LookupTransfer>(bytes);
+    typed::<AccountRecord>(bytes);
+    typed::<TransferRecord>(bytes);
     if let Ok((frame, size)) = Frame::decode(bytes) {
         assert!(size <= bytes.len());
         if let Frame::TransferEvent(event) = frame {
             let _ = event.result();
+        }
+        if let Frame::TransferRecord(record) = frame {
+            let _ = record.result();
+        }
+        if let Frame::AccountRecord(record) = frame {
+            let _ = record.result();
         }
     }
     let consumed: usize = Frames::new(bytes).map_while(Result::ok).map(<[u8]>::len).sum();

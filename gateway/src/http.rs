@@ -16,13 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ledgerbus_codec::{encode, Message, ResultCode};
 use serde_json::{json, Value};
 
 use crate::json::{self, BadRequest};
+use crate::query::QueryLink;
 use crate::upstream::{SubmitError, Upstream};
 use ledgerbus_protocol::Decided;
 
@@ -36,13 +34,8 @@ pub struct AppState {
     pub upstream: Upstream,
     /// Accepted API keys.
     pub api_keys: Arc<HashSet<String>>,
-    /// The memory consumer's query API.
-    pub query_upstream: SocketAddr,
-    /// `Bearer <key>` this gateway presents to the query API (its own credential,
-    /// never the client's).
-    pub query_authorization: Arc<str>,
-    /// Pooled HTTP client for the proxied queries.
-    pub client: Client<HttpConnector, Body>,
+    /// The read model (the memory consumer's query API).
+    pub query: QueryLink,
     /// What `/metrics` shows (built once; the counters inside are shared).
     pub registry: Arc<ledgerbus_telemetry::Registry>,
 }
@@ -57,9 +50,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             api_keys: Arc::new(api_keys.into_iter().collect()),
-            query_upstream,
-            query_authorization: format!("Bearer {query_key}").into(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            query: QueryLink::new(query_upstream, &query_key),
             registry: Arc::new(crate::metrics::registry(&upstream)),
             upstream,
         }
@@ -259,16 +250,16 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
 /// this gateway acknowledged.
 async fn proxy(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("http://{}{}", state.query_upstream, path);
+    let target = format!("http://{}{}", state.query.upstream, path);
     let min_sequence = state.upstream.highest_sequence.load(Ordering::Acquire);
     let mut request = axum::http::Request::get(target)
         .header("x-min-sequence", min_sequence.to_string())
-        .header("authorization", &*state.query_authorization);
+        .header("authorization", &*state.query.authorization);
     if let Some(accept) = headers.get("accept") {
         request = request.header("accept", accept);
     }
     let Ok(request) = request.body(Body::empty()) else { return error(StatusCode::BAD_REQUEST, "bad path") };
-    match state.client.request(request).await {
+    match state.query.client.request(request).await {
         Ok(response) => {
             let (parts, body) = response.into_parts();
             match body.collect().await {

@@ -7,6 +7,7 @@
 //! - [`json`]: request bodies to commands (400s that name the field), results to JSON.
 //! - [`http`]: the HTTP/JSON API and its OpenAPI document (`openapi.json`).
 //! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
+//! - [`query`]: the link to the read model; lookups' records.
 //! - [`original`]: the original of an idempotent retry, added to its answer.
 //! - [`metrics`]: counters and latency histograms served at `/metrics`.
 //! - [`serve`]: the HTTP accept loop: connection slots, header timeout, early 413.
@@ -16,6 +17,7 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod original;
+pub mod query;
 pub mod serve;
 pub mod tcp;
 pub mod tls;
@@ -86,7 +88,7 @@ pub async fn run(
         config.query_key.clone(),
     );
     let keys = Arc::clone(&state.api_keys);
-    tokio::spawn(tcp::serve(tcp, upstream, keys, config.tcp_limits.clone()));
+    tokio::spawn(tcp::serve(tcp, upstream, state.query.clone(), keys, config.tcp_limits.clone()));
     let _ = bound.send(addresses);
     tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencer = %config.sequencer,
         tls = config.http_limits.tls.is_some(), "gateway running");

@@ -87,6 +87,13 @@ impl GatewayMetrics {
         self.responses.get_or_create(&[("route", route.into()), ("status", status.to_string())]).inc();
     }
 
+    /// Records how long a TCP lookup took, from first in line to answered.
+    pub fn record_tcp_lookup(&self, elapsed: Duration) {
+        self.durations
+            .get_or_create(&[("api", "tcp".into()), ("route", "lookup".into())])
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Records how long the sequencer took to answer one TCP read's commands.
     pub fn record_tcp_submission(&self, elapsed: Duration) {
         self.durations

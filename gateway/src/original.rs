@@ -17,8 +17,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use http_body_util::BodyExt;
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, ResultCode};
 use serde_json::{json, Value};
@@ -114,18 +112,10 @@ pub async fn add_originals<C: Retried>(
 
 /// The read model's JSON at `path` once it has applied `min_sequence`, or `None`.
 async fn lookup(state: &AppState, path: &str, min_sequence: u64) -> Option<Value> {
-    let request = axum::http::Request::get(format!("http://{}{}", state.query_upstream, path))
-        .header("x-min-sequence", min_sequence.to_string())
-        .header("authorization", &*state.query_authorization)
-        .body(Body::empty())
-        .ok()?;
-    let response = state.client.request(request).await.ok()?;
-    if !response.status().is_success() {
-        tracing::debug!(path, status = %response.status(), "original not in the read model");
-        return None;
+    match state.query.get(path, min_sequence).await {
+        crate::query::Looked::Found(json) => Some(json),
+        _ => None,
     }
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    serde_json::from_slice(&body).ok()
 }
 
 #[cfg(test)]

@@ -7,6 +7,11 @@
 //! in flight, that client's connection is closed: their outcome is unknown, and the
 //! client re-sends them with the same ids, which never applies anything twice.
 //!
+//! LookupAccount and LookupTransfer frames may come between commands: each is answered
+//! in its place by an AccountRecord or TransferRecord from the read model, asked only
+//! once every command before it is answered, so a lookup sees the connection's own
+//! writes. A lookup cannot split a linked chain.
+//!
 //! One task per connection reads commands and writes them to the sequencer itself;
 //! results are written into the client's socket by the task that reads them from the
 //! sequencer. No other task sits on the path (see `ledgerbus_client::wire`).
@@ -20,6 +25,7 @@ use ledgerbus_codec::{decode, encode, DecodeError, Frame, Message, ResultCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use crate::query::QueryLink;
 use crate::upstream::{ReplyTo, ResultSink, Upstream};
 use ledgerbus_client::wire::{drain, Filled, Incoming, Outgoing, Stream};
 
@@ -63,6 +69,7 @@ impl Default for TcpLimits {
 pub async fn serve(
     listener: TcpListener,
     upstream: Upstream,
+    query: QueryLink,
     api_keys: Arc<HashSet<String>>,
     limits: TcpLimits,
 ) {
@@ -76,10 +83,11 @@ pub async fn serve(
                     continue;
                 };
                 let upstream = upstream.clone();
+                let query = query.clone();
                 let keys = Arc::clone(&api_keys);
                 let limits = limits.clone();
                 tokio::spawn(async move {
-                    if let Err(reason) = client(stream, upstream, keys, limits).await {
+                    if let Err(reason) = client(stream, upstream, query, keys, limits).await {
                         tracing::info!(%peer, %reason, "TCP client closed");
                     }
                     drop(slot);
@@ -101,6 +109,8 @@ struct Outbox {
     state: Mutex<OutboxState>,
     /// Bytes were left queued, the sequencer link dropped, or reading may resume.
     wake: Notify,
+    /// The first unanswered slot changed (a waiting lookup may be next).
+    front_changed: Notify,
 }
 
 struct OutboxState {
@@ -115,10 +125,13 @@ struct OutboxState {
 
 enum Slot {
     /// This many commands are at the sequencer, sent at `since`; their results come
-    /// through the link.
-    AtSequencer { remaining: usize, since: std::time::Instant },
+    /// through the link. Results that arrive while a lookup before them is still
+    /// unanswered are `held` until it is.
+    AtSequencer { remaining: usize, since: std::time::Instant, held: Vec<u8> },
     /// Answers decided here (busy), to be written once everything before is.
     Ready(Vec<u8>),
+    /// A lookup (its token), asked of the read model once it is first in line.
+    Lookup(u64),
 }
 
 impl Outbox {
@@ -128,6 +141,66 @@ impl Outbox {
 
     fn has_room(state: &OutboxState) -> bool {
         state.slots.len() < IN_FLIGHT_MAX && state.out.queued() < UNWRITTEN_MAX
+    }
+
+    /// Queues whatever is now first in line and complete: answers decided here,
+    /// submissions fully answered; a partly answered submission's results so far.
+    /// Stops at a lookup or a submission still waiting.
+    fn pop_ready(state: &mut OutboxState) {
+        loop {
+            match state.slots.front_mut() {
+                Some(Slot::Ready(answers)) => {
+                    state.out.queue(answers);
+                    state.slots.pop_front();
+                }
+                Some(Slot::AtSequencer { remaining, held, .. }) => {
+                    state.out.queue(held);
+                    held.clear();
+                    if *remaining > 0 {
+                        return;
+                    }
+                    state.slots.pop_front();
+                }
+                Some(Slot::Lookup(_)) | None => return,
+            }
+        }
+    }
+
+    /// Waits until lookup `token` is first in line (everything before it answered).
+    /// False if it is gone (the connection is closing).
+    async fn first_in_line(&self, token: u64) -> bool {
+        loop {
+            let notified = self.front_changed.notified();
+            {
+                let state = self.lock();
+                match state.slots.front() {
+                    Some(Slot::Lookup(front)) if *front == token => return true,
+                    _ if !state.slots.iter().any(|slot| matches!(slot, Slot::Lookup(t) if *t == token)) => {
+                        return false
+                    }
+                    _ => {}
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Writes lookup `token`'s record (it is first in line) and whatever is ready
+    /// behind it.
+    fn answer_lookup(&self, token: u64, record: &[u8]) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if !matches!(state.slots.front(), Some(Slot::Lookup(front)) if *front == token) {
+            debug_assert!(false, "a lookup answered out of its place");
+            return;
+        }
+        state.slots.pop_front();
+        state.out.queue(record);
+        Outbox::pop_ready(state);
+        if !matches!(state.out.flush(&self.stream), Ok(true)) {
+            self.wake.notify_one();
+        }
+        self.front_changed.notify_waiters();
     }
 
     /// Writes `answers` in their place: now if nothing is pending before them.
@@ -147,13 +220,21 @@ impl ResultSink for Outbox {
     fn deliver(&self, results: &[u8], count: usize) {
         let mut state = self.lock();
         let state = &mut *state;
-        match state.slots.front_mut() {
-            Some(Slot::AtSequencer { remaining, since }) if *remaining >= count => {
-                state.out.queue(results);
+        // Results come in submission order: they are the first waiting submission's.
+        let waiting = state
+            .slots
+            .iter()
+            .position(|slot| matches!(slot, Slot::AtSequencer { remaining, .. } if *remaining > 0));
+        match waiting.map(|index| (index, &mut state.slots[index])) {
+            Some((index, Slot::AtSequencer { remaining, since, held })) if *remaining >= count => {
+                if index == 0 {
+                    state.out.queue(results);
+                } else {
+                    held.extend_from_slice(results);
+                }
                 *remaining -= count;
                 if *remaining == 0 {
                     self.metrics.record_tcp_submission(since.elapsed());
-                    state.slots.pop_front();
                 }
             }
             _ => {
@@ -163,10 +244,8 @@ impl ResultSink for Outbox {
                 state.lost = Some(count);
             }
         }
-        while let Some(Slot::Ready(_)) = state.slots.front() {
-            let Some(Slot::Ready(answers)) = state.slots.pop_front() else { unreachable!() };
-            state.out.queue(&answers);
-        }
+        Outbox::pop_ready(state);
+        self.front_changed.notify_waiters();
     }
 
     fn flush(&self) {
@@ -217,6 +296,7 @@ pub enum ClientError {
 async fn client(
     stream: TcpStream,
     upstream: Upstream,
+    query: QueryLink,
     keys: Arc<HashSet<String>>,
     limits: TcpLimits,
 ) -> Result<(), ClientError> {
@@ -228,7 +308,7 @@ async fn client(
             .map_err(ClientError::Tls)?,
     };
     let stream = Arc::new(stream);
-    let outcome = serve_client(&stream, upstream, keys, limits).await;
+    let outcome = serve_client(&stream, upstream, query, keys, limits).await;
     // Send FIN before the socket closes: closing with unread input would otherwise
     // reset the connection, and the client could not tell a refusal from a crash.
     stream.shutdown_write();
@@ -238,6 +318,7 @@ async fn client(
 async fn serve_client(
     stream: &Arc<Stream>,
     upstream: Upstream,
+    query: QueryLink,
     keys: Arc<HashSet<String>>,
     limits: TcpLimits,
 ) -> Result<(), ClientError> {
@@ -269,8 +350,10 @@ async fn serve_client(
             paused: false,
         }),
         wake: Notify::new(),
+        front_changed: Notify::new(),
     });
     let sink: Arc<dyn ResultSink> = outbox.clone();
+    let mut lookups: u64 = 0;
     let mut incoming = Incoming::with_capacity(BUFFER_SIZE);
     // Set while a frame (or a linked chain) is incomplete: when its rest is due.
     let mut partial_since: Option<tokio::time::Instant> = None;
@@ -294,20 +377,32 @@ async fn serve_client(
                     Filled::Nothing => continue,
                     Filled::Bytes => {}
                 }
-                let groups = split_groups(incoming.bytes(), upstream.room());
-                if groups.whole > 0 {
-                    submit(&upstream, &outbox, &sink, &incoming.bytes()[..groups.whole], &groups);
-                    incoming.consume(groups.whole);
-                }
-                if let Some(error) = groups.error {
-                    return Err(ClientError::Malformed(error));
+                // Commands up to the next lookup go to the sequencer; each lookup
+                // takes its place in line; then the commands after it, and so on.
+                let mut went_through = false;
+                loop {
+                    let groups = split_groups(incoming.bytes(), upstream.room());
+                    if groups.whole > 0 {
+                        submit(&upstream, &outbox, &sink, &incoming.bytes()[..groups.whole], &groups);
+                        incoming.consume(groups.whole);
+                        went_through = true;
+                    }
+                    if let Some(error) = groups.error {
+                        return Err(ClientError::Malformed(error));
+                    }
+                    let Some((lookup, size)) = lookup_at(incoming.bytes()) else { break };
+                    lookups += 1;
+                    outbox.lock().slots.push_back(Slot::Lookup(lookups));
+                    tokio::spawn(answer_lookup(Arc::clone(&outbox), lookups, lookup, query.clone(), upstream.clone()));
+                    incoming.consume(size);
+                    went_through = true;
                 }
                 // The clock runs from the first byte of an incomplete frame or chain,
                 // and restarts only when a whole one went through: a client dribbling
                 // a byte at a time cannot hold the connection for ever.
                 if incoming.bytes().is_empty() {
                     partial_since = None;
-                } else if groups.whole > 0 || partial_since.is_none() {
+                } else if went_through || partial_since.is_none() {
                     partial_since = Some(tokio::time::Instant::now());
                 }
             }
@@ -355,7 +450,7 @@ fn submit(
     let (taken, count) = (groups.fits, groups.fits_commands);
     if count > 0 {
         // The slot exists before the submission, so its results always find it.
-        let slot = Slot::AtSequencer { remaining: count, since: std::time::Instant::now() };
+        let slot = Slot::AtSequencer { remaining: count, since: std::time::Instant::now(), held: Vec::new() };
         outbox.lock().slots.push_back(slot);
         let sent = upstream.submit_to(&commands[..taken], count, ReplyTo::Sink(Arc::clone(sink)));
         if sent.is_ok() {
@@ -402,6 +497,12 @@ fn split_groups(bytes: &[u8], room: usize) -> Groups {
         let (ends_group, size) = match Frame::decode(&bytes[offset..]) {
             Ok((Frame::CreateAccount(_), size)) => (true, size),
             Ok((Frame::Transfer(transfer), size)) => (!transfer.is_linked(), size),
+            Ok((Frame::LookupAccount(_) | Frame::LookupTransfer(_), _)) => {
+                if offset != groups.whole {
+                    groups.error = Some("a lookup cannot split a linked chain".into());
+                }
+                break;
+            }
             Err(DecodeError::Truncated { .. }) => break,
             Ok((other, _)) => {
                 groups.error = Some(format!("template {} is not a command", other.template_id()));
@@ -422,6 +523,55 @@ fn split_groups(bytes: &[u8], room: usize) -> Groups {
         }
     }
     groups
+}
+
+/// A lookup asked on the TCP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Account { correlation_id: u64, id: u128 },
+    Transfer { correlation_id: u64, id: u128 },
+}
+
+/// The lookup frame at the start of `bytes`, and its size.
+fn lookup_at(bytes: &[u8]) -> Option<(Lookup, usize)> {
+    match Frame::decode(bytes) {
+        Ok((Frame::LookupAccount(l), size)) => {
+            Some((Lookup::Account { correlation_id: l.correlation_id.get(), id: l.id.get() }, size))
+        }
+        Ok((Frame::LookupTransfer(l), size)) => {
+            Some((Lookup::Transfer { correlation_id: l.correlation_id.get(), id: l.id.get() }, size))
+        }
+        _ => None,
+    }
+}
+
+/// Answers one lookup in its place: once everything before it on the connection is
+/// answered, asks the read model (having applied all this gateway acknowledged) and
+/// writes the record.
+async fn answer_lookup(
+    outbox: Arc<Outbox>,
+    token: u64,
+    lookup: Lookup,
+    query: QueryLink,
+    upstream: Upstream,
+) {
+    if !outbox.first_in_line(token).await {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let min_sequence = upstream.highest_sequence.load(std::sync::atomic::Ordering::Acquire);
+    let record = match lookup {
+        Lookup::Account { correlation_id, id } => {
+            let looked = query.get(&format!("/accounts/{id}"), min_sequence).await;
+            crate::query::account_record(correlation_id, id, &looked)
+        }
+        Lookup::Transfer { correlation_id, id } => {
+            let looked = query.get(&format!("/transfers/{id}"), min_sequence).await;
+            crate::query::transfer_record(correlation_id, id, &looked)
+        }
+    };
+    outbox.metrics.record_tcp_lookup(started.elapsed());
+    outbox.answer_lookup(token, &record);
 }
 
 /// Answers every command in `commands` with a `busy` result.
@@ -447,6 +597,7 @@ fn busy_answers(commands: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ledgerbus_codec::messages::LookupAccount;
     use ledgerbus_codec::messages::Transfer;
 
     fn transfer(id: u128, linked: bool) -> Vec<u8> {
@@ -493,5 +644,25 @@ mod tests {
         let groups = split_groups(&garbage, 9);
         assert_eq!(groups.whole, size);
         assert!(groups.error.is_some());
+    }
+
+    fn lookup(id: u128) -> Vec<u8> {
+        let mut frame = vec![0u8; LookupAccount::FRAME_SIZE];
+        encode(&LookupAccount { correlation_id: 0.into(), id: id.into() }, &mut frame).unwrap();
+        frame
+    }
+
+    #[test]
+    fn a_lookup_ends_the_commands_before_it_and_may_not_split_a_chain() {
+        let before = [transfer(1, false), transfer(2, false)].concat();
+        let bytes = [before.clone(), lookup(9), transfer(3, false)].concat();
+        let groups = split_groups(&bytes, 100);
+        assert_eq!((groups.whole, groups.error.as_deref()), (before.len(), None), "stops at the lookup");
+        assert_eq!(
+            lookup_at(&bytes[before.len()..]).map(|(l, _)| l),
+            Some(Lookup::Account { correlation_id: 0, id: 9 })
+        );
+        let split = [transfer(4, true), lookup(9), transfer(5, false)].concat();
+        assert_eq!(split_groups(&split, 100).error.as_deref(), Some("a lookup cannot split a linked chain"));
     }
 }
