@@ -233,6 +233,7 @@ fn ledger_over_http_and_tcp() {
     assert_eq!(request(http, "GET", "/accounts/1", Some("wrong-key-0123456789"), None).unwrap().status, 401);
 
     // The TCP binary API with the Rust client: pipelined, idempotent.
+    let mut over_tcp_history = Vec::new();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client = Client::connect(cluster.gateway_tcp, API_KEY).await.unwrap();
@@ -283,10 +284,37 @@ fn ledger_over_http_and_tcp() {
         assert_eq!(how.result, ResultCode::LedgerMismatch);
         assert_eq!(client.account(999_999).await.unwrap(), None);
         assert_eq!(client.transfer(999_999).await.unwrap(), None);
+        // History pages over TCP: only applied transfers, in sequence order.
+        let page = client.history(50, 0, 10).await.unwrap().expect("account 50 exists");
+        assert_eq!(page.transfers.iter().map(|t| t.id).collect::<Vec<_>>(), [20_000]);
+        assert_eq!(page.next_after, None);
+        assert_eq!(client.history(999_999, 0, 10).await.unwrap(), None);
+        let mut over_tcp = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = client.history(1, after, 128).await.unwrap().expect("account 1 exists");
+            assert!(page.transfers.len() <= 128);
+            over_tcp.extend(page.transfers.iter().map(|t| t.sequence));
+            match page.next_after {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert!(over_tcp.len() > 500, "account 1 paid for every transfer above");
+        assert!(over_tcp.windows(2).all(|w| w[0] < w[1]), "in sequence order, no repeats across pages");
+        over_tcp_history = over_tcp;
         // A wrong API key is refused.
         assert!(Client::connect(cluster.gateway_tcp, "not-a-valid-key-at-all").await.is_err());
     });
     assert_eq!(account_balance(&cluster, 3).1, "1100");
+    let over_http = get(http, "/accounts/1/transfers?limit=1000", Some(API_KEY)).unwrap();
+    let over_http: Vec<u64> = over_http.json["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(over_tcp_history, over_http, "TCP and HTTP pages tell the same history");
 
     // Both consumers agree with the sequencer.
     let (sequence, memory, sequencer) = cluster.converge(cluster.memory_http);

@@ -39,5 +39,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let again = client.submit(&chain).await?;
     assert!(again.iter().all(|o| o.result == ResultCode::Exists), "{again:?}");
     println!("sent again: every transfer answered `exists`; nothing applied twice");
+    // Reads over the same connection see the writes before them.
+    for account in [alice, bob] {
+        if let Some(info) = client.account(account).await? {
+            println!("account {account}: balance {}", info.balance());
+        }
+    }
+    if let Some(page) = client.history(bob, 0, 10).await? {
+        println!("bob's history: {:?}", page.transfers.iter().map(|t| (t.id, t.amount)).collect::<Vec<_>>());
+    }
     Ok(())
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{
-    AccountRecord, ClientHello, CreateAccountResult, LookupAccount, LookupTransfer, Transfer, TransferRecord,
-    TransferResult, Welcome,
+    AccountRecord, ClientHello, CreateAccountResult, HistoryEnd, LookupAccount, LookupHistory,
+    LookupTransfer, Transfer, TransferRecord, TransferResult, Welcome,
 };
 use ledgerbus_codec::{decode, encode, Message, ResultCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,6 +64,8 @@ enum Answers {
     Outcomes { outcomes: Vec<Outcome>, reply: oneshot::Sender<Result<Vec<Outcome>, Error>> },
     /// One record answering a lookup (the frame, decoded by the caller).
     Record { reply: oneshot::Sender<Result<Vec<u8>, Error>> },
+    /// A history page: transfer records up to and including the HistoryEnd.
+    Page { frames: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, Error>> },
 }
 
 /// Groups that may be unanswered at once per client.
@@ -226,32 +228,61 @@ impl Client {
     pub async fn transfer(&self, id: u128) -> Result<Option<TransferInfo>, Error> {
         let lookup = LookupTransfer { correlation_id: 0.into(), id: id.into() };
         let frame = self.lookup(&lookup).await?;
-        let (record, _) = decode::<TransferRecord>(&frame).map_err(|e| Error::Protocol(e.to_string()))?;
-        let result = record.result().map_err(|e| Error::Protocol(e.to_string()))?;
-        if record.sequence.get() == 0 {
-            return if result == ResultCode::Busy { Err(Error::Unavailable) } else { Ok(None) };
+        let info = transfer_info(&frame)?;
+        if info.sequence == 0 {
+            return if info.result == ResultCode::Busy { Err(Error::Unavailable) } else { Ok(None) };
         }
-        Ok(Some(TransferInfo {
-            id: record.id.get(),
-            debit_account_id: record.debit_account_id.get(),
-            credit_account_id: record.credit_account_id.get(),
-            amount: record.amount.get(),
-            ledger: record.ledger.get(),
-            code: record.code.get(),
-            linked: record.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0,
-            timestamp_ns: record.timestamp_ns.get(),
-            sequence: record.sequence.get(),
-            result,
-        }))
+        Ok(Some(info))
+    }
+
+    /// A page of account `account`'s applied transfers in sequence order: the first
+    /// with `after` 0, the next with the previous page's `next_after`; at most
+    /// `limit` (1 to 1000) per page. Sees every command this client sent before.
+    /// `None`: no such account.
+    pub async fn history(&self, account: u128, after: u64, limit: u32) -> Result<Option<HistoryPage>, Error> {
+        let lookup = LookupHistory {
+            correlation_id: 0.into(),
+            account_id: account.into(),
+            after_sequence: after.into(),
+            limit: limit.into(),
+            reserved: [0; 4],
+        };
+        let frames = self.ask(&lookup, |reply| Answers::Page { frames: Vec::new(), reply }).await?;
+        let mut transfers = Vec::new();
+        for frame in ledgerbus_codec::Frames::new(&frames) {
+            let frame = frame.map_err(|e| Error::Protocol(e.to_string()))?;
+            if let Ok((end, _)) = decode::<HistoryEnd>(frame) {
+                return match end.result().map_err(|e| Error::Protocol(e.to_string()))? {
+                    ResultCode::Ok => {
+                        let next = end.next_after.get();
+                        Ok(Some(HistoryPage { transfers, next_after: (next != 0).then_some(next) }))
+                    }
+                    ResultCode::DebitAccountNotFound => Ok(None),
+                    ResultCode::Busy => Err(Error::Unavailable),
+                    other => Err(Error::Protocol(format!("history page ended with {other:?}"))),
+                };
+            }
+            transfers.push(transfer_info(frame)?);
+        }
+        Err(Error::Protocol("a history page without its end".into()))
     }
 
     /// Sends one lookup frame in line with the commands and waits for its record.
     async fn lookup<M: Message>(&self, lookup: &M) -> Result<Vec<u8>, Error> {
+        self.ask(lookup, |reply| Answers::Record { reply }).await
+    }
+
+    /// Sends one lookup frame in line with the commands and waits for its answer.
+    async fn ask<M: Message>(
+        &self,
+        lookup: &M,
+        answers: impl FnOnce(oneshot::Sender<Result<Vec<u8>, Error>>) -> Answers,
+    ) -> Result<Vec<u8>, Error> {
         let conn = &self.handle.conn;
         let permit = Arc::clone(&conn.room).acquire_owned().await.map_err(|_| Error::Closed)?;
         let mut frames = vec![0u8; M::FRAME_SIZE];
         encode(lookup, &mut frames).expect("sized");
-        let (reply, record) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         {
             let mut state = conn.lock();
             if let Some(stream) = state.stream.clone() {
@@ -262,12 +293,38 @@ impl Client {
             state.unanswered.push_back(Unanswered {
                 frames,
                 count: 1,
-                answers: Answers::Record { reply },
+                answers: answers(reply),
                 _permit: permit,
             });
         }
-        record.await.map_err(|_| Error::Closed)?
+        answer.await.map_err(|_| Error::Closed)?
     }
+}
+
+/// A TransferRecord frame, read.
+fn transfer_info(frame: &[u8]) -> Result<TransferInfo, Error> {
+    let (record, _) = decode::<TransferRecord>(frame).map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(TransferInfo {
+        id: record.id.get(),
+        debit_account_id: record.debit_account_id.get(),
+        credit_account_id: record.credit_account_id.get(),
+        amount: record.amount.get(),
+        ledger: record.ledger.get(),
+        code: record.code.get(),
+        linked: record.flags.get() & ledgerbus_codec::transfer_flags::LINKED != 0,
+        timestamp_ns: record.timestamp_ns.get(),
+        sequence: record.sequence.get(),
+        result: record.result().map_err(|e| Error::Protocol(e.to_string()))?,
+    })
+}
+
+/// A page of an account's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Applied transfers debiting or crediting the account, in sequence order.
+    pub transfers: Vec<TransferInfo>,
+    /// `after` of the next page; `None` when this page was the last.
+    pub next_after: Option<u64>,
 }
 
 /// An account, as a lookup answers it.
@@ -438,8 +495,10 @@ async fn drive(address: SocketAddr, api_key: String, tls: Option<TlsClient>, con
                 let mut state = conn.lock();
                 let state = &mut *state;
                 for group in state.unanswered.iter_mut() {
-                    if let Answers::Outcomes { outcomes, .. } = &mut group.answers {
-                        outcomes.clear();
+                    match &mut group.answers {
+                        Answers::Outcomes { outcomes, .. } => outcomes.clear(),
+                        Answers::Page { frames, .. } => frames.clear(),
+                        Answers::Record { .. } => {}
                     }
                     state.out.queue(&group.frames);
                 }
@@ -501,6 +560,14 @@ fn answer(conn: &Conn, results: &[u8]) -> io::Result<()> {
                 outcomes.push(outcome(frame).ok_or_else(|| invalid("not a result frame"))?);
                 outcomes.len() == front.count
             }
+            Answers::Page { frames, .. } => {
+                frames.extend_from_slice(frame);
+                match ledgerbus_codec::Frame::decode(frame) {
+                    Ok((ledgerbus_codec::Frame::HistoryEnd(_), _)) => true,
+                    Ok((ledgerbus_codec::Frame::TransferRecord(_), _)) => false,
+                    _ => return Err(invalid("not a history frame")),
+                }
+            }
             Answers::Record { .. } => {
                 let is_record = matches!(
                     ledgerbus_codec::Frame::decode(frame),
@@ -523,6 +590,9 @@ fn answer(conn: &Conn, results: &[u8]) -> io::Result<()> {
                 }
                 Answers::Record { reply } => {
                     let _ = reply.send(Ok(frame.to_vec()));
+                }
+                Answers::Page { frames, reply } => {
+                    let _ = reply.send(Ok(frames));
                 }
             }
         }

@@ -33,8 +33,8 @@
 //! # Layout
 //! - [`command`]: [`Account`] and [`Transfer`] builders, typed flags, [`Command`].
 //! - [`connection`]: [`Client`] (commands, and lookups of accounts and transfers that
-//!   see the client's own writes), [`Outcome`], [`Pending`], [`AccountInfo`],
-//!   [`TransferInfo`].
+//!   and account history that see the client's own writes), [`Outcome`], [`Pending`],
+//!   [`AccountInfo`], [`TransferInfo`], [`HistoryPage`].
 //! - [`wire`]: non-blocking frame reading and writing (shared with the gateway).
 //! - `tls` (feature `tls`, on by default): TLS to a gateway run with `--tls-cert`.
 
@@ -45,7 +45,7 @@ pub mod tls;
 pub mod wire;
 
 pub use command::{Account, AccountFlags, Command, Transfer, TransferFlags};
-pub use connection::{AccountInfo, Client, Outcome, Pending, TransferInfo};
+pub use connection::{AccountInfo, Client, HistoryPage, Outcome, Pending, TransferInfo};
 pub use ledgerbus_codec::ResultCode;
 #[cfg(feature = "tls")]
 pub use tls::TlsClient;

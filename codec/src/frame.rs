@@ -32,6 +32,10 @@ pub enum Frame<'a> {
     AccountRecord(View<'a, AccountRecord>),
     /// A transfer record (gateway TCP).
     TransferRecord(View<'a, TransferRecord>),
+    /// A lookup of an account's history (gateway TCP).
+    LookupHistory(View<'a, LookupHistory>),
+    /// The end of a history page (gateway TCP).
+    HistoryEnd(View<'a, HistoryEnd>),
 }
 
 impl<'a> Frame<'a> {
@@ -66,6 +70,8 @@ impl<'a> Frame<'a> {
             LookupTransfer::TEMPLATE_ID => Frame::LookupTransfer(View::from_frame(header, block)?),
             AccountRecord::TEMPLATE_ID => Frame::AccountRecord(View::from_frame(header, block)?),
             TransferRecord::TEMPLATE_ID => Frame::TransferRecord(View::from_frame(header, block)?),
+            LookupHistory::TEMPLATE_ID => Frame::LookupHistory(View::from_frame(header, block)?),
+            HistoryEnd::TEMPLATE_ID => Frame::HistoryEnd(View::from_frame(header, block)?),
             id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
         };
         Ok((frame, frame_size))
@@ -94,6 +100,8 @@ impl<'a> Frame<'a> {
             Frame::LookupTransfer(_) => LookupTransfer::TEMPLATE_ID,
             Frame::AccountRecord(_) => AccountRecord::TEMPLATE_ID,
             Frame::TransferRecord(_) => TransferRecord::TEMPLATE_ID,
+            Frame::LookupHistory(_) => LookupHistory::TEMPLATE_ID,
+            Frame::HistoryEnd(_) => HistoryEnd::TEMPLATE_ID,
         }
     }
 

@@ -367,6 +367,46 @@ crate::sbe_block! {
 message!(TransferRecord, template 27);
 result_reader!(TransferRecord);
 
+crate::sbe_block! {
+    /// Read on the gateway's TCP port: a page of an account's applied transfers, in
+    /// sequence order, answered by up to `limit` [`TransferRecord`]s and a
+    /// [`HistoryEnd`].
+    pub struct LookupHistory: size 40 {
+        /// Chosen by the sender, echoed in every answer frame.
+        [0] correlation_id: U64,
+        /// The account.
+        [8] account_id: Id128,
+        /// 0 for the first page, else the previous page's `next_after`.
+        [24] after_sequence: U64,
+        /// Transfers at most (1 to 1000).
+        [32] limit: U32,
+        /// Zero.
+        [36] reserved: [u8; 4],
+    }
+}
+message!(LookupHistory, template 28);
+
+crate::sbe_block! {
+    /// Ends a page answering [`LookupHistory`].
+    pub struct HistoryEnd: size 32 {
+        /// The lookup's correlation id.
+        [0] correlation_id: U64,
+        /// `after_sequence` of the next page; 0 when this page was the last.
+        [8] next_after: U64,
+        /// [`TransferRecord`]s before this frame.
+        [16] count: U32,
+        /// [`ResultCode`]: ok; busy (the read model could not answer);
+        /// debit_account_not_found (no such account).
+        [20] result: U16,
+        /// Zero.
+        [22] reserved: [u8; 6],
+        /// Zero.
+        [28] reserved2: [u8; 4],
+    }
+}
+message!(HistoryEnd, template 29);
+result_reader!(HistoryEnd);
+
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
 impl CreateAccountResult {
@@ -520,4 +560,6 @@ message_table!(
     LookupTransfer,
     AccountRecord,
     TransferRecord,
+    LookupHistory,
+    HistoryEnd,
 );

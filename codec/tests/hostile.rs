@@ -37,6 +37,8 @@ fn decode_everything(bytes: &[u8]) {
     typed::<LookupTransfer>(bytes);
     typed::<AccountRecord>(bytes);
     typed::<TransferRecord>(bytes);
+    typed::<LookupHistory>(bytes);
+    typed::<HistoryEnd>(bytes);
     if let Ok((frame, size)) = Frame::decode(bytes) {
         assert!(size <= bytes.len());
         if let Frame::TransferEvent(event) = frame {

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use ledgerbus_codec::messages::{AccountRecord, TransferRecord};
+use ledgerbus_codec::messages::{AccountRecord, HistoryEnd, TransferRecord};
 use ledgerbus_codec::{encode, Message, ResultCode};
 use serde_json::Value;
 
@@ -143,4 +143,43 @@ pub fn transfer_record(correlation_id: u64, transfer: u128, looked: &Looked) -> 
     let mut frame = vec![0u8; TransferRecord::FRAME_SIZE];
     encode(&record, &mut frame).expect("sized");
     frame
+}
+
+/// Most transfers one history page holds (the read model's own limit).
+pub const HISTORY_LIMIT_MAX: u32 = 1_000;
+
+/// The frames answering a history lookup: a TransferRecord per transfer, then a
+/// HistoryEnd (result `debit_account_not_found` for no such account, `busy` when the
+/// read model could not answer).
+pub fn history_page(correlation_id: u64, looked: &Looked) -> Vec<u8> {
+    let mut frames = Vec::new();
+    let (count, next_after, result) = match looked {
+        Looked::Found(page) => {
+            let transfers = page.get("transfers").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+            for transfer in transfers {
+                let id = id(transfer, "id");
+                frames.extend(transfer_record(correlation_id, id, &Looked::Found(transfer.clone())));
+            }
+            let next_after = page
+                .get("next_after")
+                .and_then(Value::as_str)
+                .and_then(|cursor| u64::from_str_radix(cursor.strip_prefix('c')?, 16).ok())
+                .unwrap_or(0);
+            (transfers.len() as u32, next_after, ResultCode::Ok)
+        }
+        Looked::Missing => (0, 0, ResultCode::DebitAccountNotFound),
+        Looked::Unavailable => (0, 0, ResultCode::Busy),
+    };
+    let end = HistoryEnd {
+        correlation_id: correlation_id.into(),
+        next_after: next_after.into(),
+        count: count.into(),
+        result: result.to_wire().into(),
+        reserved: [0; 6],
+        reserved2: [0; 4],
+    };
+    let mut frame = vec![0u8; HistoryEnd::FRAME_SIZE];
+    encode(&end, &mut frame).expect("sized");
+    frames.extend(frame);
+    frames
 }

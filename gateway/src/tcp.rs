@@ -497,7 +497,7 @@ fn split_groups(bytes: &[u8], room: usize) -> Groups {
         let (ends_group, size) = match Frame::decode(&bytes[offset..]) {
             Ok((Frame::CreateAccount(_), size)) => (true, size),
             Ok((Frame::Transfer(transfer), size)) => (!transfer.is_linked(), size),
-            Ok((Frame::LookupAccount(_) | Frame::LookupTransfer(_), _)) => {
+            Ok((Frame::LookupAccount(_) | Frame::LookupTransfer(_) | Frame::LookupHistory(_), _)) => {
                 if offset != groups.whole {
                     groups.error = Some("a lookup cannot split a linked chain".into());
                 }
@@ -530,6 +530,7 @@ fn split_groups(bytes: &[u8], room: usize) -> Groups {
 enum Lookup {
     Account { correlation_id: u64, id: u128 },
     Transfer { correlation_id: u64, id: u128 },
+    History { correlation_id: u64, account: u128, after: u64, limit: u32 },
 }
 
 /// The lookup frame at the start of `bytes`, and its size.
@@ -541,6 +542,15 @@ fn lookup_at(bytes: &[u8]) -> Option<(Lookup, usize)> {
         Ok((Frame::LookupTransfer(l), size)) => {
             Some((Lookup::Transfer { correlation_id: l.correlation_id.get(), id: l.id.get() }, size))
         }
+        Ok((Frame::LookupHistory(l), size)) => Some((
+            Lookup::History {
+                correlation_id: l.correlation_id.get(),
+                account: l.account_id.get(),
+                after: l.after_sequence.get(),
+                limit: l.limit.get(),
+            },
+            size,
+        )),
         _ => None,
     }
 }
@@ -568,6 +578,13 @@ async fn answer_lookup(
         Lookup::Transfer { correlation_id, id } => {
             let looked = query.get(&format!("/transfers/{id}"), min_sequence).await;
             crate::query::transfer_record(correlation_id, id, &looked)
+        }
+        Lookup::History { correlation_id, account, after, limit } => {
+            let limit = limit.clamp(1, crate::query::HISTORY_LIMIT_MAX);
+            let after = if after == 0 { String::new() } else { format!("&after=c{after:x}") };
+            let path = format!("/accounts/{account}/transfers?limit={limit}{after}");
+            let looked = query.get(&path, min_sequence).await;
+            crate::query::history_page(correlation_id, &looked)
         }
     };
     outbox.metrics.record_tcp_lookup(started.elapsed());
