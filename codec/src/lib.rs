@@ -16,12 +16,14 @@
 //! - [`types`]: [`Id128`], [`ResultCode`], flag bits.
 //! - [`messages`]: commands, results, events and control messages.
 //! - [`frame`]: decode any frame by template id; iterate back-to-back frames.
+//! - [`group`]: where a group of commands (an account, or a linked chain) ends.
 //! - [`packet`]: the datagram header, its CRC, [`PacketWriter`] and [`Packet`].
 //! - [`error`]: [`DecodeError`] and [`EncodeError`].
 
 pub mod block;
 pub mod error;
 pub mod frame;
+pub mod group;
 pub mod header;
 pub mod messages;
 pub mod packet;
@@ -30,6 +32,7 @@ pub mod types;
 pub use block::{decode, encode, Block, FieldMeta, Message, View};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{Frame, Frames};
+pub use group::{next_group, Group, CHAIN_MAX};
 pub use header::{MessageHeader, BLOCK_LENGTH_MAX, MESSAGE_HEADER_SIZE, SCHEMA_ID, SCHEMA_VERSION};
 pub use packet::{
     packet_crc, restamp, seal, CrcCheck, Packet, PacketHeader, PacketWriter, DATAGRAM_SIZE_DEFAULT,

@@ -21,7 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{ClientHello, CreateAccountResult, TransferResult, Welcome};
-use ledgerbus_codec::{decode, encode, DecodeError, Frame, Message, ResultCode};
+use ledgerbus_codec::CHAIN_MAX;
+use ledgerbus_codec::{
+    decode, encode, next_group, DecodeError, Frame, Group, Message, MessageHeader, ResultCode,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -492,33 +495,35 @@ struct Groups {
 /// commands, and a framing error, if the bytes are not ledgerbus commands.
 fn split_groups(bytes: &[u8], room: usize) -> Groups {
     let mut groups = Groups { whole: 0, fits: 0, fits_commands: 0, error: None };
-    let (mut offset, mut commands) = (0, 0);
-    while offset < bytes.len() {
-        let (ends_group, size) = match Frame::decode(&bytes[offset..]) {
-            Ok((Frame::CreateAccount(_), size)) => (true, size),
-            Ok((Frame::Transfer(transfer), size)) => (!transfer.is_linked(), size),
-            Ok((Frame::LookupAccount(_) | Frame::LookupTransfer(_) | Frame::LookupHistory(_), _)) => {
-                if offset != groups.whole {
+    let mut commands = 0;
+    while groups.whole < bytes.len() {
+        let rest = &bytes[groups.whole..];
+        // The same grouping as the sequencer's intake: a chain ends at its first
+        // unlinked transfer, at another message, or at the member limit.
+        let group = next_group(rest, CHAIN_MAX + 1, |_| {});
+        match group {
+            Group::Whole { size, commands: members } | Group::Cut { size, commands: members } => {
+                if matches!(group, Group::Cut { .. }) && lookup_at(&rest[size..]).is_some() {
                     groups.error = Some("a lookup cannot split a linked chain".into());
+                    break;
                 }
+                groups.whole += size;
+                commands += members;
+                if commands <= room {
+                    (groups.fits, groups.fits_commands) = (groups.whole, commands);
+                }
+            }
+            Group::Partial { .. } => break,
+            // A lookup: the commands before it go first; the caller answers it.
+            Group::NotACommand if lookup_at(rest).is_some() => break,
+            Group::NotACommand => {
+                let template = MessageHeader::read(rest).map_or(0, |(header, _)| header.template_id.get());
+                groups.error = Some(format!("template {template} is not a command"));
                 break;
             }
-            Err(DecodeError::Truncated { .. }) => break,
-            Ok((other, _)) => {
-                groups.error = Some(format!("template {} is not a command", other.template_id()));
-                break;
-            }
-            Err(error) => {
+            Group::Malformed(error) => {
                 groups.error = Some(error.to_string());
                 break;
-            }
-        };
-        offset += size;
-        commands += 1;
-        if ends_group {
-            groups.whole = offset;
-            if commands <= room {
-                (groups.fits, groups.fits_commands) = (offset, commands);
             }
         }
     }

@@ -50,7 +50,7 @@ pub struct Ledger {
 }
 
 /// Longest linked chain the sequencer accepts; longer ones are `LinkedChainOpen`.
-pub const CHAIN_MAX: usize = 1024;
+pub use ledgerbus_codec::CHAIN_MAX;
 
 /// Undo record of one applied transfer inside a linked chain.
 #[derive(Debug, Clone, Copy)]

@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use ledgerbus_codec::messages::{Challenge, Transfer, Welcome};
-use ledgerbus_codec::{encode, DecodeError, Frame, Message, MessageHeader, View};
+use ledgerbus_codec::{encode, next_group, DecodeError, Frame, Group, Message};
 use ledgerbus_ledger::ledger::CHAIN_MAX;
 use ledgerbus_protocol::auth;
 
@@ -85,14 +85,6 @@ pub struct Intake {
     inbound_len: usize,
     outbound: Vec<u8>,
     outbound_sent: usize,
-}
-
-/// How a transfer chain at the front of the buffer stands.
-enum ChainScan {
-    /// `chain` holds it; it took `size` bytes.
-    Complete { size: usize },
-    /// It continues past the bytes received so far.
-    Incomplete,
 }
 
 impl Intake {
@@ -234,22 +226,30 @@ impl Intake {
             if rest.is_empty() {
                 break Ok(());
             }
-            match Frame::decode(rest) {
-                Err(DecodeError::Truncated { .. }) => break Ok(()),
-                Ok((Frame::CreateAccount(command), size)) => {
-                    core.decide_account(connection, &command, now_ns, batch);
-                    consumed += size;
-                }
-                Ok((Frame::Transfer(first), size)) => match scan_chain(rest, &first, size, chain) {
-                    ChainScan::Incomplete => break Ok(()),
-                    ChainScan::Complete { size } => {
-                        core.decide_transfers(connection, chain, now_ns, batch);
-                        consumed += size;
-                    }
+            chain.clear();
+            let mut account = None;
+            let group = next_group(rest, CHAIN_MAX + 1, |frame| match frame {
+                Frame::Transfer(transfer) => chain.push(transfer.to_block()),
+                Frame::CreateAccount(command) => account = Some(command.to_block()),
+                _ => {}
+            });
+            let size = match group {
+                Group::Whole { size, .. } | Group::Cut { size, .. } => size,
+                // A chain that could never fit the buffer is decided open now (the
+                // buffer rule); anything else waits for the rest of its bytes.
+                Group::Partial { size, commands } if commands > 0 && rest.len() >= INBOUND_SIZE / 2 => size,
+                Group::Partial { .. } => break Ok(()),
+                Group::NotACommand => match Frame::decode(rest) {
+                    Ok((other, _)) => break Err(ProtocolError::UnexpectedTemplate(other.template_id())),
+                    Err(error) => break Err(ProtocolError::Malformed(error)),
                 },
-                Ok((other, _)) => break Err(ProtocolError::UnexpectedTemplate(other.template_id())),
-                Err(error) => break Err(ProtocolError::Malformed(error)),
+                Group::Malformed(error) => break Err(ProtocolError::Malformed(error)),
+            };
+            match account {
+                Some(command) => core.decide_account(connection, &command, now_ns, batch),
+                None => core.decide_transfers(connection, chain, now_ns, batch),
             }
+            consumed += size;
         };
         self.consume(consumed);
         outcome
@@ -258,44 +258,6 @@ impl Intake {
     fn consume(&mut self, size: usize) {
         self.inbound.copy_within(size..self.inbound_len, 0);
         self.inbound_len -= size;
-    }
-}
-
-/// Gathers the transfer chain at the start of `bytes` into `chain`: transfers while
-/// they are linked, plus the first that is not. `first` is the transfer at the start,
-/// already decoded (`first_size` bytes).
-fn scan_chain(
-    bytes: &[u8],
-    first: &View<'_, Transfer>,
-    first_size: usize,
-    chain: &mut Vec<Transfer>,
-) -> ChainScan {
-    chain.clear();
-    chain.push(first.to_block());
-    let mut size = first_size;
-    if !first.is_linked() {
-        return ChainScan::Complete { size };
-    }
-    loop {
-        match Frame::decode(&bytes[size..]) {
-            Ok((Frame::Transfer(transfer), frame_size)) => {
-                chain.push(transfer.to_block());
-                size += frame_size;
-                if !transfer.is_linked() || chain.len() > CHAIN_MAX {
-                    return ChainScan::Complete { size };
-                }
-            }
-            // The bytes end inside the chain: wait for the rest, unless it could
-            // never fit, which the buffer rule decides as an open chain now.
-            Err(DecodeError::Truncated { .. }) if MessageHeader::frame_size(&bytes[size..]).is_err() => {
-                return if bytes.len() >= INBOUND_SIZE / 2 {
-                    ChainScan::Complete { size }
-                } else {
-                    ChainScan::Incomplete
-                };
-            }
-            _ => return ChainScan::Complete { size },
-        }
     }
 }
 
