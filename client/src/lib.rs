@@ -32,21 +32,24 @@
 //!
 //! # Layout
 //! - [`command`]: [`Account`] and [`Transfer`] builders, typed flags, [`Command`].
-//! - [`connection`]: [`Client`] (commands, and lookups of accounts and transfers that
-//!   and account history that see the client's own writes), [`Outcome`], [`Pending`],
-//!   [`AccountInfo`], [`TransferInfo`], [`HistoryPage`].
+//! - [`connection`]: [`Client`] (commands, and lookups of accounts, transfers and
+//!   account history that see the client's own writes), [`Outcome`], [`Pending`].
+//! - [`records`]: what lookups answer: [`AccountInfo`], [`TransferInfo`],
+//!   [`HistoryPage`].
 //! - [`wire`]: non-blocking frame reading and writing (shared with the gateway).
 //! - `tls` (feature `tls`, on by default): TLS to a gateway run with `--tls-cert`.
 
 pub mod command;
 pub mod connection;
+pub mod records;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wire;
 
 pub use command::{Account, AccountFlags, Command, Transfer, TransferFlags};
-pub use connection::{AccountInfo, Client, HistoryPage, Outcome, Pending, TransferInfo};
+pub use connection::{Client, Outcome, Pending};
 pub use ledgerbus_codec::ResultCode;
+pub use records::{AccountInfo, HistoryPage, TransferInfo};
 #[cfg(feature = "tls")]
 pub use tls::TlsClient;
 

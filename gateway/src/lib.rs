@@ -6,7 +6,8 @@
 //! - [`upstream`]: the reconnecting, bounded link to the sequencer.
 //! - [`json`]: request bodies to commands (400s that name the field), results to JSON.
 //! - [`http`]: the HTTP/JSON API and its OpenAPI document (`openapi.json`).
-//! - [`tcp`]: the TCP/SBE API for pipelined, batched clients.
+//! - [`tcp`]: the TCP/SBE API for pipelined, batched clients, with lookups in line;
+//!   its `outbox` writes each connection's answers in command order.
 //! - [`query`]: the link to the read model; lookups' records.
 //! - [`original`]: the original of an idempotent retry, added to its answer.
 //! - [`metrics`]: counters and latency histograms served at `/metrics`.
