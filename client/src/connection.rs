@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{
-    AccountRecord, ClientHello, CreateAccountResult, HistoryEnd, LookupAccount, LookupHistory,
-    LookupTransfer, Transfer, TransferResult, Welcome,
+    AccountRecord, ClientHello, HistoryEnd, LookupAccount, LookupHistory, LookupTransfer, Transfer, Welcome,
 };
 use ledgerbus_codec::{decode, encode, Message, ResultCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,20 +34,9 @@ use crate::{Command, Error};
 #[derive(Debug, Clone)]
 pub enum TlsClient {}
 
-/// The decided result of one command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    /// The command's correlation id, echoed.
-    pub correlation_id: u64,
-    /// Account or transfer id.
-    pub id: u128,
-    /// The result code.
-    pub result: ResultCode,
-    /// Event sequence (0 when decided at the edge, e.g. `busy`).
-    pub sequence: u64,
-    /// Sequencer timestamp.
-    pub timestamp_ns: u64,
-}
+/// The decided result of one command (its correlation id and id, the decision's
+/// sequence and time stamp; sequence 0 when decided at the edge, e.g. `busy`).
+pub type Outcome = ledgerbus_codec::Decided;
 
 /// A group written (or to be written) and not fully answered.
 struct Unanswered {
@@ -373,17 +361,6 @@ where
     Ok(())
 }
 
-fn outcome(frame: &[u8]) -> Option<Outcome> {
-    let (correlation_id, id, sequence, timestamp_ns, result) =
-        if let Ok((v, _)) = decode::<TransferResult>(frame) {
-            (v.correlation_id.get(), v.id.get(), v.sequence.get(), v.timestamp_ns.get(), v.result().ok()?)
-        } else {
-            let (v, _) = decode::<CreateAccountResult>(frame).ok()?;
-            (v.correlation_id.get(), v.id.get(), v.sequence.get(), v.timestamp_ns.get(), v.result().ok()?)
-        };
-    Some(Outcome { correlation_id, id, result, sequence, timestamp_ns })
-}
-
 /// Keeps the connection: hands out results, drains queued bytes, and after a drop
 /// reconnects and sends every unanswered group again, in order.
 async fn drive(address: SocketAddr, api_key: String, tls: Option<TlsClient>, conn: Arc<Conn>) {
@@ -479,7 +456,7 @@ fn answer(conn: &Conn, results: &[u8]) -> io::Result<()> {
         let front = state.unanswered.front_mut().ok_or_else(|| invalid("a result nobody asked for"))?;
         let done = match &mut front.answers {
             Answers::Outcomes { outcomes, .. } => {
-                outcomes.push(outcome(frame).ok_or_else(|| invalid("not a result frame"))?);
+                outcomes.push(Outcome::read(frame).ok_or_else(|| invalid("not a result frame"))?);
                 outcomes.len() == front.count
             }
             Answers::Page { frames, .. } => {

@@ -15,12 +15,14 @@
 //! - [`block`](mod@block): the `sbe_block!` macro, [`Message`], typed [`View`], [`encode`].
 //! - [`types`]: [`Id128`], [`ResultCode`], flag bits.
 //! - [`messages`]: commands, results, events and control messages.
+//! - [`decided`]: [`Decided`], what a result frame says.
 //! - [`frame`]: decode any frame by template id; iterate back-to-back frames.
 //! - [`group`]: where a group of commands (an account, or a linked chain) ends.
 //! - [`packet`]: the datagram header, its CRC, [`PacketWriter`] and [`Packet`].
 //! - [`error`]: [`DecodeError`] and [`EncodeError`].
 
 pub mod block;
+pub mod decided;
 pub mod error;
 pub mod frame;
 pub mod group;
@@ -30,6 +32,7 @@ pub mod packet;
 pub mod types;
 
 pub use block::{decode, encode, Block, FieldMeta, Message, View};
+pub use decided::Decided;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{Frame, Frames};
 pub use group::{next_group, Group, CHAIN_MAX};
