@@ -39,7 +39,10 @@ pub enum Group {
     },
     /// The first frame is not a command (a lookup, or anything else): the caller
     /// says what that means.
-    NotACommand,
+    NotACommand {
+        /// Its template id.
+        template: u16,
+    },
     /// The bytes are not a frame of this schema.
     Malformed(DecodeError),
 }
@@ -70,7 +73,7 @@ pub fn next_group<'a>(bytes: &'a [u8], members_max: usize, mut each: impl FnMut(
             Err(DecodeError::Truncated { .. }) if MessageHeader::frame_size(&bytes[size..]).is_err() => {
                 return Group::Partial { size, commands };
             }
-            Ok(_) if commands == 0 => return Group::NotACommand,
+            Ok((frame, _)) if commands == 0 => return Group::NotACommand { template: frame.template_id() },
             Err(error) if commands == 0 => return Group::Malformed(error),
             // Anything else after a linked transfer cuts the chain there.
             _ => return Group::Cut { size, commands },
@@ -131,7 +134,7 @@ mod tests {
         let long: Vec<u8> = (0..5).flat_map(|n| transfer(n, true)).collect();
         assert_eq!(group(&long, 3).0, Group::Cut { size: 3 * t, commands: 3 }, "cut at the member limit");
         let welcome = frame(&Welcome { session_id: 1.into(), next_sequence: 1.into() });
-        assert_eq!(group(&welcome, 8).0, Group::NotACommand);
+        assert_eq!(group(&welcome, 8).0, Group::NotACommand { template: Welcome::TEMPLATE_ID });
         assert!(matches!(group(&[0xff; 16], 8).0, Group::Malformed(_)));
         assert_eq!(group(&[], 8).0, Group::Partial { size: 0, commands: 0 });
     }

@@ -239,10 +239,7 @@ impl Intake {
                 // buffer rule); anything else waits for the rest of its bytes.
                 Group::Partial { size, commands } if commands > 0 && rest.len() >= INBOUND_SIZE / 2 => size,
                 Group::Partial { .. } => break Ok(()),
-                Group::NotACommand => match Frame::decode(rest) {
-                    Ok((other, _)) => break Err(ProtocolError::UnexpectedTemplate(other.template_id())),
-                    Err(error) => break Err(ProtocolError::Malformed(error)),
-                },
+                Group::NotACommand { template } => break Err(ProtocolError::UnexpectedTemplate(template)),
                 Group::Malformed(error) => break Err(ProtocolError::Malformed(error)),
             };
             match account {

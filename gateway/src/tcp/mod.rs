@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use ledgerbus_codec::messages::{ClientHello, CreateAccountResult, TransferResult, Welcome};
 use ledgerbus_codec::CHAIN_MAX;
-use ledgerbus_codec::{
-    decode, encode, next_group, DecodeError, Frame, Group, Message, MessageHeader, ResultCode,
-};
+use ledgerbus_codec::{decode, encode, next_group, DecodeError, Frame, Group, Message, ResultCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -356,9 +354,8 @@ fn split_groups(bytes: &[u8], room: usize) -> Groups {
             }
             Group::Partial { .. } => break,
             // A lookup: the commands before it go first; the caller answers it.
-            Group::NotACommand if lookup_at(rest).is_some() => break,
-            Group::NotACommand => {
-                let template = MessageHeader::read(rest).map_or(0, |(header, _)| header.template_id.get());
+            Group::NotACommand { .. } if lookup_at(rest).is_some() => break,
+            Group::NotACommand { template } => {
                 groups.error = Some(format!("template {template} is not a command"));
                 break;
             }
