@@ -457,6 +457,28 @@ impl JournalWriter {
         Ok(Durable { next_sequence: self.next_sequence })
     }
 
+    /// Drops every event from `next_sequence` on (see [`truncate_dir`]) and goes on
+    /// appending there. Nothing may be appended and uncommitted.
+    pub fn truncate(&mut self, next_sequence: u64) -> Result<(), JournalError> {
+        assert!(self.pending.is_empty(), "truncate between commits");
+        if next_sequence >= self.next_sequence {
+            return Ok(());
+        }
+        truncate_dir(&self.dir, next_sequence)?;
+        let (_, path) = list_segments(&self.dir)?.pop().ok_or_else(|| JournalError::Corrupt {
+            path: self.dir.clone(),
+            offset: 0,
+            reason: "no segment left after truncation".into(),
+        })?;
+        let mut file = OpenOptions::new().append(true).open(&path).map_err(io_error(&path))?;
+        self.segment_size = file.seek(SeekFrom::End(0)).map_err(io_error(&path))?;
+        self.file = file;
+        self.file_path = path;
+        self.next_sequence = next_sequence;
+        self.pending_first_sequence = next_sequence;
+        Ok(())
+    }
+
     /// Starts a new segment at the next sequence to be written.
     ///
     /// With `Os` durability nothing is synced: the promise is to survive a process
@@ -474,6 +496,42 @@ impl JournalWriter {
         self.segment_size = SEGMENT_HEADER_SIZE;
         Ok(())
     }
+}
+
+/// Removes every event with a sequence at or after `next_sequence` from the journal in
+/// `dir`, durably: a replicated member drops the uncommitted suffix a new leader
+/// overwrote (its entries were never acknowledged). Segments that start at or after
+/// it are deleted, the one holding it is cut at the record's offset; the first
+/// segment is kept (empty) so the log keeps its session. A journal that ends before
+/// `next_sequence` is left as it is.
+pub fn truncate_dir(dir: &Path, next_sequence: u64) -> Result<(), JournalError> {
+    let segments = list_segments(dir)?;
+    for (index, (first, path)) in segments.iter().enumerate().rev() {
+        if *first >= next_sequence && index > 0 {
+            fs::remove_file(path).map_err(io_error(path))?;
+            continue;
+        }
+        let mut reader = SegmentReader::open(path)?;
+        let mut sequence = *first;
+        let cut = loop {
+            let offset = reader.offset();
+            if sequence >= next_sequence {
+                break Some(offset);
+            }
+            match reader.next_record()? {
+                Record::Frame(_) => sequence += 1,
+                Record::End => break None,
+                Record::Bad { offset, .. } => break Some(offset),
+            }
+        };
+        if let Some(offset) = cut {
+            let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+            file.set_len(offset).map_err(io_error(path))?;
+            file.sync_all().map_err(io_error(path))?;
+        }
+        break;
+    }
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
 
 /// Creates a segment file with its header; with `sync`, durably (file and directory

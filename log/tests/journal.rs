@@ -110,3 +110,28 @@ fn flip(path: &Path, offset: u64) {
     file.seek(SeekFrom::Start(offset)).unwrap();
     file.write_all(&[byte[0] ^ 0x55]).unwrap();
 }
+
+#[test]
+fn truncation_drops_a_suffix_across_segments_and_appending_continues_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = write_events(dir.path(), 1_000, 16 << 10);
+    let segments_before = list_segments(dir.path()).unwrap().len();
+    let (mut journal, _) =
+        JournalWriter::open(dir.path(), Durability::Os, 16 << 10, 9, ledgerbus_log::journal::skip_events)
+            .unwrap();
+    journal.truncate(400).unwrap();
+    assert!(list_segments(dir.path()).unwrap().len() < segments_before, "later segments deleted");
+    assert_eq!(journal.next_sequence(), 400);
+    for sequence in 400..420 {
+        journal.append(&event_frame(sequence));
+    }
+    let _ = journal.commit().unwrap();
+    drop(journal);
+    let (next, seen) = reopen(dir.path()).unwrap();
+    assert_eq!(next, 420);
+    assert!(seen.iter().copied().eq(1..420));
+    // Down to nothing: the first segment stays, with the log's session.
+    ledgerbus_log::journal::truncate_dir(dir.path(), 1).unwrap();
+    assert_eq!(reopen(dir.path()).unwrap(), (1, vec![]));
+    assert_eq!(write_events(dir.path(), 5, 16 << 10), session);
+}
