@@ -66,6 +66,28 @@ impl PendingBatch {
         &self.replies
     }
 
+    /// The event frames, back to back (a group member's Raft entry data).
+    pub fn event_bytes(&self) -> &[u8] {
+        &self.events
+    }
+
+    /// The rolling log hash after the batch's last event.
+    pub fn last_hash(&self) -> u64 {
+        self.last_hash
+    }
+
+    /// One past the batch's last event.
+    pub fn end_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Forgets the batch's contents, keeping its memory.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.event_ends.clear();
+        self.replies.clear();
+    }
+
     /// Appends every event to the journal (not yet committed).
     pub fn append_to(&self, journal: &mut JournalWriter) {
         for frame in frames(&self.events, &self.event_ends) {

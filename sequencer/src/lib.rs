@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod core;
+pub mod group;
 mod hot_loop;
 pub mod intake;
 pub mod metrics;
