@@ -36,6 +36,8 @@ pub enum Frame<'a> {
     LookupHistory(View<'a, LookupHistory>),
     /// The end of a history page (gateway TCP).
     HistoryEnd(View<'a, HistoryEnd>),
+    /// A group member that does not lead (sequencer to gateway).
+    NotLeader(View<'a, NotLeader>),
 }
 
 impl<'a> Frame<'a> {
@@ -72,6 +74,7 @@ impl<'a> Frame<'a> {
             TransferRecord::TEMPLATE_ID => Frame::TransferRecord(View::from_frame(header, block)?),
             LookupHistory::TEMPLATE_ID => Frame::LookupHistory(View::from_frame(header, block)?),
             HistoryEnd::TEMPLATE_ID => Frame::HistoryEnd(View::from_frame(header, block)?),
+            NotLeader::TEMPLATE_ID => Frame::NotLeader(View::from_frame(header, block)?),
             id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
         };
         Ok((frame, frame_size))
@@ -102,6 +105,7 @@ impl<'a> Frame<'a> {
             Frame::TransferRecord(_) => TransferRecord::TEMPLATE_ID,
             Frame::LookupHistory(_) => LookupHistory::TEMPLATE_ID,
             Frame::HistoryEnd(_) => HistoryEnd::TEMPLATE_ID,
+            Frame::NotLeader(_) => NotLeader::TEMPLATE_ID,
         }
     }
 

@@ -407,6 +407,21 @@ crate::sbe_block! {
 message!(HistoryEnd, template 29);
 result_reader!(HistoryEnd);
 
+crate::sbe_block! {
+    /// Handshake answer of a sequencer group member that does not lead: the gateway
+    /// authenticated, but must send its commands to the leader.
+    pub struct NotLeader: size 16 {
+        /// The leader's replica id (1-based, the position in the group's member
+        /// list); 0 when this member knows of no leader (an election is running).
+        [0] leader_replica_id: U32,
+        /// Zero.
+        [4] reserved: [u8; 4],
+        /// The Raft term this member is in.
+        [8] term: U64,
+    }
+}
+message!(NotLeader, template 30);
+
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
 impl CreateAccountResult {
@@ -562,4 +577,5 @@ message_table!(
     TransferRecord,
     LookupHistory,
     HistoryEnd,
+    NotLeader,
 );

@@ -39,6 +39,7 @@ fn decode_everything(bytes: &[u8]) {
     typed::<TransferRecord>(bytes);
     typed::<LookupHistory>(bytes);
     typed::<HistoryEnd>(bytes);
+    typed::<NotLeader>(bytes);
     if let Ok((frame, size)) = Frame::decode(bytes) {
         assert!(size <= bytes.len());
         if let Frame::TransferEvent(event) = frame {

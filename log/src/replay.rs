@@ -132,10 +132,14 @@ fn serve_client(
     let (request, _) = decode::<ReplayRequest>(&request_bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad replay request: {e}")))?;
     let from = request.from_sequence.get().max(1);
+    // Never past the head: a replicated member's journal may hold events that are
+    // not committed yet (and may be cut off); a single sequencer's head is its last
+    // durable event.
     let to = match request.to_sequence.get() {
         0 => u64::MAX,
         to => to,
-    };
+    }
+    .min(host.head().last_sequence);
     let mut reader = JournalReader::open(dir, from).map_err(io::Error::other)?;
     let mut out = SealedWriter::new(
         BufWriter::with_capacity(1 << 20, stream),

@@ -20,7 +20,7 @@
 
 use std::time::Instant;
 
-use ledgerbus_codec::messages::{Challenge, Transfer, Welcome};
+use ledgerbus_codec::messages::{Challenge, NotLeader, Transfer, Welcome};
 use ledgerbus_codec::{encode, next_group, DecodeError, Frame, Group, Message};
 use ledgerbus_ledger::ledger::CHAIN_MAX;
 use ledgerbus_protocol::auth;
@@ -62,8 +62,28 @@ pub enum Handshake {
         /// The gateway's id.
         gateway_id: u32,
     },
+    /// The gateway proved it knows the secret, but this group member does not lead:
+    /// a NotLeader naming the leader is queued; send it and close.
+    NotLeader {
+        /// The gateway's id.
+        gateway_id: u32,
+    },
     /// A wrong or malformed answer, or none in time: close the connection.
     Refused,
+}
+
+/// Whether this sequencer takes commands (a single sequencer always does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// It decides.
+    Here,
+    /// Another group member leads (`leader` 0: none known yet, in `term`).
+    Elsewhere {
+        /// The leader's replica id, or 0.
+        leader: u32,
+        /// This member's term.
+        term: u64,
+    },
 }
 
 /// Why a connection is closed for what it sent.
@@ -155,13 +175,15 @@ impl Intake {
     }
 
     /// While authenticating: checks the answer, if it has arrived, against `secret`.
-    /// On success the Welcome (the log's `session` and `next_sequence`) is queued.
+    /// On success the Welcome (the log's `session` and `next_sequence`) is queued, or,
+    /// when `leads` says another member leads, a NotLeader naming it.
     pub fn authenticate(
         &mut self,
         secret: &[u8],
         now: Instant,
         session: u64,
         next_sequence: u64,
+        leads: Leadership,
     ) -> Handshake {
         let IntakeState::Authenticating { nonce, deadline } = self.state else { return Handshake::Waiting };
         let answer = match Frame::decode(&self.inbound[..self.inbound_len]) {
@@ -174,6 +196,14 @@ impl Intake {
                 let gateway_id = answer.gateway_id.get();
                 self.state = IntakeState::Ready { gateway_id };
                 self.consume(size);
+                if let Leadership::Elsewhere { leader, term } = leads {
+                    let refusal =
+                        NotLeader { leader_replica_id: leader.into(), reserved: [0; 4], term: term.into() };
+                    let mut bytes = [0u8; NotLeader::FRAME_SIZE];
+                    encode(&refusal, &mut bytes).expect("sized");
+                    self.queue(&bytes);
+                    return Handshake::NotLeader { gateway_id };
+                }
                 let welcome = Welcome { session_id: session.into(), next_sequence: next_sequence.into() };
                 let mut bytes = [0u8; Welcome::FRAME_SIZE];
                 encode(&welcome, &mut bytes).expect("sized");

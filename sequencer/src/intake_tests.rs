@@ -63,12 +63,15 @@ impl Fixture {
     fn new() -> Fixture {
         let mut intake = Intake::new(NONCE, Instant::now() + Duration::from_secs(5));
         feed(&mut intake, &answer(SECRET));
-        assert_eq!(intake.authenticate(SECRET, Instant::now(), 9, 1), Handshake::Accepted { gateway_id: 3 });
+        assert_eq!(
+            intake.authenticate(SECRET, Instant::now(), 9, 1, Leadership::Here),
+            Handshake::Accepted { gateway_id: 3 }
+        );
         let mut core = SequencerCore::new(Replica::new(Ledger::new()));
         let mut batch = PendingBatch::with_capacity(8);
         let mut setup = Intake::new(NONCE, Instant::now() + Duration::from_secs(5));
         feed(&mut setup, &[answer(SECRET), account(1), account(2)].concat());
-        setup.authenticate(SECRET, Instant::now(), 9, 1);
+        setup.authenticate(SECRET, Instant::now(), 9, 1, Leadership::Here);
         setup.decide(0, &mut core, &mut Vec::new(), 1, 100, &mut batch).unwrap();
         assert_eq!(batch.len(), 2, "accounts 1 and 2 exist");
         Fixture { intake, core, chain: Vec::new() }
@@ -92,9 +95,12 @@ fn the_challenge_goes_out_first_and_only_the_right_answer_opens_the_connection()
     // Half an answer: wait for the rest.
     let right = answer(SECRET);
     feed(&mut intake, &right[..10]);
-    assert_eq!(intake.authenticate(SECRET, now, 9, 42), Handshake::Waiting);
+    assert_eq!(intake.authenticate(SECRET, now, 9, 42, Leadership::Here), Handshake::Waiting);
     feed(&mut intake, &right[10..]);
-    assert_eq!(intake.authenticate(SECRET, now, 9, 42), Handshake::Accepted { gateway_id: 3 });
+    assert_eq!(
+        intake.authenticate(SECRET, now, 9, 42, Leadership::Here),
+        Handshake::Accepted { gateway_id: 3 }
+    );
     assert_eq!(intake.state(), IntakeState::Ready { gateway_id: 3 });
     let queued = &intake.unsent()[Challenge::FRAME_SIZE..];
     let (welcome, _) = decode::<Welcome>(queued).unwrap();
@@ -103,15 +109,39 @@ fn the_challenge_goes_out_first_and_only_the_right_answer_opens_the_connection()
 
     let mut wrong = Intake::new(NONCE, now + Duration::from_secs(5));
     feed(&mut wrong, &answer(b"another-secret-entirely-wrong"));
-    assert_eq!(wrong.authenticate(SECRET, now, 9, 42), Handshake::Refused);
+    assert_eq!(wrong.authenticate(SECRET, now, 9, 42, Leadership::Here), Handshake::Refused);
 
     let mut slow = Intake::new(NONCE, now + Duration::from_secs(5));
     feed(&mut slow, &right[..10]);
-    assert_eq!(slow.authenticate(SECRET, now + Duration::from_secs(6), 9, 42), Handshake::Refused);
+    assert_eq!(
+        slow.authenticate(SECRET, now + Duration::from_secs(6), 9, 42, Leadership::Here),
+        Handshake::Refused
+    );
 
     let mut rude = Intake::new(NONCE, now + Duration::from_secs(5));
     feed(&mut rude, &account(1));
-    assert_eq!(rude.authenticate(SECRET, now, 9, 42), Handshake::Refused, "a command is not an answer");
+    assert_eq!(
+        rude.authenticate(SECRET, now, 9, 42, Leadership::Here),
+        Handshake::Refused,
+        "a command is not an answer"
+    );
+}
+
+#[test]
+fn a_member_that_does_not_lead_names_the_leader_instead_of_welcoming() {
+    let now = Instant::now();
+    let mut intake = Intake::new(NONCE, now + Duration::from_secs(5));
+    feed(&mut intake, &answer(SECRET));
+    let elsewhere = Leadership::Elsewhere { leader: 2, term: 7 };
+    assert_eq!(intake.authenticate(SECRET, now, 9, 42, elsewhere), Handshake::NotLeader { gateway_id: 3 });
+    let queued = &intake.unsent()[Challenge::FRAME_SIZE..];
+    let (refusal, _) = decode::<ledgerbus_codec::messages::NotLeader>(queued).unwrap();
+    assert_eq!((refusal.leader_replica_id.get(), refusal.term.get()), (2, 7));
+    // A wrong secret learns nothing, not even who leads.
+    let mut wrong = Intake::new(NONCE, now + Duration::from_secs(5));
+    feed(&mut wrong, &answer(b"another-secret-entirely-wrong"));
+    assert_eq!(wrong.authenticate(SECRET, now, 9, 42, elsewhere), Handshake::Refused);
+    assert_eq!(wrong.unsent().len(), Challenge::FRAME_SIZE);
 }
 
 #[test]

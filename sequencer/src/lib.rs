@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod core;
+mod gateways;
 pub mod group;
 mod hot_loop;
 pub mod intake;
