@@ -6,7 +6,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ledgerbus_codec::messages::{Authenticate, Challenge, Welcome};
+use ledgerbus_codec::messages::{Authenticate, Challenge, NotLeader, Welcome};
 use ledgerbus_codec::{decode, encode, Message, MessageHeader, MESSAGE_HEADER_SIZE};
 
 use crate::auth;
@@ -27,6 +27,25 @@ pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize
     buf.resize(size, 0);
     reader.read_exact(&mut buf[MESSAGE_HEADER_SIZE..size])?;
     Ok(size)
+}
+
+/// The error of a group member that does not lead: kind `ConnectionRefused`, and
+/// the leader's replica id (0: none known) in [`leader_hint`].
+fn not_leader(leader: u32) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, NotLeaderError { leader })
+}
+
+/// Why a group member refused to take commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this sequencer group member does not lead (leader: replica {leader}, 0 = election running)")]
+pub struct NotLeaderError {
+    /// The leader's replica id, or 0.
+    pub leader: u32,
+}
+
+/// The leader a refusal named, if `error` is one.
+pub fn leader_hint(error: &io::Error) -> Option<u32> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<NotLeaderError>()).map(|e| e.leader)
 }
 
 /// An authenticated connection to the sequencer's gateway port.
@@ -71,6 +90,9 @@ impl SequencerClient {
                 e
             }
         })?;
+        if let Ok((refusal, _)) = decode::<NotLeader>(&buf) {
+            return Err(not_leader(refusal.leader_replica_id.get()));
+        }
         let (welcome, _) = decode::<Welcome>(&buf).map_err(|e| invalid(format!("expected welcome: {e}")))?;
         Ok(SequencerClient {
             session_id: welcome.session_id.get(),
@@ -79,6 +101,34 @@ impl SequencerClient {
             writer,
             buf,
         })
+    }
+
+    /// Connects to whichever of a group's members (`addresses`, in replica-id order)
+    /// leads, following their hints; gives up after `patience`. Returns the client
+    /// and the leader's replica id.
+    pub fn connect_leader(
+        addresses: &[SocketAddr],
+        secret: &[u8],
+        gateway_id: u32,
+        patience: Duration,
+    ) -> io::Result<(SequencerClient, u32)> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut next = 0usize;
+        loop {
+            match SequencerClient::connect(addresses[next], secret, gateway_id) {
+                Ok(client) => return Ok((client, next as u32 + 1)),
+                Err(error) if std::time::Instant::now() >= deadline => return Err(error),
+                Err(error) => {
+                    next = match leader_hint(&error) {
+                        Some(leader) if leader >= 1 && leader as usize <= addresses.len() => {
+                            leader as usize - 1
+                        }
+                        _ => (next + 1) % addresses.len(),
+                    };
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 
     /// Queues a command (sent on `flush`).

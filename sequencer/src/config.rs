@@ -44,6 +44,49 @@ pub struct SequencerConfig {
     /// Transfer ids the idempotency index holds before it grows; its memory is
     /// allocated and faulted in at start.
     pub transfer_capacity: usize,
+    /// The replicated group this sequencer is a member of; `None`: a single sequencer.
+    pub group: Option<GroupConfig>,
+}
+
+/// A member of a replicated sequencer group (docs/architecture.md, "Sequencer group").
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// This member's replica id, 1-based: its position in `members`.
+    pub replica_id: u64,
+    /// Every member's replication address, in replica-id order: the same list, in
+    /// the same order, on every member (3 or 5 of them).
+    pub members: Vec<SocketAddr>,
+    /// One Raft tick. Elections start after 15–30 ticks without a leader; the leader
+    /// sends heartbeats every 3.
+    pub tick: std::time::Duration,
+}
+
+impl GroupConfig {
+    /// Checks the shape of the group.
+    pub fn validate(&self) -> Result<(), SequencerError> {
+        let size = self.members.len();
+        if size != 3 && size != 5 {
+            return Err(SequencerError::Config(format!(
+                "a group has 3 or 5 members, not {size} (one sequencer needs no --replicas)"
+            )));
+        }
+        if self.replica_id == 0 || self.replica_id as usize > size {
+            return Err(SequencerError::Config(format!(
+                "--replica-id {} is not a position in the {size} --replicas (1 to {size})",
+                self.replica_id
+            )));
+        }
+        let mut distinct = self.members.clone();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() != size {
+            return Err(SequencerError::Config("--replicas lists an address twice".into()));
+        }
+        if self.tick.is_zero() {
+            return Err(SequencerError::Config("the Raft tick must be positive".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Default [`SequencerConfig::transfer_capacity`]: about 48 MiB.
@@ -80,6 +123,7 @@ impl SequencerConfig {
             segment_size_max: 256 << 20,
             batch_events_max: 65_536,
             transfer_capacity: TRANSFER_CAPACITY_DEFAULT,
+            group: None,
         }
     }
 }

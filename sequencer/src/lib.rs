@@ -25,6 +25,6 @@ pub mod pipeline;
 pub mod recovery;
 pub mod server;
 
-pub use config::{SequencerConfig, SequencerError, TRANSFER_CAPACITY_DEFAULT};
+pub use config::{GroupConfig, SequencerConfig, SequencerError, TRANSFER_CAPACITY_DEFAULT};
 pub use ledgerbus_log::journal::Durability;
 pub use server::{start, RunningSequencer};

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
 use ledgerbus_log::{LogHead, ReplayHost};
+
+use crate::group::MemberStatus;
 use ledgerbus_telemetry::prometheus_client::collector::Collector;
 use ledgerbus_telemetry::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use ledgerbus_telemetry::prometheus_client::metrics::gauge::ConstGauge;
@@ -58,6 +60,9 @@ pub struct SequencerMetrics {
     pub head: Mutex<LogHead>,
     /// Consumers' positions, refreshed by the hot thread a few times a second.
     pub consumers: Arc<Mutex<Vec<ConsumerPosition>>>,
+    /// A group member's role, term, positions and followers' lag (none for a
+    /// single sequencer), refreshed by the hot thread.
+    pub group: Arc<Mutex<Option<MemberStatus>>>,
 }
 
 impl Default for SequencerMetrics {
@@ -77,6 +82,7 @@ impl Default for SequencerMetrics {
             replays_refused: Counter::default(),
             head: Mutex::new(LogHead::default()),
             consumers: Arc::default(),
+            group: Arc::default(),
         }
     }
 }
@@ -140,6 +146,7 @@ impl SequencerMetrics {
             "Bulk replay connections refused for a missing or wrong credential.",
             self.replays_refused.clone(),
         );
+        r.register_collector(Box::new(GroupGauges { group: Arc::clone(&self.group) }));
         r.register_collector(Box::new(ConsumerPositions {
             consumers: Arc::clone(&self.consumers),
             last_sequence: self.last_sequence.clone(),
@@ -147,11 +154,29 @@ impl SequencerMetrics {
         registry
     }
 
-    /// `/status` as JSON: where the log is and its hash, for comparing replicas.
+    /// `/status` as JSON: where the log is and its hash, for comparing replicas; for
+    /// a group member also its role, term, positions and followers' lag.
     pub fn status_json(&self) -> String {
         let LogHead { last_sequence, state_hash, session } = self.head();
+        let group = match self.group.lock().ok().and_then(|g| g.clone()) {
+            Some(status) => {
+                let lag: Vec<String> =
+                    status.follower_lag.iter().map(|(id, lag)| format!("\"{id}\":{lag}")).collect();
+                format!(
+                    ",\"group\":{{\"replica_id\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"commit_index\":{},\"last_index\":{},\"follower_lag_entries\":{{{}}}}}",
+                    status.id,
+                    status.role,
+                    status.term,
+                    status.leader,
+                    status.commit_index,
+                    status.last_index,
+                    lag.join(",")
+                )
+            }
+            None => String::new(),
+        };
         format!(
-            "{{\"role\":\"sequencer\",\"session\":\"{session:016x}\",\"last_sequence\":{last_sequence},\"state_hash\":\"{state_hash:016x}\"}}"
+            "{{\"role\":\"sequencer\",\"session\":\"{session:016x}\",\"last_sequence\":{last_sequence},\"state_hash\":\"{state_hash:016x}\"{group}}}"
         )
     }
 }
@@ -167,6 +192,50 @@ impl ReplayHost for SequencerMetrics {
 
     fn refused(&self) {
         self.replays_refused.inc();
+    }
+}
+
+/// A group member's gauges: nothing for a single sequencer.
+#[derive(Debug)]
+struct GroupGauges {
+    group: Arc<Mutex<Option<MemberStatus>>>,
+}
+
+impl Collector for GroupGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(status) = self.group.lock().ok().and_then(|g| g.clone()) else { return Ok(()) };
+        let mut role = encoder.encode_descriptor(
+            "ledgerbus_group_role",
+            "1 for this member's current role (leader, follower, candidate, quarantined).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1u64).encode(role.encode_family(&[("role", status.role)])?)?;
+        let plain: [(&str, &str, u64); 5] = [
+            ("ledgerbus_group_replica_id", "This member's replica id.", status.id),
+            ("ledgerbus_group_term", "The Raft term this member is in.", status.term),
+            ("ledgerbus_group_leader", "The leader's replica id (0: none known).", status.leader),
+            ("ledgerbus_group_commit_index", "Raft index of the last committed entry.", status.commit_index),
+            (
+                "ledgerbus_group_last_index",
+                "Raft index of the last entry in this member's log.",
+                status.last_index,
+            ),
+        ];
+        for (name, help, value) in plain {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)?;
+        }
+        let mut lag = encoder.encode_descriptor(
+            "ledgerbus_group_follower_lag_entries",
+            "On the leader: entries each follower lacks.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (follower, entries) in &status.follower_lag {
+            ConstGauge::new(*entries).encode(lag.encode_family(&[("follower", follower.to_string())])?)?;
+        }
+        Ok(())
     }
 }
 

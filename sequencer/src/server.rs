@@ -18,8 +18,13 @@ use ledgerbus_protocol::auth;
 use ledgerbus_transport::driver::{Publisher, Targets};
 use ledgerbus_transport::SenderConfig;
 
-use crate::config::{io_err, SequencerConfig, SequencerError};
+use crate::config::{io_err, GroupConfig, SequencerConfig, SequencerError};
 use crate::core::SequencerCore;
+use crate::gateways::GatewayPort;
+use crate::group::driver::GroupLoop;
+use crate::group::journal_disk::JournalDisk;
+use crate::group::peers::{PeerConfig, PeerNet};
+use crate::group::{raft_logger, Member, MemberConfig};
 use crate::hot_loop::HotLoop;
 use crate::metrics::{self, SequencerMetrics};
 use crate::pipeline::CommitPipeline;
@@ -87,6 +92,9 @@ impl Drop for RunningSequencer {
 pub fn start(config: SequencerConfig) -> Result<RunningSequencer, SequencerError> {
     if config.secret.len() < 16 {
         return Err(SequencerError::Config("the gateway secret must be at least 16 bytes".into()));
+    }
+    if let Some(group) = config.group.clone() {
+        return start_group(config, group);
     }
     let recovered = recover(&config)?;
     let sockets = bind(&config, &recovered.log)?;
@@ -190,21 +198,25 @@ pub fn bind(config: &SequencerConfig, log: &Recovered) -> Result<Sockets, Sequen
     Ok(Sockets { publisher, gateways, replay, metrics })
 }
 
-/// Starts the metrics endpoint, the replay service, the archive, the journal thread
-/// and the hot thread.
-pub fn spawn(
-    config: SequencerConfig,
-    recovered: RecoveredState,
+/// The services every sequencer runs beside its hot thread, started.
+struct Services {
+    running: RunningSequencer,
+    metrics: Arc<SequencerMetrics>,
+    archive: Archive,
+    publisher: Publisher,
+    gateways: TcpListener,
+}
+
+/// Starts the metrics endpoint, the replay service and the archive.
+fn spawn_services(
+    config: &SequencerConfig,
+    log: &Recovered,
+    state_hash: u64,
     sockets: Sockets,
-) -> Result<RunningSequencer, SequencerError> {
-    let RecoveredState { core, journal, log } = recovered;
+) -> Result<Services, SequencerError> {
     let Sockets { publisher, gateways, replay, metrics: metrics_listener } = sockets;
     let metrics = Arc::new(SequencerMetrics::default());
-    metrics.set_head(LogHead {
-        last_sequence: log.next_sequence - 1,
-        state_hash: core.log_hash(),
-        session: log.session_id,
-    });
+    metrics.set_head(LogHead { last_sequence: log.next_sequence - 1, state_hash, session: log.session_id });
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let local = listener.local_addr().map_err(io_err("metrics listener"))?;
@@ -213,7 +225,7 @@ pub fn spawn(
         }
         None => None,
     };
-    let mut running = RunningSequencer {
+    let running = RunningSequencer {
         gateway_addr: gateways.local_addr().map_err(io_err("gateway listener"))?,
         control_addr: publisher.local_addr().map_err(io_err("bus socket"))?,
         replay_addr: replay.local_addr().map_err(io_err("replay listener"))?,
@@ -241,6 +253,19 @@ pub fn spawn(
         security: config.sender.security.clone(),
     })
     .map_err(io_err("archive thread"))?;
+    Ok(Services { running, metrics, archive, publisher, gateways })
+}
+
+/// Starts the metrics endpoint, the replay service, the archive, the journal thread
+/// and the hot thread.
+pub fn spawn(
+    config: SequencerConfig,
+    recovered: RecoveredState,
+    sockets: Sockets,
+) -> Result<RunningSequencer, SequencerError> {
+    let RecoveredState { core, journal, log } = recovered;
+    let Services { mut running, metrics, archive, publisher, gateways } =
+        spawn_services(&config, &log, core.log_hash(), sockets)?;
     // fsync takes ~100 µs or more: overlap it with deciding on a journal thread. A
     // page-cache write takes a few: do it inline and save two thread hand-offs.
     let pipeline = match config.durability {
@@ -261,6 +286,93 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("sequencer-hot".into())
         .spawn(move || hot.run())
+        .map_err(io_err("hot thread"))?;
+    running.thread = Some(thread);
+    Ok(running)
+}
+
+/// The group's tag (for its links) and log session, derived from its key and its
+/// members' addresses: every member computes the same, another group does not.
+fn group_identity(key: &ledgerbus_transport::ReplayKey, members: &[SocketAddr]) -> (u64, u64) {
+    let list: Vec<String> = members.iter().map(SocketAddr::to_string).collect();
+    let derive = |label: &str| {
+        let mut material = key.0.to_vec();
+        material.extend_from_slice(label.as_bytes());
+        material.extend_from_slice(list.join(",").as_bytes());
+        let mac = auth::answer(&material, &[0u8; 32]);
+        u64::from_le_bytes(mac[..8].try_into().expect("8 bytes"))
+    };
+    (derive("ledgerbus group tag"), derive("ledgerbus group session") | 1)
+}
+
+/// A member of a replicated group: recover its log, bind, and start its threads.
+fn start_group(config: SequencerConfig, group: GroupConfig) -> Result<RunningSequencer, SequencerError> {
+    group.validate()?;
+    let keys = config.bus_keys.group_keys();
+    let (group_tag, session) = group_identity(&keys[0], &group.members);
+    let capacity = config.transfer_capacity;
+    let fresh = move || {
+        let ledger = Ledger::with_capacity(1_024, capacity);
+        ledger.populate_transfer_index();
+        Replica::new(ledger)
+    };
+    let started = Instant::now();
+    let mut replica = fresh();
+    let (disk, loaded, log) = JournalDisk::open(
+        &config.data_dir,
+        config.durability,
+        config.segment_size_max,
+        session,
+        &mut replica,
+    )?;
+    tracing::info!(
+        replica_id = group.replica_id,
+        members = group.members.len(),
+        entries = loaded.entries.len(),
+        next_sequence = log.next_sequence,
+        seconds = started.elapsed().as_secs_f64(),
+        "group member log recovered"
+    );
+    let state_hash = replica.log_hash();
+    let voters: Vec<u64> = (1..=group.members.len() as u64).collect();
+    let mut member_config = MemberConfig::new(group.replica_id, voters);
+    member_config.seed = auth::random_u64().map_err(io_err("randomness"))?;
+    let member = Member::new(
+        member_config,
+        disk,
+        loaded,
+        SequencerCore::new(replica),
+        Box::new(fresh),
+        &raft_logger(),
+    )
+    .map_err(|e| SequencerError::Config(format!("raft: {e}")))?;
+    let sockets = bind(&config, &log)?;
+    let peer_address = group.members[group.replica_id as usize - 1];
+    let peer_listener =
+        TcpListener::bind(peer_address).map_err(io_err(format!("group listener {peer_address}")))?;
+    let Services { mut running, metrics, archive, publisher, gateways } =
+        spawn_services(&config, &log, state_hash, sockets)?;
+    let peers = PeerNet::start(
+        PeerConfig { id: group.replica_id, addresses: group.members.clone(), keys, group_tag },
+        peer_listener,
+        Arc::clone(&running.shutdown),
+    )
+    .map_err(io_err("group links"))?;
+    let group_loop = GroupLoop {
+        member,
+        gateways: GatewayPort::new(gateways, config.secret.clone(), Arc::clone(&metrics)),
+        publisher,
+        archive,
+        peers,
+        metrics,
+        shutdown: Arc::clone(&running.shutdown),
+        session_id: session,
+        tick: group.tick,
+        batch_events_max: config.batch_events_max,
+    };
+    let thread = std::thread::Builder::new()
+        .name("sequencer-hot".into())
+        .spawn(move || group_loop.run())
         .map_err(io_err("hot thread"))?;
     running.thread = Some(thread);
     Ok(running)

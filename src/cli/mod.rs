@@ -288,6 +288,23 @@ pub struct SequencerArgs {
     #[arg(long, env = "LEDGERBUS_TRANSFER_CAPACITY", default_value_t = 1 << 20, value_name = "IDS")]
     pub transfer_capacity: usize,
 
+    /// Replication addresses of every member of a replicated sequencer group, in
+    /// replica-id order (3 or 5, the same list on every member). Members dial each
+    /// other there (TCP, authenticated and encrypted with a key derived from the bus
+    /// key). Without it this is a single sequencer.
+    #[arg(long, env = "LEDGERBUS_REPLICAS", value_delimiter = ',', value_name = "ADDR,...", requires = "replica_id")]
+    pub replicas: Vec<SocketAddr>,
+
+    /// This member's replica id: its 1-based position in --replicas.
+    #[arg(long, env = "LEDGERBUS_REPLICA_ID", value_name = "N")]
+    pub replica_id: Option<u64>,
+
+    /// Milliseconds per Raft tick in a group: a leader that is silent for 15–30 ticks
+    /// is replaced; heartbeats go out every 3.
+    #[arg(long, env = "LEDGERBUS_RAFT_TICK_MS", default_value_t = 10, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub raft_tick_ms: u64,
+
     #[command(flatten)]
     pub transport: TransportArgs,
 }

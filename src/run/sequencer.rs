@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use ledgerbus_sequencer::SequencerConfig;
+use ledgerbus_sequencer::{GroupConfig, SequencerConfig};
 
 use crate::cli::SequencerArgs;
 
@@ -26,7 +26,26 @@ pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
         segment_size_max: args.segment_mib << 20,
         batch_events_max: 65_536,
         transfer_capacity: args.transfer_capacity,
+        group: group(args)?,
     })
+}
+
+/// The group the flags describe, if any.
+fn group(args: &SequencerArgs) -> anyhow::Result<Option<GroupConfig>> {
+    match (args.replicas.is_empty(), args.replica_id) {
+        (true, None) => Ok(None),
+        (true, Some(_)) => anyhow::bail!("--replica-id needs --replicas (every member's replication address)"),
+        (false, None) => anyhow::bail!("--replicas needs --replica-id (this member's position in the list)"),
+        (false, Some(replica_id)) => {
+            let group = GroupConfig {
+                replica_id,
+                members: args.replicas.clone(),
+                tick: Duration::from_millis(args.raft_tick_ms),
+            };
+            group.validate()?;
+            Ok(Some(group))
+        }
+    }
 }
 
 /// Runs until SIGINT/SIGTERM, then drains in order and exits.

@@ -530,6 +530,16 @@ impl<D: Disk> Member<D> {
         Ok(())
     }
 
+    /// Whether Raft has work for [`Member::process`] (so the driver must not sleep).
+    pub fn has_work(&self) -> bool {
+        self.node.has_ready() || !self.notices.is_empty()
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
     /// Whether this member leads.
     pub fn is_leader(&self) -> bool {
         self.leader

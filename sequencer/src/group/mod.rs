@@ -8,10 +8,16 @@
 //! - [`member`]: one member, sans-IO: ticks and messages in, messages, committed
 //!   events and replies out.
 //! - [`rejoin`]: a member that starts with an empty disk votes only once that is safe.
+//! - [`journal_disk`]: the process's disk: the journal directory.
+//! - [`peers`]: authenticated, encrypted replication links.
+//! - `driver`: the hot thread of a member: sockets, ticks and the member.
 //! - [`mem_disk`]: the simulator's disk (crashes, torn writes, wipes).
 
+pub(crate) mod driver;
+pub mod journal_disk;
 pub mod mem_disk;
 pub mod member;
+pub mod peers;
 pub mod rejoin;
 pub mod store;
 

@@ -87,6 +87,17 @@ impl Publisher {
         })
     }
 
+    /// Starts the stream over at `first_sequence` on the same socket, as a new sender
+    /// `instance` (random, never used before: its sealing key is new, so its counter
+    /// may start at zero again). A group member that becomes the leader publishes
+    /// the group's log from where it was committed; receivers carry on.
+    pub fn restart(&mut self, first_sequence: u64, instance: u64) -> io::Result<()> {
+        let config = SenderConfig { instance, ..self.core.config().clone() };
+        self.core = Sender::new(config, first_sequence, monotonic_now())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(())
+    }
+
     /// The protocol state.
     pub fn core(&self) -> &Sender {
         &self.core

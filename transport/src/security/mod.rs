@@ -115,6 +115,18 @@ impl BusKey {
             .expect("32 bytes is a valid HKDF length");
         ReplayKey(key)
     }
+
+    /// The key of a sequencer group's replication links (challenge-response and
+    /// AES-256-GCM records, like bulk replay), derived apart from the replay key so
+    /// that a replay credential does not let anyone speak Raft to a member.
+    pub fn group_key(&self) -> ReplayKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ledgerbus group").extract(&self.secret);
+        let mut key = [0u8; 32];
+        prk.expand(&[KDF_LABEL], Len(32))
+            .and_then(|okm| okm.fill(&mut key))
+            .expect("32 bytes is a valid HKDF length");
+        ReplayKey(key)
+    }
 }
 
 impl fmt::Debug for BusKey {
@@ -176,6 +188,12 @@ impl BusKeys {
     /// Every replay credential a server accepts (one per key, for rotation).
     pub fn replay_keys(&self) -> Vec<ReplayKey> {
         self.keys.iter().map(BusKey::replay_key).collect()
+    }
+
+    /// Every group link key a member accepts (one per key, for rotation); the first
+    /// is the one it dials with.
+    pub fn group_keys(&self) -> Vec<ReplayKey> {
+        self.keys.iter().map(BusKey::group_key).collect()
     }
 }
 

@@ -1,0 +1,185 @@
+//! The hot thread of a group member: the sans-IO [`Member`] between the gateway port,
+//! the replication links, the bus and a tick clock. The leader decides commands into
+//! a batch, proposes it, and answers and publishes what Raft commits; a follower
+//! tells gateways who leads and only keeps its log and ledger current.
+//!
+//! Like the single sequencer's loop it never spins: with nothing to do it sleeps in
+//! `ppoll` on the gateway sockets, the bus socket and the links' wake-up descriptor,
+//! at most until the next tick.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledgerbus_codec::Frames;
+use ledgerbus_log::archive::Archive;
+use ledgerbus_log::LogHead;
+use ledgerbus_protocol::auth;
+use ledgerbus_transport::driver::Publisher;
+
+use super::journal_disk::JournalDisk;
+use super::member::{Member, Output, Proposed, RoleChange};
+use super::peers::PeerNet;
+use crate::config::{io_err, SequencerError};
+use crate::core::PendingBatch;
+use crate::gateways::{wait, GatewayPort, Intent};
+use crate::hot_loop::wall_clock_ns;
+use crate::intake::Leadership;
+use crate::metrics::SequencerMetrics;
+
+pub(crate) struct GroupLoop {
+    pub(crate) member: Member<JournalDisk>,
+    pub(crate) gateways: GatewayPort,
+    pub(crate) publisher: Publisher,
+    pub(crate) archive: Archive,
+    pub(crate) peers: PeerNet,
+    pub(crate) metrics: Arc<SequencerMetrics>,
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) session_id: u64,
+    pub(crate) tick: Duration,
+    pub(crate) batch_events_max: usize,
+}
+
+impl GroupLoop {
+    pub(crate) fn run(mut self) -> Result<(), SequencerError> {
+        let mut out = Output::default();
+        let mut batch = self.member.spare_batch(self.batch_events_max.min(4_096));
+        let mut next_tick = Instant::now() + self.tick;
+        let mut last_status = Instant::now() - Duration::from_secs(1);
+        let mut leading = false;
+        let mut head = LogHead { session: self.session_id, ..LogHead::default() };
+        loop {
+            if self.shutdown.load(Ordering::Acquire) {
+                tracing::info!(id = self.member.id(), "group member stopped");
+                return Ok(());
+            }
+            let now = Instant::now();
+            while now >= next_tick {
+                self.member.tick();
+                next_tick += self.tick;
+            }
+            self.peers.clear_wake();
+            while let Some(message) = self.peers.try_recv() {
+                self.member.step(message);
+            }
+            self.gateways.accept();
+            let decided = self.read_and_decide(leading, &mut batch);
+            if !batch.is_empty() {
+                let proposed = std::mem::replace(&mut batch, self.member.spare_batch(4_096));
+                if let Proposed::Refused(_) = self.member.propose(proposed).map_err(io_err("group log"))? {
+                    // Its decisions were undone; the gateways re-send elsewhere.
+                    self.gateways.close_all();
+                }
+            }
+            self.member.process(&mut out).map_err(io_err("group log"))?;
+            for message in out.messages.drain(..) {
+                self.peers.send(message);
+            }
+            for change in out.role_changes.drain(..) {
+                match change {
+                    RoleChange::BecameLeader { publish_from, .. } => {
+                        let instance = auth::random_u64().map_err(io_err("random instance"))?;
+                        self.publisher.restart(publish_from, instance).map_err(io_err("bus socket"))?;
+                        leading = true;
+                    }
+                    RoleChange::SteppedDown { .. } => {
+                        self.gateways.close_all();
+                        leading = false;
+                    }
+                }
+            }
+            self.release(&out, &mut head)?;
+            if leading {
+                self.publisher.service().map_err(io_err("bus socket"))?;
+                while let Some(request) = self.publisher.poll_archive_request() {
+                    let _ = self.archive.submit(request);
+                }
+            }
+            self.gateways.flush();
+            if last_status.elapsed() >= Duration::from_millis(100) {
+                last_status = Instant::now();
+                if let Ok(mut status) = self.metrics.group.lock() {
+                    *status = Some(self.member.status());
+                }
+            }
+            let busy = decided > 0 || !out.is_empty();
+            out.clear();
+            if !busy && !self.member.has_work() {
+                self.idle_wait(leading, next_tick)?;
+            }
+        }
+    }
+
+    /// Reads the gateways; decides only while the member may.
+    fn read_and_decide(&mut self, leading: bool, batch: &mut PendingBatch) -> usize {
+        let status_term = self.member.term();
+        let leads = if leading {
+            Leadership::Here
+        } else {
+            Leadership::Elsewhere { leader: self.member.leader_id() as u32, term: status_term }
+        };
+        let window = if leading {
+            self.publisher.window_remaining().min(self.batch_events_max as u64) as usize
+        } else {
+            0
+        };
+        let next_sequence = self.member.core().next_sequence();
+        let can_decide = leading && self.member.can_decide();
+        let intent = Intent {
+            core: if can_decide { Some(self.member.core_mut()) } else { None },
+            session: self.session_id,
+            next_sequence,
+            leads,
+            window,
+            now_ns: wall_clock_ns(),
+        };
+        self.gateways.read_and_decide(intent, batch)
+    }
+
+    /// Answers and publishes what was committed; moves the head.
+    fn release(&mut self, out: &Output, head: &mut LogHead) -> Result<(), SequencerError> {
+        let mut rejected = 0;
+        for reply in &out.replies {
+            if !reply.result.is_success() {
+                rejected += 1;
+            }
+            self.gateways.queue(reply);
+        }
+        self.gateways.flush();
+        let mut published = 0;
+        for frame in Frames::new(&out.publish).map_while(Result::ok) {
+            match self.publisher.publish(frame).map_err(io_err("bus socket"))? {
+                Ok(_) => published += 1,
+                Err(error) => panic!("publisher refused a committed event: {error}"),
+            }
+        }
+        if published > 0 {
+            self.publisher.flush().map_err(io_err("bus socket"))?;
+        }
+        self.metrics.events.inc_by(out.replies.len() as u64);
+        self.metrics.rejected.inc_by(rejected);
+        let (next, hash) = self.member.committed();
+        if next - 1 != head.last_sequence {
+            head.last_sequence = next - 1;
+            if let Some(hash) = hash {
+                head.state_hash = hash;
+            }
+            self.metrics.set_head(*head);
+        }
+        Ok(())
+    }
+
+    fn idle_wait(&mut self, leading: bool, next_tick: Instant) -> Result<(), SequencerError> {
+        let mut fds = Vec::with_capacity(16);
+        fds.push(libc::pollfd { fd: self.peers.wake_fd(), events: libc::POLLIN, revents: 0 });
+        let mut timeout = next_tick.saturating_duration_since(Instant::now());
+        if leading {
+            fds.push(libc::pollfd { fd: self.publisher.fd(), events: libc::POLLIN, revents: 0 });
+            let until_timer = self.publisher.core().poll_timeout().nanos_since(self.publisher.now());
+            timeout = timeout.min(Duration::from_nanos(until_timer));
+        }
+        let window_open = leading && self.publisher.window_remaining() > 0 && self.member.can_decide();
+        self.gateways.poll_fds(&mut fds, window_open);
+        wait(&mut fds, timeout).map_err(|source| SequencerError::Io { what: "ppoll".into(), source })
+    }
+}
