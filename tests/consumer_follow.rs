@@ -56,7 +56,7 @@ fn follow_config(
         listen,
         multicast: None,
         sequencer_control: sequencer.control_addr,
-        sequencer_replay: sequencer.replay_addr,
+        sequencer_replay: ledgerbus_consumers::follow::ReplayServices::one(sequencer.replay_addr),
         replay_key: config.bus_keys.replay_key(),
         receiver: ReceiverConfig {
             receiver_id: id,

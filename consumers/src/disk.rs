@@ -221,9 +221,9 @@ pub fn run(
         0
     } else {
         // Waits (with back-off, saying so) until the sequencer is up.
-        crate::follow::with_replay_service(follow_config.sequencer_replay, &stop, 1, || {
+        crate::follow::with_replay_service(&follow_config.sequencer_replay, &stop, 1, || {
             ledgerbus_log::replay_client::sequencer_session(
-                follow_config.sequencer_replay,
+                follow_config.sequencer_replay.address(),
                 &follow_config.replay_key,
             )
             .map_err(FollowError::Io)

@@ -44,14 +44,51 @@ pub struct FollowConfig {
     pub multicast: Option<MulticastOptions>,
     /// The sequencer's control address (NAKs, status).
     pub sequencer_control: SocketAddr,
-    /// The sequencer's replay service.
-    pub sequencer_replay: SocketAddr,
+    /// The sequencer's replay service, or each group member's.
+    pub sequencer_replay: ReplayServices,
     /// The credential the replay service asks for (derived from the bus key).
     pub replay_key: ReplayKey,
     /// Receiver settings.
     pub receiver: ReceiverConfig,
     /// Socket buffers.
     pub socket: SocketOptions,
+}
+
+/// The replay service of a sequencer, or those of a group's members (each serves
+/// what its member has committed), tried in turn when one cannot be reached.
+#[derive(Debug, Clone)]
+pub struct ReplayServices {
+    addresses: Vec<SocketAddr>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ReplayServices {
+    /// The services at `addresses` (at least one).
+    pub fn new(addresses: Vec<SocketAddr>) -> ReplayServices {
+        assert!(!addresses.is_empty(), "at least one replay service");
+        ReplayServices { addresses, current: Arc::default() }
+    }
+
+    /// A single sequencer's service.
+    pub fn one(address: SocketAddr) -> ReplayServices {
+        ReplayServices::new(vec![address])
+    }
+
+    /// The service to ask now.
+    pub fn address(&self) -> SocketAddr {
+        self.addresses[self.current.load(Ordering::Relaxed) % self.addresses.len()]
+    }
+
+    /// Moves on to the next service (the current one failed).
+    pub fn rotate(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for ReplayServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addresses.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(","))
+    }
 }
 
 /// Why following stopped.
@@ -115,7 +152,7 @@ fn catch_up_once(
     let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: from, error: None };
     let mut applied_error = None;
     let (next, replay_session) = ledgerbus_log::replay_client::replay(
-        config.sequencer_replay,
+        config.sequencer_replay.address(),
         &config.replay_key,
         session,
         from,
@@ -164,8 +201,7 @@ fn catch_up_retrying(
     stop: &AtomicBool,
 ) -> Result<u64, FollowError> {
     let next = sink.next_sequence();
-    let replay = config.sequencer_replay;
-    with_replay_service(replay, stop, next, || catch_up(sink, config, progress))
+    with_replay_service(&config.sequencer_replay, stop, next, || catch_up(sink, config, progress))
 }
 
 /// Runs `attempt` until the replay service answers it, waiting with back-off (and
@@ -176,7 +212,7 @@ fn catch_up_retrying(
 /// service refuses by closing the connection after our answer, which is also what a
 /// sequencer killed between our answer and its welcome looks like.
 pub fn with_replay_service<T>(
-    replay: SocketAddr,
+    replay: &ReplayServices,
     stop: &AtomicBool,
     next: u64,
     mut attempt: impl FnMut() -> Result<T, FollowError>,
@@ -191,7 +227,7 @@ pub fn with_replay_service<T>(
             {
                 return Err(FollowError::Io(io::Error::new(
                     error.kind(),
-                    format!("replay service {replay}: {error} (check LEDGERBUS_BUS_KEY)"),
+                    format!("replay service {}: {error} (check LEDGERBUS_BUS_KEY)", replay.address()),
                 )));
             }
             Err(FollowError::Io(error))
@@ -202,8 +238,9 @@ pub fn with_replay_service<T>(
                 } else {
                     refusals = 0;
                 }
-                tracing::warn!(%replay, %error, retry_ms = backoff.as_millis() as u64, next,
+                tracing::warn!(replay = %replay.address(), %error, retry_ms = backoff.as_millis() as u64, next,
                     "waiting for the sequencer's replay service");
+                replay.rotate();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

@@ -34,8 +34,8 @@ pub struct GatewayConfig {
     pub http_listen: SocketAddr,
     /// TCP/SBE API address.
     pub tcp_listen: SocketAddr,
-    /// The sequencer's gateway port.
-    pub sequencer: SocketAddr,
+    /// The sequencer's gateway port, or every group member's in replica-id order.
+    pub sequencers: Vec<SocketAddr>,
     /// Shared secret for the sequencer handshake.
     pub secret: Vec<u8>,
     /// Accepted client API keys.
@@ -77,7 +77,7 @@ pub async fn run(
     let tcp = bind(config.tcp_listen, "TCP API (--tcp-listen)").await?;
     let addresses = GatewayAddresses { http: http.local_addr()?, tcp: tcp.local_addr()? };
     let upstream = upstream::Upstream::start(
-        config.sequencer,
+        config.sequencers.clone(),
         config.secret.clone(),
         config.gateway_id,
         config.queue_max,
@@ -91,7 +91,7 @@ pub async fn run(
     let keys = Arc::clone(&state.api_keys);
     tokio::spawn(tcp::serve(tcp, upstream, state.query.clone(), keys, config.tcp_limits.clone()));
     let _ = bound.send(addresses);
-    tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencer = %config.sequencer,
+    tracing::info!(http = %addresses.http, tcp = %addresses.tcp, sequencers = ?config.sequencers,
         tls = config.http_limits.tls.is_some(), "gateway running");
     serve::serve(http, http::router(state), config.http_limits.clone()).await;
     Ok(())

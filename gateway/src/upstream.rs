@@ -11,17 +11,25 @@
 //! connection as they arrive.
 //!
 //! The commands waiting for results are bounded: beyond `queue_max`, callers get
-//! `Busy` at once instead of buffering without limit. If the connection drops, every
-//! waiting submission fails (its outcome is unknown; clients retry with the same
-//! ids, which is safe) and the link reconnects with back-off.
+//! `Busy` at once instead of buffering without limit.
+//!
+//! The sequencer may be a replicated group: the link is given every member's address
+//! and connects to the one that leads (a member that does not lead says who does). If
+//! the connection drops, submissions waiting for results are kept, with their bytes,
+//! for [`RESEND_WINDOW`]: when the link is back (to the same sequencer or a new
+//! leader) their unanswered commands are sent again, with the same ids, so each is
+//! decided exactly once (one that was decided before answers `exists`, with the
+//! original in the HTTP answer). New submissions meanwhile wait for the link too.
+//! After the window they fail (`Unavailable`), and so does everything submitted
+//! while the sequencer stays away.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ledgerbus_codec::messages::{Authenticate, Challenge, Welcome};
+use ledgerbus_codec::messages::{Authenticate, Challenge, NotLeader, Welcome};
 use ledgerbus_codec::{decode, encode, DecodeError, Message, MessageHeader, MESSAGE_HEADER_SIZE};
 use ledgerbus_protocol::{Decided, REPLY_FRAME_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,8 +68,16 @@ pub enum ReplyTo {
     Sink(Arc<dyn ResultSink>),
 }
 
+/// How long submissions wait for a lost link to come back (a group elects a new
+/// leader well within it) before they fail.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
+
 /// A submission written to the sequencer and not fully answered.
 struct Waiting {
+    /// Its commands' frames, back to back, to send again after a reconnection.
+    frames: Vec<u8>,
+    /// Commands in it.
+    count: usize,
     remaining: usize,
     /// What each result said (`None`: a frame that did not read as a result).
     gathered: Vec<Option<Decided>>,
@@ -74,6 +90,21 @@ struct LinkState {
     stream: Option<Arc<Stream>>,
     out: Outgoing,
     waiting: VecDeque<Waiting>,
+    /// Since when a link that was up has been down (submissions wait meanwhile).
+    down_since: Option<Instant>,
+}
+
+impl Waiting {
+    /// The frames of the commands not answered yet.
+    fn unanswered(&self) -> &[u8] {
+        let answered = self.count - self.remaining;
+        let offset: usize = ledgerbus_codec::Frames::new(&self.frames)
+            .take(answered)
+            .map_while(Result::ok)
+            .map(<[u8]>::len)
+            .sum();
+        &self.frames[offset..]
+    }
 }
 
 struct Link {
@@ -109,7 +140,15 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts the link task on the current runtime; it runs as long as the runtime.
-    pub fn start(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, queue_max: usize) -> Upstream {
+    /// `sequencers`: the sequencer's gateway port, or every group member's in
+    /// replica-id order.
+    pub fn start(
+        sequencers: Vec<SocketAddr>,
+        secret: Vec<u8>,
+        gateway_id: u32,
+        queue_max: usize,
+    ) -> Upstream {
+        assert!(!sequencers.is_empty(), "at least one sequencer address");
         let upstream = Upstream {
             link: Arc::new(Link { state: Mutex::new(LinkState::default()), backlog: Notify::new() }),
             outstanding: Arc::new(AtomicUsize::new(0)),
@@ -119,7 +158,7 @@ impl Upstream {
             session: Arc::new(AtomicU64::new(0)),
             metrics: Arc::default(),
         };
-        tokio::spawn(run_link(sequencer, secret, gateway_id, upstream.clone()));
+        tokio::spawn(run_link(sequencers, secret, gateway_id, upstream.clone()));
         upstream
     }
 
@@ -161,20 +200,34 @@ impl Upstream {
             return Err(SubmitError::Busy);
         }
         let mut state = self.link.lock();
-        let Some(stream) = state.stream.clone() else {
-            drop(state);
-            self.outstanding.fetch_sub(count, Ordering::AcqRel);
-            return Err(SubmitError::Unavailable);
+        let reconnecting = state.down_since.is_some_and(|since| since.elapsed() < RESEND_WINDOW);
+        let stream = match state.stream.clone() {
+            Some(stream) => Some(stream),
+            // Held until the link is back (sent then, in order).
+            None if reconnecting => None,
+            None => {
+                drop(state);
+                self.outstanding.fetch_sub(count, Ordering::AcqRel);
+                return Err(SubmitError::Unavailable);
+            }
         };
         let gathered = match reply {
             ReplyTo::Gather(_) => Vec::with_capacity(count),
             ReplyTo::Sink(_) => Vec::new(),
         };
-        state.waiting.push_back(Waiting { remaining: count, gathered, reply });
+        state.waiting.push_back(Waiting {
+            frames: frames.to_vec(),
+            count,
+            remaining: count,
+            gathered,
+            reply,
+        });
         // A write error is noticed by the connection task when it drains, which ends
-        // the connection and fails this submission with the others.
-        if !matches!(state.out.send(&stream, frames), Ok(false)) {
-            self.link.backlog.notify_one();
+        // the connection; the submission is sent again on the next one.
+        if let Some(stream) = stream {
+            if !matches!(state.out.send(&stream, frames), Ok(false)) {
+                self.link.backlog.notify_one();
+            }
         }
         Ok(())
     }
@@ -229,11 +282,20 @@ impl Upstream {
         Ok(())
     }
 
-    /// The connection is gone: fail everything waiting and refuse new submissions.
+    /// The connection is gone: keep what waits for the next one.
     fn disconnect(&self) {
         let mut state = self.link.lock();
         state.stream = None;
         state.out.clear();
+        state.down_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The link has been down longer than [`RESEND_WINDOW`]: fail what waits.
+    fn expire(&self) {
+        let mut state = self.link.lock();
+        if !state.down_since.is_some_and(|since| since.elapsed() >= RESEND_WINDOW) {
+            return;
+        }
         for waiting in state.waiting.drain(..) {
             self.outstanding.fetch_sub(waiting.remaining, Ordering::AcqRel);
             match waiting.reply {
@@ -244,18 +306,40 @@ impl Upstream {
             }
         }
     }
+
+    /// A new connection: sends again, in order, every command still unanswered.
+    /// Returns how many.
+    fn reconnected(&self, stream: &Arc<Stream>) -> usize {
+        let mut state = self.link.lock();
+        state.stream = Some(Arc::clone(stream));
+        state.down_since = None;
+        let mut resent = 0;
+        let mut bytes = Vec::new();
+        for waiting in &state.waiting {
+            bytes.extend_from_slice(waiting.unanswered());
+            resent += waiting.remaining;
+        }
+        if !bytes.is_empty() && !matches!(state.out.send(stream, &bytes), Ok(false)) {
+            self.link.backlog.notify_one();
+        }
+        resent
+    }
 }
 
-async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link: Upstream) {
-    let mut backoff = Duration::from_millis(50);
+async fn run_link(sequencers: Vec<SocketAddr>, secret: Vec<u8>, gateway_id: u32, link: Upstream) {
+    let mut backoff = Duration::from_millis(20);
+    let mut next = 0usize;
+    let mut failures_in_round = 0;
     loop {
+        link.expire();
+        let sequencer = sequencers[next];
         match connect(sequencer, &secret, gateway_id).await {
             Ok((stream, welcome)) => {
                 tracing::info!(%sequencer, session = format_args!("{:#018x}", welcome.session_id.get()),
                     next_sequence = welcome.next_sequence.get(), "connected to the sequencer");
-                backoff = Duration::from_millis(50);
+                backoff = Duration::from_millis(20);
+                failures_in_round = 0;
                 let stream = Arc::new(Stream::Tcp(stream));
-                link.link.lock().stream = Some(Arc::clone(&stream));
                 let previous = link.session.swap(welcome.session_id.get(), Ordering::AcqRel);
                 if previous != 0 && previous != welcome.session_id.get() {
                     // A new log: sequences start over, and reads must not wait for
@@ -267,19 +351,39 @@ async fn run_link(sequencer: SocketAddr, secret: Vec<u8>, gateway_id: u32, link:
                     link.highest_sequence
                         .store(welcome.next_sequence.get().saturating_sub(1), Ordering::Release);
                 }
+                let resent = link.reconnected(&stream);
+                if resent > 0 {
+                    tracing::warn!(%sequencer, commands = resent, "sent again the commands whose outcome was lost with the link");
+                }
                 link.connected.store(true, Ordering::Release);
                 let reason = serve(&link, &stream).await;
                 link.connected.store(false, Ordering::Release);
                 link.disconnect();
                 tracing::warn!(%sequencer, %reason, "lost the sequencer; reconnecting");
+                continue;
             }
             Err(error) => {
-                tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "waiting for the sequencer (gateway port)");
+                match ledgerbus_protocol::blocking::leader_hint(&error) {
+                    Some(leader) if leader >= 1 && leader as usize <= sequencers.len() => {
+                        tracing::debug!(%sequencer, leader, "not the leader; following its hint");
+                        next = leader as usize - 1;
+                    }
+                    _ => {
+                        tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "waiting for the sequencer (gateway port)");
+                        next = (next + 1) % sequencers.len();
+                    }
+                }
+                failures_in_round += 1;
             }
         }
-        // While disconnected, submissions fail at once (`stream` is None).
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        // Back off once every member was tried; a hint or the next member is tried at once.
+        if failures_in_round >= sequencers.len() {
+            failures_in_round = 0;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -376,6 +480,9 @@ async fn connect(
     read_frame(&mut stream, &mut buf).await.map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::PermissionDenied, "sequencer refused the gateway secret")
     })?;
+    if let Ok((refusal, _)) = decode::<NotLeader>(&buf) {
+        return Err(ledgerbus_protocol::blocking::not_leader(refusal.leader_replica_id.get()));
+    }
     let (welcome, _) = decode::<Welcome>(&buf).map_err(|_| invalid("expected welcome"))?;
     Ok((stream, welcome.to_block()))
 }

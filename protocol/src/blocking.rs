@@ -31,7 +31,7 @@ pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize
 
 /// The error of a group member that does not lead: kind `ConnectionRefused`, and
 /// the leader's replica id (0: none known) in [`leader_hint`].
-fn not_leader(leader: u32) -> io::Error {
+pub fn not_leader(leader: u32) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionRefused, NotLeaderError { leader })
 }
 

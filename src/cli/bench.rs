@@ -168,6 +168,9 @@ pub struct BenchE2eArgs {
     /// With --spawn: durability of the sequencer and disk consumer.
     #[arg(long, default_value = "fsync", value_name = "MODE")]
     pub durability: Durability,
+    /// With --spawn: sequencers, 1, or 3 or 5 for a replicated group (quorum commit).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = super::parse_replicas)]
+    pub replicas: usize,
     /// With --spawn: transfer ids the sequencer's and the memory consumer's indexes
     /// are sized for (see `sequencer --transfer-capacity`). Default: enough for the
     /// run, 1.25 × duration × rate (2,000,000/s for `max`), at least 1,048,576.

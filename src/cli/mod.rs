@@ -223,6 +223,20 @@ pub struct DemoArgs {
     /// Number of P2P payments (each amount + fee + tax, linked) in the workload.
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub payments: u32,
+
+    /// Sequencers: 1 (a single sequencer), or 3 or 5 (a replicated group, Raft; the
+    /// workload runs through the leader and the demo checks every member's hash).
+    #[arg(long, env = "LEDGERBUS_DEMO_REPLICAS", default_value_t = 1, value_name = "N",
+          value_parser = parse_replicas)]
+    pub replicas: usize,
+}
+
+/// 1, 3 or 5.
+pub fn parse_replicas(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("{value}: 1 (one sequencer), 3 or 5 (a replicated group)")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -292,7 +306,13 @@ pub struct SequencerArgs {
     /// replica-id order (3 or 5, the same list on every member). Members dial each
     /// other there (TCP, authenticated and encrypted with a key derived from the bus
     /// key). Without it this is a single sequencer.
-    #[arg(long, env = "LEDGERBUS_REPLICAS", value_delimiter = ',', value_name = "ADDR,...", requires = "replica_id")]
+    #[arg(
+        long,
+        env = "LEDGERBUS_REPLICAS",
+        value_delimiter = ',',
+        value_name = "ADDR,...",
+        requires = "replica_id"
+    )]
     pub replicas: Vec<SocketAddr>,
 
     /// This member's replica id: its 1-based position in --replicas.
@@ -324,9 +344,16 @@ pub struct GatewayArgs {
     #[arg(long, env = "LEDGERBUS_GATEWAY_TCP_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
     pub tcp_listen: SocketAddr,
 
-    /// The sequencer's gateway address.
-    #[arg(long, env = "LEDGERBUS_SEQUENCER", default_value = "127.0.0.1:7000", value_name = "ADDR")]
-    pub sequencer: SocketAddr,
+    /// The sequencer's gateway address; for a replicated group, every member's, in
+    /// replica-id order (the gateway finds the leader and follows it on failover).
+    #[arg(
+        long,
+        env = "LEDGERBUS_SEQUENCER",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7000",
+        value_name = "ADDR,..."
+    )]
+    pub sequencer: Vec<SocketAddr>,
 
     /// The memory consumer's query API, to which GET requests are proxied.
     #[arg(long, env = "LEDGERBUS_QUERY_UPSTREAM", default_value = "127.0.0.1:8081", value_name = "ADDR")]
@@ -405,13 +432,21 @@ pub struct ConsumerArgs {
     #[arg(long, env = "LEDGERBUS_CONSUMER_LISTEN", default_value = "127.0.0.1:7100", value_name = "ADDR")]
     pub listen: SocketAddr,
 
-    /// The sequencer's control address (NAKs, status messages).
+    /// The sequencer's control address (NAKs, status messages) until the stream is
+    /// heard; then reports go where the stream comes from (a group's leader).
     #[arg(long, env = "LEDGERBUS_SEQUENCER_CONTROL", default_value = "127.0.0.1:7001", value_name = "ADDR")]
     pub sequencer_control: SocketAddr,
 
-    /// The sequencer's bulk replay address, used to catch up.
-    #[arg(long, env = "LEDGERBUS_SEQUENCER_REPLAY", default_value = "127.0.0.1:7002", value_name = "ADDR")]
-    pub sequencer_replay: SocketAddr,
+    /// The sequencer's bulk replay address, used to catch up; for a replicated group,
+    /// every member's (any of them serves what it has committed).
+    #[arg(
+        long,
+        env = "LEDGERBUS_SEQUENCER_REPLAY",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7002",
+        value_name = "ADDR,..."
+    )]
+    pub sequencer_replay: Vec<SocketAddr>,
 
     /// This consumer's id in status messages and NAKs.
     #[arg(long, env = "LEDGERBUS_CONSUMER_ID", default_value_t = 1, value_name = "ID")]

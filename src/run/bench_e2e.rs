@@ -31,6 +31,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
             args.api_key.clone(),
             Some(capacity),
             args.bus_security,
+            args.replicas,
         )?)
     } else {
         None
@@ -125,7 +126,9 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     }
     // What the load did must be what every replica holds: once the consumers have
     // caught up, their state hashes must equal the sequencer's.
-    let verified = system.as_ref().map(|system| super::demo::verify_hashes(&system.addresses));
+    let verified = system
+        .as_ref()
+        .map(|system| super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses()));
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

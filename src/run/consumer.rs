@@ -23,7 +23,7 @@ pub fn follow_config(args: &ConsumerArgs) -> anyhow::Result<FollowConfig> {
         listen,
         multicast: args.transport.multicast(),
         sequencer_control: args.sequencer_control,
-        sequencer_replay: args.sequencer_replay,
+        sequencer_replay: ledgerbus_consumers::follow::ReplayServices::new(args.sequencer_replay.clone()),
         replay_key: args.transport.bus.keys()?.replay_key(),
         receiver: args.transport.receiver_config(args.consumer_id, args.reorder_datagrams_max as usize)?,
         socket: args.transport.socket_options(),

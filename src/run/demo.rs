@@ -16,7 +16,7 @@ use ledgerbus_client::{Client, Command as ClientCommand};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
 use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
 
-use ledgerbus_tools::cluster::{self, http_json, Addresses, Cluster, Credentials, Service};
+use ledgerbus_tools::cluster::{self, http_json, Addresses, Cluster, Credentials, MemberAddresses, Service};
 
 use crate::cli::{BusSecurityMode, DemoArgs};
 
@@ -55,6 +55,8 @@ pub struct System {
     pub bus_key: String,
     /// Where the data lives.
     pub data: PathBuf,
+    /// A replicated group's members (empty: one sequencer).
+    pub replicas: Vec<MemberAddresses>,
     services: Vec<Service>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -87,6 +89,7 @@ impl System {
         api_key: Option<String>,
         transfer_capacity: Option<usize>,
         bus_security: BusSecurityMode,
+        replicas: usize,
     ) -> anyhow::Result<System> {
         let (temp, data) = match data {
             Some(dir) => (None, dir),
@@ -113,11 +116,13 @@ impl System {
         // binds it; that is our race, not the user's problem: pick again (ports the
         // user chose are checked again too, and reported if really taken).
         let mut attempt = 1;
-        let (addresses, services) = loop {
+        let (addresses, members, services) = loop {
             let addresses = Addresses::free(
                 with_free_port(http, "gateway HTTP", "--http")?,
                 with_free_port(tcp, "gateway TCP", "--tcp")?,
             )?;
+            let members =
+                if replicas > 1 { MemberAddresses::group(replicas, &addresses)? } else { Vec::new() };
             let cluster = Cluster {
                 exe: std::env::current_exe().context("locating the ledgerbus binary")?,
                 data: data.clone(),
@@ -127,9 +132,10 @@ impl System {
                 transfer_capacity,
                 snapshot_every: None,
                 log_level: "warn",
+                replicas: members.clone(),
             };
             match cluster.start() {
-                Ok(services) => break (addresses, services),
+                Ok(services) => break (addresses, members, services),
                 Err(error) if attempt < 3 && format!("{error:#}").contains("in use") => {
                     tracing::warn!(attempt, error = %format!("{error:#}"), "a port was taken while starting; picking others");
                     attempt += 1;
@@ -138,7 +144,15 @@ impl System {
             }
         };
         let Credentials { api_key, bus_key, .. } = credentials;
-        Ok(System { addresses, api_key, bus_key, data, services, _temp: temp })
+        Ok(System { addresses, api_key, bus_key, data, replicas: members, services, _temp: temp })
+    }
+
+    /// Every sequencer's `/status` address (one, or each group member's).
+    pub fn sequencer_statuses(&self) -> Vec<SocketAddr> {
+        match self.replicas.is_empty() {
+            true => vec![self.addresses.sequencer_status],
+            false => self.replicas.iter().map(|m| m.status).collect(),
+        }
     }
 
     /// Stops every process (SIGTERM, then SIGKILL after 5 s).
@@ -159,6 +173,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         args.api_key.clone(),
         None,
         BusSecurityMode::Aes256Gcm,
+        args.replicas,
     )?;
     let addresses = &system.addresses;
     let key = system.api_key.clone();
@@ -172,10 +187,30 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         addresses.gateway_http
     );
     println!("  gateway TCP/SBE   {}   (Rust client, bench e2e --gateway)", addresses.gateway_tcp);
-    println!("  sequencer         {}   (gateways connect here)", addresses.sequencer);
-    println!("                    {}   (UDP: NAKs and status; replay nak --sequencer)", addresses.control);
-    println!("                    {}   (bulk replay; replay --from-sequencer)", addresses.replay);
-    println!("                    http://{}/status, /metrics", addresses.sequencer_status);
+    if system.replicas.is_empty() {
+        println!("  sequencer         {}   (gateways connect here)", addresses.sequencer);
+        println!(
+            "                    {}   (UDP: NAKs and status; replay nak --sequencer)",
+            addresses.control
+        );
+        println!("                    {}   (bulk replay; replay --from-sequencer)", addresses.replay);
+        println!("                    http://{}/status, /metrics", addresses.sequencer_status);
+    } else {
+        println!(
+            "  sequencer group   {} members (Raft; quorum commit, automatic failover)",
+            system.replicas.len()
+        );
+        for (index, member) in system.replicas.iter().enumerate() {
+            println!(
+                "    replica {}       {} gateways, {} replay, {} replication, http://{}/status",
+                index + 1,
+                member.gateway,
+                member.replay,
+                member.peer,
+                member.status
+            );
+        }
+    }
     println!(
         "  memory consumer   http://{}/status, /metrics  (queries; UDP stream on {})",
         addresses.memory_http, addresses.memory_udp
@@ -197,7 +232,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !args.no_workload {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(workload(addresses.gateway_tcp, &key, args.payments))?;
-        verify_hashes(addresses)?;
+        verify_hashes(addresses, &system.sequencer_statuses())?;
     }
     let deadline = args.duration.map(|secs| Instant::now() + Duration::from_secs_f64(secs));
     match deadline {
@@ -325,16 +360,20 @@ async fn workload(gateway: SocketAddr, key: &str, payments: u32) -> anyhow::Resu
     Ok(())
 }
 
-/// Waits for both consumers to reach the sequencer's position and compares hashes.
-pub fn verify_hashes(a: &Addresses) -> anyhow::Result<()> {
+/// Waits for both consumers (and every group member) to reach the sequencer's
+/// position and compares hashes.
+pub fn verify_hashes(a: &Addresses, sequencers: &[SocketAddr]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sequencer = http_json(a.sequencer_status, "/status", None).map(|(_, v)| v);
+        let statuses: Option<Vec<_>> =
+            sequencers.iter().map(|s| http_json(*s, "/status", None).map(|(_, v)| v)).collect();
         let memory = http_json(a.memory_http, "/status", None).map(|(_, v)| v);
         let disk = http_json(a.disk_http, "/status", None).map(|(_, v)| v);
-        if let (Some(sequencer), Some(memory), Some(disk)) = (sequencer, memory, disk) {
+        if let (Some(statuses), Some(memory), Some(disk)) = (statuses, memory, disk) {
+            let sequencer = &statuses[0];
             let head = &sequencer["last_sequence"];
-            if &memory["last_sequence"] == head && &disk["last_sequence"] == head {
+            let members_there = statuses.iter().all(|s| &s["last_sequence"] == head);
+            if members_there && &memory["last_sequence"] == head && &disk["last_sequence"] == head {
                 let hash = &sequencer["state_hash"];
                 println!(
                     "state hash at sequence {head}: sequencer {hash}, memory consumer {}, disk consumer {}",
@@ -343,7 +382,16 @@ pub fn verify_hashes(a: &Addresses) -> anyhow::Result<()> {
                 if &memory["state_hash"] != hash || &disk["state_hash"] != hash {
                     bail!("consumer state hashes differ from the sequencer's");
                 }
-                println!("  all three match");
+                if statuses.iter().any(|s| &s["state_hash"] != hash) {
+                    bail!("the group members' state hashes differ");
+                }
+                match statuses.len() {
+                    1 => println!("  all three match"),
+                    members => println!(
+                        "  all {} match ({members} sequencer group members and both consumers)",
+                        members + 2
+                    ),
+                }
                 return Ok(());
             }
         }

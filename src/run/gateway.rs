@@ -13,7 +13,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
     let config = GatewayConfig {
         http_listen: args.http_listen,
         tcp_listen: args.tcp_listen,
-        sequencer: args.sequencer,
+        sequencers: args.sequencer.clone(),
         secret: args.secret.clone().unwrap_or_default().into_bytes(),
         api_keys: args.api_keys.clone(),
         query_upstream: args.query_upstream,

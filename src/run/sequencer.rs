@@ -34,7 +34,9 @@ pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
 fn group(args: &SequencerArgs) -> anyhow::Result<Option<GroupConfig>> {
     match (args.replicas.is_empty(), args.replica_id) {
         (true, None) => Ok(None),
-        (true, Some(_)) => anyhow::bail!("--replica-id needs --replicas (every member's replication address)"),
+        (true, Some(_)) => {
+            anyhow::bail!("--replica-id needs --replicas (every member's replication address)")
+        }
         (false, None) => anyhow::bail!("--replicas needs --replica-id (this member's position in the list)"),
         (false, Some(replica_id)) => {
             let group = GroupConfig {

@@ -76,6 +76,7 @@ impl Cluster {
             transfer_capacity: None,
             snapshot_every: Some(20_000),
             log_level: "warn",
+            replicas: Vec::new(),
         };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),

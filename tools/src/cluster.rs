@@ -144,6 +144,56 @@ impl Addresses {
     }
 }
 
+/// Where one member of a replicated sequencer group listens.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberAddresses {
+    /// Gateways connect here.
+    pub gateway: SocketAddr,
+    /// `/status` and `/metrics`.
+    pub status: SocketAddr,
+    /// Bus socket (NAKs, status).
+    pub control: SocketAddr,
+    /// Bulk replay.
+    pub replay: SocketAddr,
+    /// Replication links.
+    pub peer: SocketAddr,
+}
+
+impl MemberAddresses {
+    /// A group of `size` members on free ports; the first takes the sequencer's
+    /// addresses in `addresses`, so that what reads those finds member 1.
+    pub fn group(size: usize, addresses: &Addresses) -> anyhow::Result<Vec<MemberAddresses>> {
+        let mut members = Vec::with_capacity(size);
+        for index in 0..size {
+            members.push(if index == 0 {
+                MemberAddresses {
+                    gateway: addresses.sequencer,
+                    status: addresses.sequencer_status,
+                    control: addresses.control,
+                    replay: addresses.replay,
+                    peer: free_tcp()?,
+                }
+            } else {
+                MemberAddresses {
+                    gateway: free_tcp()?,
+                    status: free_tcp()?,
+                    control: free_udp()?,
+                    replay: free_tcp()?,
+                    peer: free_tcp()?,
+                }
+            });
+        }
+        Ok(members)
+    }
+}
+
+/// Names of group members' processes, for messages.
+const MEMBER_NAMES: [&str; 5] = ["sequencer 1", "sequencer 2", "sequencer 3", "sequencer 4", "sequencer 5"];
+
+fn list(addresses: impl Iterator<Item = SocketAddr>) -> String {
+    addresses.map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+}
+
 /// The secrets a cluster shares, handed to each child in its environment.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -176,6 +226,8 @@ pub struct Cluster {
     pub snapshot_every: Option<u64>,
     /// `--log-level` of the children.
     pub log_level: &'static str,
+    /// A replicated sequencer group's members (empty: one sequencer at `addresses`).
+    pub replicas: Vec<MemberAddresses>,
 }
 
 fn s(value: impl ToString) -> String {
@@ -218,21 +270,64 @@ impl Cluster {
         Ok(Service { name, child })
     }
 
-    /// Starts the sequencer.
+    /// Starts the sequencer (member 1 of a group).
     pub fn spawn_sequencer(&self) -> anyhow::Result<Service> {
+        self.spawn_member(0)
+    }
+
+    /// Every sequencer's gateway port: one, or each member's.
+    pub fn sequencer_gateways(&self) -> Vec<SocketAddr> {
+        match self.replicas.is_empty() {
+            true => vec![self.addresses.sequencer],
+            false => self.replicas.iter().map(|m| m.gateway).collect(),
+        }
+    }
+
+    /// Every sequencer's `/status` address.
+    pub fn sequencer_statuses(&self) -> Vec<SocketAddr> {
+        match self.replicas.is_empty() {
+            true => vec![self.addresses.sequencer_status],
+            false => self.replicas.iter().map(|m| m.status).collect(),
+        }
+    }
+
+    fn sequencer_replays(&self) -> Vec<SocketAddr> {
+        match self.replicas.is_empty() {
+            true => vec![self.addresses.replay],
+            false => self.replicas.iter().map(|m| m.replay).collect(),
+        }
+    }
+
+    /// The data directory of sequencer `index` (0-based).
+    pub fn sequencer_data(&self, index: usize) -> PathBuf {
+        match self.replicas.is_empty() {
+            true => self.data.join("sequencer"),
+            false => self.data.join(format!("sequencer-{}", index + 1)),
+        }
+    }
+
+    /// Starts sequencer `index` (0-based; only 0 without a group).
+    pub fn spawn_member(&self, index: usize) -> anyhow::Result<Service> {
         let a = &self.addresses;
+        let own = self.replicas.get(index).copied().unwrap_or(MemberAddresses {
+            gateway: a.sequencer,
+            status: a.sequencer_status,
+            control: a.control,
+            replay: a.replay,
+            peer: a.sequencer,
+        });
         let mut args = vec![
             s("sequencer"),
             s("--data-dir"),
-            s(self.data.join("sequencer").display()),
+            s(self.sequencer_data(index).display()),
             s("--gateway-listen"),
-            s(a.sequencer),
+            s(own.gateway),
             s("--control-listen"),
-            s(a.control),
+            s(own.control),
             s("--replay-listen"),
-            s(a.replay),
+            s(own.replay),
             s("--metrics-listen"),
-            s(a.sequencer_status),
+            s(own.status),
             s("--subscribers"),
             format!("{},{}", a.memory_udp, a.disk_udp),
             s("--durability"),
@@ -241,7 +336,27 @@ impl Cluster {
         if let Some(ids) = self.transfer_capacity {
             args.extend([s("--transfer-capacity"), s(ids)]);
         }
-        self.spawn("sequencer", &args)
+        if self.replicas.is_empty() {
+            return self.spawn("sequencer", &args);
+        }
+        args.extend([
+            s("--replicas"),
+            list(self.replicas.iter().map(|m| m.peer)),
+            s("--replica-id"),
+            s(index + 1),
+        ]);
+        self.spawn(MEMBER_NAMES[index], &args)
+    }
+
+    /// The index of the group member that leads now, if one does (0 without a group).
+    pub fn leader(&self) -> Option<usize> {
+        if self.replicas.is_empty() {
+            return Some(0);
+        }
+        self.replicas.iter().position(|m| {
+            http_json(m.status, "/status", None)
+                .is_some_and(|(_, status)| status["group"]["role"] == "leader")
+        })
     }
 
     /// Starts the memory consumer (`memory`) or the disk consumer (`disk`).
@@ -261,7 +376,7 @@ impl Cluster {
             s("--sequencer-control"),
             s(a.control),
             s("--sequencer-replay"),
-            s(a.replay),
+            list(self.sequencer_replays().into_iter()),
             s("--consumer-id"),
             s(id),
             s("--data-dir"),
@@ -294,7 +409,7 @@ impl Cluster {
             s("--tcp-listen"),
             s(tcp),
             s("--sequencer"),
-            s(a.sequencer),
+            list(self.sequencer_gateways().into_iter()),
             s("--query-upstream"),
             s(a.memory_http),
         ];
@@ -308,7 +423,14 @@ impl Cluster {
     pub fn start(&self) -> anyhow::Result<Vec<Service>> {
         let a = &self.addresses;
         let mut services = vec![self.spawn_sequencer()?];
-        wait_until("sequencer", &mut services, || http_json(a.sequencer_status, "/status", None).is_some())?;
+        for index in 1..self.replicas.len() {
+            services.push(self.spawn_member(index)?);
+        }
+        let statuses = self.sequencer_statuses();
+        wait_until("sequencer", &mut services, || {
+            statuses.iter().all(|status| http_json(*status, "/status", None).is_some())
+        })?;
+        wait_until("sequencer group's leader", &mut services, || self.leader().is_some())?;
         services.push(self.spawn_consumer("memory")?);
         services.push(self.spawn_consumer("disk")?);
         services.push(self.spawn_gateway(a.gateway_http, a.gateway_tcp, &[])?);

@@ -95,6 +95,10 @@ pub struct Receiver {
     /// Seals what goes out and opens what comes in, when the bus is secured.
     seal: Option<NodeSeal>,
     stats: ReceiverStats,
+    /// Where the last data or heartbeat of the followed session came from (opened,
+    /// when the bus is sealed): the sender to report to, even after a group's new
+    /// leader took over the stream.
+    sender_address: Option<SocketAddr>,
 }
 
 impl Receiver {
@@ -129,6 +133,7 @@ impl Receiver {
             control: VecDeque::with_capacity(CONTROL_QUEUE_MAX),
             events: VecDeque::with_capacity(EVENT_QUEUE_MAX),
             stats: ReceiverStats::default(),
+            sender_address: None,
             config,
         };
         receiver.invariants();
@@ -180,24 +185,29 @@ impl Receiver {
 
     // ----- inputs --------------------------------------------------------------------
 
+    /// Where the followed stream last came from (data or heartbeat), if heard yet.
+    pub fn sender_address(&self) -> Option<SocketAddr> {
+        self.sender_address
+    }
+
     /// Feeds one datagram from the bus. `deliver(sequence, frame)` is called for each
     /// event that becomes deliverable, in order, exactly once over the receiver's life.
     /// On a secured bus nothing of a datagram is acted on before its tag verifies.
     pub fn handle_datagram(
         &mut self,
         now: MonoTime,
-        _source: SocketAddr,
+        source: SocketAddr,
         bytes: &[u8],
         deliver: &mut impl FnMut(u64, &[u8]),
     ) {
         // Out of `self` while its plaintext is handled (which never seals).
         let Some(mut seal) = self.seal.take() else {
-            self.handle_plain(now, bytes, CrcCheck::Verify, deliver);
+            self.handle_plain(now, source, bytes, CrcCheck::Verify, deliver);
             return;
         };
         match seal.open(bytes) {
             // The tag proves integrity more strongly than the CRC would.
-            Ok(plain) => self.handle_plain(now, plain, CrcCheck::Skip, deliver),
+            Ok(plain) => self.handle_plain(now, source, plain, CrcCheck::Skip, deliver),
             Err(_) => self.stats.unauthenticated += 1,
         }
         self.seal = Some(seal);
@@ -207,6 +217,7 @@ impl Receiver {
     fn handle_plain(
         &mut self,
         now: MonoTime,
+        source: SocketAddr,
         bytes: &[u8],
         crc: CrcCheck,
         deliver: &mut impl FnMut(u64, &[u8]),
@@ -235,9 +246,15 @@ impl Receiver {
         }
         let next_before = self.next_expected;
         match packet.kind() {
-            PacketKind::Data => self.handle_data(now, &packet, bytes, deliver),
+            PacketKind::Data => {
+                self.sender_address = Some(source);
+                self.handle_data(now, &packet, bytes, deliver)
+            }
             PacketKind::Control => match packet.control() {
-                Ok(Frame::Heartbeat(heartbeat)) => self.handle_heartbeat(now, &heartbeat),
+                Ok(Frame::Heartbeat(heartbeat)) => {
+                    self.sender_address = Some(source);
+                    self.handle_heartbeat(now, &heartbeat)
+                }
                 Ok(Frame::NakUnavailable(reply)) => self.handle_unavailable(&reply),
                 Ok(_) => self.stats.unexpected_packets += 1,
                 Err(_) => self.stats.bad_packets += 1,

@@ -151,8 +151,14 @@ impl Subscriber {
 
     fn send_control(&mut self) -> io::Result<()> {
         let now = monotonic_now();
+        // Reports go where the stream comes from (authenticated when the bus is
+        // sealed): a group's new leader is followed without configuration.
+        let to = match self.core.sender_address() {
+            Some(SocketAddr::V4(heard)) => heard,
+            _ => self.sender_control,
+        };
         while let Some(size) = self.core.poll_transmit(now, &mut self.send_buf) {
-            match self.socket.send_to(&self.send_buf[..size], self.sender_control) {
+            match self.socket.send_to(&self.send_buf[..size], to) {
                 Ok(_) => self.stats.control_sent += 1,
                 // The sender may be restarting; NAKs and status are retried anyway.
                 Err(e)
