@@ -293,7 +293,7 @@ impl Upstream {
     /// The link has been down longer than [`RESEND_WINDOW`]: fail what waits.
     fn expire(&self) {
         let mut state = self.link.lock();
-        if !state.down_since.is_some_and(|since| since.elapsed() >= RESEND_WINDOW) {
+        if state.down_since.is_none_or(|since| since.elapsed() < RESEND_WINDOW) {
             return;
         }
         for waiting in state.waiting.drain(..) {
