@@ -29,9 +29,11 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
             local,
             local,
             args.api_key.clone(),
-            Some(capacity),
-            args.bus_security,
-            args.replicas,
+            super::demo::Shape {
+                transfer_capacity: Some(capacity),
+                bus_security: args.bus_security,
+                replicas: args.replicas,
+            },
         )?)
     } else {
         None

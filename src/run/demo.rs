@@ -45,6 +45,17 @@ fn random_hex_of<const N: usize>() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// What kind of system [`System::start`] starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Sizes the transfer-id indexes (their default otherwise).
+    pub transfer_capacity: Option<usize>,
+    /// Whether the bus is sealed.
+    pub bus_security: BusSecurityMode,
+    /// 1 sequencer, or a group of 3 or 5.
+    pub replicas: usize,
+}
+
 /// A whole ledgerbus started as child processes; stopped when dropped.
 pub struct System {
     /// Where everything listens.
@@ -79,18 +90,17 @@ impl System {
         }
     }
 
-    /// Starts sequencer, consumers and gateway on free ports (or the given ones);
-    /// `transfer_capacity` sizes the transfer-id indexes (their default otherwise).
+    /// Starts sequencer(s), consumers and gateway on free ports (or the given ones).
+
     pub fn start(
         durability: crate::cli::Durability,
         data: Option<PathBuf>,
         http: SocketAddr,
         tcp: SocketAddr,
         api_key: Option<String>,
-        transfer_capacity: Option<usize>,
-        bus_security: BusSecurityMode,
-        replicas: usize,
+        shape: Shape,
     ) -> anyhow::Result<System> {
+        let Shape { transfer_capacity, bus_security, replicas } = shape;
         let (temp, data) = match data {
             Some(dir) => (None, dir),
             None => {
@@ -171,9 +181,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         args.http,
         args.tcp,
         args.api_key.clone(),
-        None,
-        BusSecurityMode::Aes256Gcm,
-        args.replicas,
+        Shape { transfer_capacity: None, bus_security: BusSecurityMode::Aes256Gcm, replicas: args.replicas },
     )?;
     let addresses = &system.addresses;
     let key = system.api_key.clone();
