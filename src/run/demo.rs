@@ -91,7 +91,6 @@ impl System {
     }
 
     /// Starts sequencer(s), consumers and gateway on free ports (or the given ones).
-
     pub fn start(
         durability: crate::cli::Durability,
         data: Option<PathBuf>,
