@@ -90,6 +90,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Transport(args)) => run::bench::transport(&args),
         Command::Bench(BenchCommand::Sequencer(args)) => run::bench::sequencer(&args),
         Command::Bench(BenchCommand::E2e(args)) => run::bench_e2e::run(&args),
+        Command::Bench(BenchCommand::Failover(args)) => run::bench_failover::run(&args),
         Command::Bench(BenchCommand::Hops(args)) => run::bench::hops(&args),
         Command::Bench(BenchCommand::Plot(args)) => run::bench::plot(&args),
         Command::Replay(args) => run::replay::run(&args),

@@ -104,6 +104,15 @@ impl SequencerArgs {
             || "needs at least one address when --multicast-group is not set".into(),
         )?;
         self.transport.sender_settings(self.ring_datagrams as usize).validate().map_err(in_flags)?;
+        if !self.replicas.is_empty() || self.replica_id.is_some() {
+            let members = self.replicas.len();
+            check(matches!(members, 3 | 5), "replicas", || {
+                format!("a group has 3 or 5 members, not {members} (one sequencer needs no --replicas)")
+            })?;
+            check(self.replica_id.is_some_and(|id| id >= 1 && id as usize <= members), "replica-id", || {
+                format!("must be this member's position in --replicas, 1 to {members}")
+            })?;
+        }
         match &self.secret {
             Some(secret) => check(secret.len() >= 16, "secret", || "must be at least 16 characters".into()),
             None => Err(ConfigError {
@@ -238,6 +247,11 @@ impl Command {
             Command::Bench(BenchCommand::Hops(args)) => {
                 positive_seconds(args.duration, "duration")?;
                 check(args.rate > 0, "rate", || "must be at least 1".into())
+            }
+            Command::Bench(BenchCommand::Failover(args)) => {
+                positive_seconds(args.settle, "settle")?;
+                check(args.kills > 0, "kills", || "must be at least 1".into())?;
+                check(args.clients > 0, "clients", || "must be at least 1".into())
             }
             Command::Bench(BenchCommand::Plot(_)) => Ok(()),
             Command::Replay(args) => args.validate(),

@@ -362,21 +362,22 @@ async fn run_link(sequencers: Vec<SocketAddr>, secret: Vec<u8>, gateway_id: u32,
                 tracing::warn!(%sequencer, %reason, "lost the sequencer; reconnecting");
                 continue;
             }
-            Err(error) => {
-                match ledgerbus_protocol::blocking::leader_hint(&error) {
-                    Some(leader) if leader >= 1 && leader as usize <= sequencers.len() => {
-                        tracing::debug!(%sequencer, leader, "not the leader; following its hint");
-                        next = leader as usize - 1;
-                    }
-                    _ => {
-                        tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "waiting for the sequencer (gateway port)");
-                        next = (next + 1) % sequencers.len();
-                    }
+            Err(error) => match ledgerbus_protocol::blocking::leader_hint(&error) {
+                Some(leader) if leader >= 1 && leader as usize <= sequencers.len() => {
+                    tracing::debug!(%sequencer, leader, "not the leader; following its hint");
+                    next = leader as usize - 1;
                 }
-                failures_in_round += 1;
-            }
+                // A member answered: the group is up and electing a leader. Ask the
+                // next one soon, without backing off.
+                Some(_) => next = (next + 1) % sequencers.len(),
+                None => {
+                    tracing::warn!(%sequencer, %error, retry_ms = backoff.as_millis() as u64, "waiting for the sequencer (gateway port)");
+                    next = (next + 1) % sequencers.len();
+                    failures_in_round += 1;
+                }
+            },
         }
-        // Back off once every member was tried; a hint or the next member is tried at once.
+        // Back off once every member was unreachable; a hint or the next member is tried soon.
         if failures_in_round >= sequencers.len() {
             failures_in_round = 0;
             tokio::time::sleep(backoff).await;

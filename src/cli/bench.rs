@@ -18,6 +18,10 @@ pub enum BenchCommand {
     Sequencer(BenchSequencerArgs),
     /// End-to-end latency histogram against a gateway.
     E2e(BenchE2eArgs),
+    /// A replicated sequencer group under load, its leader killed (SIGKILL) again and
+    /// again: time without answers per kill, and acknowledged transfers lost or
+    /// applied twice (both must be 0).
+    Failover(BenchFailoverArgs),
     /// The latency floor of a request's path on this host: client -> relay -> echo
     /// server -> relay -> client over 127.0.0.1 TCP with blocking sockets and no work,
     /// the same hand-offs as client -> gateway -> sequencer and back.
@@ -25,6 +29,36 @@ pub enum BenchCommand {
     /// Overlay the latency curves of several `.hgrm` files (from `bench e2e --hgrm` or
     /// any HdrHistogram tool) in one plot, to compare runs.
     Plot(BenchPlotArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchFailoverArgs {
+    /// Members of the group: 3 or 5.
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = parse_group_size)]
+    pub replicas: usize,
+    /// Times the leader is killed.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub kills: u32,
+    /// Durability of the members and the disk consumer.
+    #[arg(long, default_value = "fsync", value_name = "MODE")]
+    pub durability: Durability,
+    /// Closed-loop clients per API (as many over TCP as over HTTP).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub clients: u32,
+    /// Seconds of load before each kill and after the last.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub settle: f64,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// 3 or 5.
+fn parse_group_size(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ (3 | 5)) => Ok(n),
+        _ => Err(format!("{value}: a group has 3 or 5 members")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

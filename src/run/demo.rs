@@ -68,6 +68,8 @@ pub struct System {
     pub data: PathBuf,
     /// A replicated group's members (empty: one sequencer).
     pub replicas: Vec<MemberAddresses>,
+    /// How its processes were started (to start one again).
+    pub cluster: Cluster,
     services: Vec<Service>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -125,7 +127,7 @@ impl System {
         // binds it; that is our race, not the user's problem: pick again (ports the
         // user chose are checked again too, and reported if really taken).
         let mut attempt = 1;
-        let (addresses, members, services) = loop {
+        let (addresses, members, services, cluster) = loop {
             let addresses = Addresses::free(
                 with_free_port(http, "gateway HTTP", "--http")?,
                 with_free_port(tcp, "gateway TCP", "--tcp")?,
@@ -144,7 +146,7 @@ impl System {
                 replicas: members.clone(),
             };
             match cluster.start() {
-                Ok(services) => break (addresses, members, services),
+                Ok(services) => break (addresses, members, services, cluster),
                 Err(error) if attempt < 3 && format!("{error:#}").contains("in use") => {
                     tracing::warn!(attempt, error = %format!("{error:#}"), "a port was taken while starting; picking others");
                     attempt += 1;
@@ -153,7 +155,7 @@ impl System {
             }
         };
         let Credentials { api_key, bus_key, .. } = credentials;
-        Ok(System { addresses, api_key, bus_key, data, replicas: members, services, _temp: temp })
+        Ok(System { addresses, api_key, bus_key, data, replicas: members, cluster, services, _temp: temp })
     }
 
     /// Every sequencer's `/status` address (one, or each group member's).
@@ -162,6 +164,36 @@ impl System {
             true => vec![self.addresses.sequencer_status],
             false => self.replicas.iter().map(|m| m.status).collect(),
         }
+    }
+
+    /// The group member that leads now (0 for a single sequencer), if any.
+    pub fn leader(&self) -> Option<usize> {
+        self.cluster.leader()
+    }
+
+    /// Kills sequencer `index` (0-based) at once, as a crash would (SIGKILL).
+    pub fn kill_sequencer(&mut self, index: usize) -> bool {
+        let name = if self.replicas.is_empty() { "sequencer" } else { cluster::MEMBER_NAMES[index] };
+        match self.services.iter().position(|s| s.name == name) {
+            Some(position) => {
+                self.services.remove(position).kill_now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts sequencer `index` again, on its data and addresses.
+    pub fn restart_sequencer(&mut self, index: usize) -> anyhow::Result<()> {
+        let service = self.cluster.spawn_member(index)?;
+        self.services.push(service);
+        Ok(())
+    }
+
+    /// Whether the process named `name` has exited (restarts are not done here, so
+    /// an exited consumer stays exited).
+    pub fn exited(&mut self, name: &str) -> bool {
+        self.services.iter_mut().any(|s| s.name == name && s.exited().is_some())
     }
 
     /// Stops every process (SIGTERM, then SIGKILL after 5 s).

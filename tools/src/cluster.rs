@@ -188,7 +188,8 @@ impl MemberAddresses {
 }
 
 /// Names of group members' processes, for messages.
-const MEMBER_NAMES: [&str; 5] = ["sequencer 1", "sequencer 2", "sequencer 3", "sequencer 4", "sequencer 5"];
+pub const MEMBER_NAMES: [&str; 5] =
+    ["sequencer 1", "sequencer 2", "sequencer 3", "sequencer 4", "sequencer 5"];
 
 fn list(addresses: impl Iterator<Item = SocketAddr>) -> String {
     addresses.map(|a| a.to_string()).collect::<Vec<_>>().join(",")
@@ -353,10 +354,18 @@ impl Cluster {
         if self.replicas.is_empty() {
             return Some(0);
         }
-        self.replicas.iter().position(|m| {
-            http_json(m.status, "/status", None)
-                .is_some_and(|(_, status)| status["group"]["role"] == "leader")
-        })
+        // A leader that was just deposed may still say so for a moment: the one in the
+        // highest term leads.
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(index, m)| {
+                let (_, status) = http_json(m.status, "/status", None)?;
+                let group = &status["group"];
+                (group["role"] == "leader").then(|| (group["term"].as_u64().unwrap_or(0), index))
+            })
+            .max()
+            .map(|(_, index)| index)
     }
 
     /// Starts the memory consumer (`memory`) or the disk consumer (`disk`).

@@ -50,10 +50,10 @@ pub struct MemberConfig {
 }
 
 impl MemberConfig {
-    /// Defaults for member `id` of `voters`: 15 ticks to an election, heartbeats every
-    /// 3 (with 10 ms ticks: 150–300 ms to detect a dead leader, 30 ms heartbeats).
+    /// Defaults for member `id` of `voters`: 10 ticks to an election, heartbeats every
+    /// 2 (with 10 ms ticks: 100–200 ms to detect a dead leader, 20 ms heartbeats).
     pub fn new(id: u64, voters: Vec<u64>) -> MemberConfig {
-        MemberConfig { id, voters, election_tick: 15, heartbeat_tick: 3, in_flight_max: 64, seed: id }
+        MemberConfig { id, voters, election_tick: 10, heartbeat_tick: 2, in_flight_max: 64, seed: id }
     }
 }
 
