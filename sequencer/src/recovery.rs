@@ -25,6 +25,20 @@ pub fn recover(
     new_session: u64,
     replica: &mut Replica,
 ) -> Result<(JournalWriter, Recovered), JournalError> {
+    recover_until(dir, durability, segment_size_max, new_session, replica, u64::MAX)
+}
+
+/// Opens the journal in `dir` (checking all of it) and applies its events before
+/// sequence `apply_until` to `replica`: a group member applies only what it knows
+/// is committed, so that a suffix the leader cuts off was never applied.
+pub fn recover_until(
+    dir: &Path,
+    durability: Durability,
+    segment_size_max: u64,
+    new_session: u64,
+    replica: &mut Replica,
+    apply_until: u64,
+) -> Result<(JournalWriter, Recovered), JournalError> {
     let mut index = replica.ledger_mut().take_transfer_index();
     let (ids_tx, ids_rx) = sync_channel::<Vec<(u128, u64)>>(16);
     let builder = std::thread::Builder::new()
@@ -44,6 +58,9 @@ pub fn recover(
     let mut pending_count = 0;
     let mut ids = Vec::with_capacity(BATCH_EVENTS);
     let opened = JournalWriter::open(dir, durability, segment_size_max, new_session, |frame| {
+        if ledgerbus_log::journal::event_sequence(frame).is_none_or(|sequence| sequence >= apply_until) {
+            return Ok(());
+        }
         pending.extend_from_slice(frame);
         pending_count += 1;
         if pending_count < BATCH_EVENTS {

@@ -346,6 +346,9 @@ fn start_group(config: SequencerConfig, group: GroupConfig) -> Result<RunningSeq
         &raft_logger(),
     )
     .map_err(|e| SequencerError::Config(format!("raft: {e}")))?;
+    // What the replay service may serve, and where the bus starts: the committed log.
+    let (committed_next, _) = member.committed();
+    let log = Recovered { next_sequence: committed_next, ..log };
     let sockets = bind(&config, &log)?;
     let peer_address = group.members[group.replica_id as usize - 1];
     let peer_listener =

@@ -148,6 +148,19 @@ fn http_load(gateway: SocketAddr, key: &str, ids: &AtomicU64, acks: &Acks, stop:
     }
 }
 
+/// Whether every member answers and holds all but the last few committed entries.
+fn caught_up(system: &System) -> bool {
+    let commits: Option<Vec<u64>> = system
+        .replicas
+        .iter()
+        .map(|m| {
+            let (_, status) = ledgerbus_tools::cluster::http_json(m.status, "/status", None)?;
+            status["group"]["commit_index"].as_u64()
+        })
+        .collect();
+    commits.is_some_and(|c| c.iter().max().unwrap_or(&0) - c.iter().min().unwrap_or(&0) <= 16)
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -210,6 +223,15 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
     let mut failovers = Vec::new();
     for kill in 0..args.kills {
         std::thread::sleep(settle);
+        // Every member current again (the last victim restarted and caught up): a
+        // failover is measured on a healthy group, not on one still repairing.
+        let healthy_by = Instant::now() + Duration::from_secs(30);
+        while !caught_up(&system) {
+            if Instant::now() > healthy_by {
+                bail!("the group did not catch up within 30 s before kill {}", kill + 1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let Some(leader) = system.leader() else { bail!("no leader before kill {}", kill + 1) };
         let killed_at = Instant::now();
         system.kill_sequencer(leader);
@@ -222,11 +244,20 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
         let ms = acks.silence_after(killed_at).unwrap_or_default().as_secs_f64() * 1e3;
-        progress.println(format!(
-            "kill {}: replica {} (the leader): {ms:.0} ms without answers",
-            kill + 1,
-            leader + 1
-        ));
+        let new_leader = system.leader();
+        let term = new_leader.and_then(|index| {
+            let status = system.replicas.get(index)?.status;
+            ledgerbus_tools::cluster::http_json(status, "/status", None)?.1["group"]["term"].as_u64()
+        });
+        progress.suspend(|| {
+            eprintln!(
+                "kill {}: replica {} (the leader): {ms:.0} ms without answers; replica {} leads in term {}",
+                kill + 1,
+                leader + 1,
+                new_leader.map_or(0, |l| l + 1),
+                term.unwrap_or(0)
+            )
+        });
         failovers.push(ms);
         system.restart_sequencer(leader)?;
         progress.inc(1);

@@ -43,7 +43,8 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
 }
 
 impl JournalDisk {
-    /// Opens (or creates) the member's log in `dir` and brings `replica` to its end.
+    /// Opens (or creates) the member's log in `dir` and applies to `replica` what the
+    /// saved commit index says is committed (the rest is applied when it commits).
     /// `session` is the group's log session; a directory holding another log is refused.
     pub fn open(
         dir: &Path,
@@ -58,8 +59,19 @@ impl JournalDisk {
         let end = entries.last().map_or(1, EntryMeta::end_sequence);
         // Events journaled after the last entry record were never acknowledged.
         journal::truncate_dir(dir, end)?;
-        let (writer, recovered) =
-            crate::recovery::recover(dir, durability, segment_size_max, session, replica)?;
+        let hard_state = read_state(&dir.join(STATE_FILE))?;
+        // Only what is known committed is applied: the rest may still be cut off by
+        // a leader, and is applied when Raft commits it.
+        let commit = (hard_state.commit as usize).min(entries.len());
+        let committed_end = commit.checked_sub(1).map_or(1, |i| entries[i].end_sequence());
+        let (writer, recovered) = crate::recovery::recover_until(
+            dir,
+            durability,
+            segment_size_max,
+            session,
+            replica,
+            committed_end,
+        )?;
         if recovered.session_id != session {
             return Err(corrupt(
                 dir,
@@ -89,7 +101,6 @@ impl JournalDisk {
                 format!("entries end at sequence {last_end}, the journal at {}", recovered.next_sequence),
             ));
         }
-        let hard_state = read_state(&dir.join(STATE_FILE))?;
         let disk = JournalDisk {
             dir: dir.to_path_buf(),
             journal: writer,

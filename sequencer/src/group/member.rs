@@ -184,7 +184,7 @@ impl Timeouts {
 
 impl<D: Disk> Member<D> {
     /// A member over `disk` (holding `loaded`), whose ledger `core` already applied
-    /// every event on the disk.
+    /// the events of the entries up to the saved commit index (or more: all of them).
     pub fn new(
         config: MemberConfig,
         disk: D,
@@ -195,9 +195,12 @@ impl<D: Disk> Member<D> {
     ) -> raft::Result<Member<D>> {
         let empty = loaded.entries.is_empty() && loaded.hard_state.term == 0;
         let store = LogStore::new(disk, loaded, &config.voters);
-        assert_eq!(core.next_sequence(), store.next_sequence(), "the ledger holds the whole log at start");
         let commit = store.hard_state().commit;
         let committed_next = store.meta(commit).map_or(1, |m| m.end_sequence());
+        assert!(
+            core.next_sequence() >= committed_next && core.next_sequence() <= store.next_sequence(),
+            "the ledger holds at least the committed log at start"
+        );
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_tick,
