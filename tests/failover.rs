@@ -11,7 +11,19 @@ use std::time::{Duration, Instant};
 fn killing_the_leader_again_and_again_loses_and_duplicates_nothing() {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_ledgerbus"))
-        .args(["bench", "failover", "--replicas", "3", "--kills", "3", "--settle", "1", "--clients", "2", "--json"])
+        .args([
+            "bench",
+            "failover",
+            "--replicas",
+            "3",
+            "--kills",
+            "3",
+            "--settle",
+            "1",
+            "--clients",
+            "2",
+            "--json",
+        ])
         .args(["--durability", "os"])
         .output()
         .expect("run ledgerbus bench failover");
