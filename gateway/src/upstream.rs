@@ -457,6 +457,21 @@ async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>)
     Ok(())
 }
 
+/// A sequencer cut off by the network (a partition, a firewall, a dead machine)
+/// sends no reset: without these, the link would wait for minutes of TCP
+/// retransmissions before trying another group member. Commands not acknowledged by
+/// the peer's TCP within 2 s, or 3 s of silence on an idle link (keep-alive works in
+/// whole seconds), end it.
+fn detect_silent_loss(stream: &TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_user_timeout(Some(Duration::from_secs(2)))?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(1))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(2);
+    socket.set_tcp_keepalive(&keepalive)
+}
+
 async fn connect(
     sequencer: SocketAddr,
     secret: &[u8],
@@ -466,6 +481,7 @@ async fn connect(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
+    detect_silent_loss(&stream)?;
     let mut buf = Vec::new();
     read_frame(&mut stream, &mut buf).await?;
     let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());

@@ -123,13 +123,17 @@ impl SendBatch {
                 match error.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     // The destination is not listening (ICMP port unreachable reported
-                    // on a later send), or buffers are momentarily exhausted: skip it.
+                    // on a later send), buffers are momentarily exhausted, the network
+                    // is down or unreachable, or a firewall dropped it (EPERM): skip
+                    // it. A lost datagram is what the protocol repairs.
                     Some(
                         libc::ECONNREFUSED
                         | libc::ENOBUFS
                         | libc::EAGAIN
                         | libc::EHOSTUNREACH
-                        | libc::ENETUNREACH,
+                        | libc::ENETUNREACH
+                        | libc::ENETDOWN
+                        | libc::EPERM,
                     ) => {
                         sent += 1;
                         dropped += 1;

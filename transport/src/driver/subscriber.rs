@@ -160,9 +160,18 @@ impl Subscriber {
         while let Some(size) = self.core.poll_transmit(now, &mut self.send_buf) {
             match self.socket.send_to(&self.send_buf[..size], to) {
                 Ok(_) => self.stats.control_sent += 1,
-                // The sender may be restarting; NAKs and status are retried anyway.
+                // The sender may be restarting, the network down or a firewall
+                // dropping it; NAKs and status are retried anyway.
                 Err(e)
-                    if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::WouldBlock) => {}
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::PermissionDenied
+                            | io::ErrorKind::NetworkUnreachable
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkDown
+                    ) => {}
                 Err(e) => return Err(e),
             }
         }
