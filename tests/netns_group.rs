@@ -10,8 +10,8 @@
 //! namespace's addresses, routes or firewall, and no multicast is sent there.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,17 +106,7 @@ fn status(address: SocketAddr) -> Option<serde_json::Value> {
 }
 
 fn post(gateway: SocketAddr, path: &str, body: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&gateway, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: ledgerbus\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    ledgerbus_tools::cluster::http_request(gateway, "POST", path, Some(API_KEY), Some(body)).map(|(s, _)| s)
 }
 
 /// Transfers `ids` through the gateway, each re-sent (same id) until answered;

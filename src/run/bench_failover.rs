@@ -11,8 +11,7 @@
 //! with the same id until it is answered, as a client is told to.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,17 +118,8 @@ fn post_transfer(gateway: SocketAddr, key: &str, id: u128) -> Option<u16> {
     let body = format!(
         r#"{{"id":"{id}","debit_account_id":"1","credit_account_id":"2","amount":1,"ledger":840,"code":1}}"#
     );
-    let mut stream = TcpStream::connect_timeout(&gateway, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        stream,
-        "POST /transfers HTTP/1.1\r\nHost: ledgerbus\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    ledgerbus_tools::cluster::http_request(gateway, "POST", "/transfers", Some(key), Some(&body))
+        .map(|(s, _)| s)
 }
 
 /// Closed-loop HTTP clients, like [`tcp_load`].

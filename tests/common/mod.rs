@@ -157,20 +157,7 @@ pub fn request(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Option<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    let (status, body) = ledgerbus_tools::cluster::http_request(address, method, path, key, body)?;
     let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     Some(HttpResponse { status, body, json })
 }

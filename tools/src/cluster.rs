@@ -90,15 +90,33 @@ pub fn free_udp() -> anyhow::Result<SocketAddr> {
 
 /// A GET with a JSON answer; `None` if the service is not answering (yet).
 pub fn http_json(address: SocketAddr, path: &str, key: Option<&str>) -> Option<(u16, serde_json::Value)> {
+    let (status, body) = http_request(address, "GET", path, key, None)?;
+    Some((status, serde_json::from_str(&body).ok()?))
+}
+
+/// One HTTP/1.1 request on a new connection (JSON body, if any): the status and the
+/// body; `None` if the service does not answer within 10 s.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: ledgerbus\r\n{auth}Connection: close\r\n\r\n").ok()?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: ledgerbus\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    Some((status, serde_json::from_str(body).ok()?))
+    Some((status, response.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 /// Where each part of a cluster listens.
