@@ -83,7 +83,20 @@ impl JournalDisk {
                 ),
             ));
         }
-        // Entry records ahead of the journal (its tail was torn) were never acknowledged either.
+        if recovered.next_sequence < committed_end {
+            return Err(corrupt(
+                dir,
+                0,
+                format!(
+                    "the journal ends at sequence {}, before the committed point {committed_end}: this \
+                     member lost events it acknowledged (a power loss with --durability os?); empty its \
+                     directory and it rejoins from the others",
+                    recovered.next_sequence
+                ),
+            ));
+        }
+        // Entry records ahead of the journal (its tail was torn) were never acknowledged
+        // either; nor were the events of an entry cut in the middle.
         let kept = entries.iter().take_while(|e| e.end_sequence() <= recovered.next_sequence).count();
         entries.truncate(kept);
         let file = OpenOptions::new()
@@ -94,12 +107,11 @@ impl JournalDisk {
         file.set_len((kept * ENTRY_RECORD_SIZE) as u64).map_err(io_error(&entries_path))?;
         file.sync_all().map_err(io_error(&entries_path))?;
         let last_end = entries.last().map_or(1, EntryMeta::end_sequence);
-        if last_end != recovered.next_sequence {
-            return Err(corrupt(
-                &entries_path,
-                0,
-                format!("entries end at sequence {last_end}, the journal at {}", recovered.next_sequence),
-            ));
+        let mut writer = writer;
+        let mut recovered = recovered;
+        if last_end < recovered.next_sequence {
+            writer.truncate(last_end)?;
+            recovered.next_sequence = last_end;
         }
         let disk = JournalDisk {
             dir: dir.to_path_buf(),
