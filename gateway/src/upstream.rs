@@ -333,7 +333,14 @@ async fn run_link(sequencers: Vec<SocketAddr>, secret: Vec<u8>, gateway_id: u32,
     loop {
         link.expire();
         let sequencer = sequencers[next];
-        match connect(sequencer, &secret, gateway_id).await {
+        // One member cut off must not hold up finding the others for long.
+        let patience = if sequencers.len() > 1 { Duration::from_secs(1) } else { Duration::from_secs(3) };
+        // The handshake too: a sequencer that accepts and then says nothing is skipped.
+        let attempt = tokio::time::timeout(patience * 3, connect(sequencer, &secret, gateway_id, patience));
+        let outcome = attempt.await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake from the sequencer"))
+        });
+        match outcome {
             Ok((stream, welcome)) => {
                 tracing::info!(%sequencer, session = format_args!("{:#018x}", welcome.session_id.get()),
                     next_sequence = welcome.next_sequence.get(), "connected to the sequencer");
@@ -360,6 +367,9 @@ async fn run_link(sequencers: Vec<SocketAddr>, secret: Vec<u8>, gateway_id: u32,
                 link.connected.store(false, Ordering::Release);
                 link.disconnect();
                 tracing::warn!(%sequencer, %reason, "lost the sequencer; reconnecting");
+                // A group's leader that went away is the member least likely to lead
+                // next: ask the others first.
+                next = (next + 1) % sequencers.len();
                 continue;
             }
             Err(error) => match ledgerbus_protocol::blocking::leader_hint(&error) {
@@ -476,8 +486,9 @@ async fn connect(
     sequencer: SocketAddr,
     secret: &[u8],
     gateway_id: u32,
+    patience: Duration,
 ) -> std::io::Result<(TcpStream, Welcome)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(sequencer))
+    let mut stream = tokio::time::timeout(patience, TcpStream::connect(sequencer))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
