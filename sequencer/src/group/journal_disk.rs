@@ -230,12 +230,17 @@ impl Disk for JournalDisk {
         File::open(&self.dir)?.sync_all()
     }
 
-    fn read_events(&self, from: u64, count: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    fn read_events(
+        &self,
+        from: u64,
+        count: u64,
+        each: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut reader = JournalReader::open(&self.dir, from).map_err(io::Error::other)?;
         let mut frame = Vec::with_capacity(128);
         for _ in 0..count {
             match reader.next_frame(&mut frame).map_err(io::Error::other)? {
-                Some(_) => out.extend_from_slice(&frame),
+                Some(_) => each(&frame)?,
                 None => {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "events not in the journal"))
                 }

@@ -93,7 +93,12 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    fn read_events(&self, from: u64, count: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    fn read_events(
+        &self,
+        from: u64,
+        count: u64,
+        each: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut taken = 0;
         for (meta, data) in &self.unsynced.entries {
             if meta.end_sequence() <= from || taken == count {
@@ -102,7 +107,7 @@ impl Disk for MemDisk {
             for frame in Frames::new(data).map_while(Result::ok) {
                 let sequence = ledgerbus_log::journal::event_sequence(frame).unwrap_or(0);
                 if sequence >= from && taken < count {
-                    out.extend_from_slice(frame);
+                    each(frame)?;
                     taken += 1;
                 }
             }

@@ -512,20 +512,11 @@ impl<D: Disk> Member<D> {
     fn rebuild(&mut self) -> io::Result<()> {
         let target = self.committed_next;
         let mut replica = (self.fresh_replica)();
-        let mut frames = Vec::new();
-        let mut from = 1;
-        while from < target {
-            let count = (target - from).min(16_384);
-            frames.clear();
-            self.node.store().disk().read_events(from, count, &mut frames)?;
-            for frame in Frames::new(&frames) {
-                let frame = frame.map_err(|e| invalid(e.to_string()))?;
-                replica
-                    .apply(frame, TransferIds::Remember)
-                    .map_err(|e| invalid(format!("journal event does not apply: {e}")))?;
-            }
-            from += count;
-        }
+        self.node.store().disk().read_events(1, target - 1, &mut |frame| {
+            replica
+                .apply(frame, TransferIds::Remember)
+                .map_err(|e| invalid(format!("journal event does not apply: {e}")))
+        })?;
         assert_eq!(replica.next_sequence(), target);
         tracing::info!(next_sequence = target, "ledger rebuilt from the committed log");
         self.core = SequencerCore::new(replica);

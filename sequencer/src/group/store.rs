@@ -50,8 +50,14 @@ pub trait Disk {
     fn truncate(&mut self, index: u64, next_sequence: u64) -> io::Result<()>;
     /// Stores the hard state durably.
     fn save_hard_state(&mut self, state: &HardState) -> io::Result<()>;
-    /// Appends the frames of events `from..from + count` to `out`.
-    fn read_events(&self, from: u64, count: u64, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Passes the frames of events `from..from + count` to `each`, in order, in one
+    /// pass over the disk (a long range costs one read, not one per event).
+    fn read_events(
+        &self,
+        from: u64,
+        count: u64,
+        each: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()>;
 }
 
 /// What a [`Disk`] held when it was opened.
@@ -67,6 +73,10 @@ pub struct Loaded {
 /// moved: it is not needed for safety (a restarted member learns it again from the
 /// leader), only to bound what a restart re-reads.
 const COMMIT_SAVE_INTERVAL: u64 = 1_024;
+
+/// The largest event frame, for estimating what a range of entries weighs.
+const EVENT_FRAME_MAX: usize =
+    <ledgerbus_codec::messages::TransferEvent as ledgerbus_codec::Message>::FRAME_SIZE;
 
 /// Bytes of recent entries kept in memory for replication.
 const CACHE_BYTES_MAX: usize = 64 << 20;
@@ -209,18 +219,31 @@ impl<D: Disk> LogStore<D> {
         self.set_hard_state(&state)
     }
 
-    fn entry(&self, index: u64) -> raft::Result<Entry> {
-        if let Some(front) = self.cache.front() {
-            if index >= front.index {
-                return Ok(self.cache[(index - front.index) as usize].clone());
-            }
-        }
-        let meta = self.meta(index).ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        let mut data = Vec::new();
+    /// Entries `low..high` that are older than the cache, read from the disk in one
+    /// pass, into `out`.
+    fn read_entries(&self, low: u64, high: u64, out: &mut Vec<Entry>) -> raft::Result<()> {
+        let metas = &self.entries[low as usize - 1..high as usize - 1];
+        let Some(first) = metas.first() else { return Ok(()) };
+        let count: u64 = metas.iter().map(|m| u64::from(m.count)).sum();
+        let mut frames = Vec::new();
+        let mut ends = Vec::with_capacity(count as usize);
         self.disk
-            .read_events(meta.first_sequence, u64::from(meta.count), &mut data)
+            .read_events(first.first_sequence, count, &mut |frame| {
+                frames.extend_from_slice(frame);
+                ends.push(frames.len());
+                Ok(())
+            })
             .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
-        Ok(Entry { index, term: meta.term, data: data.into(), ..Default::default() })
+        let mut start = 0;
+        let mut taken = 0;
+        for (index, meta) in (low..high).zip(metas) {
+            taken += meta.count as usize;
+            let end = taken.checked_sub(1).map_or(0, |last| ends[last]);
+            let data = frames[start..end].to_vec();
+            start = end;
+            out.push(Entry { index, term: meta.term, data: data.into(), ..Default::default() });
+        }
+        Ok(())
     }
 }
 
@@ -247,17 +270,31 @@ impl<D: Disk> raft::Storage for LogStore<D> {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
-        let mut entries = Vec::with_capacity((high - low) as usize);
-        let mut size = 0u64;
-        for index in low..high {
-            let entry = self.entry(index)?;
-            size += entry.data.len() as u64 + 16;
-            entries.push(entry);
-            // At least one entry, then no more than `max_size` bytes.
-            if max_size.is_some_and(|max| size > max) {
-                break;
-            }
+        // Older entries than the cache holds come from the disk, in one read of no
+        // more than `max_size` allows (estimated from the event counts, generously).
+        let cached_from = self.cache.front().map_or(high, |front| front.index).clamp(low, high);
+        let mut disk_high = low;
+        let mut estimate = 0u64;
+        while disk_high < cached_from && max_size.is_none_or(|max| estimate <= max) {
+            estimate += u64::from(self.entries[disk_high as usize - 1].count) * EVENT_FRAME_MAX as u64 + 16;
+            disk_high += 1;
         }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        self.read_entries(low, disk_high, &mut entries)?;
+        if let (Some(front), true) = (self.cache.front(), disk_high == cached_from) {
+            let skip = (cached_from - front.index) as usize;
+            entries.extend(self.cache.iter().skip(skip).take((high - cached_from) as usize).cloned());
+        }
+        // At least one entry, then no more than `max_size` bytes.
+        let mut size = 0u64;
+        let keep = entries
+            .iter()
+            .position(|entry| {
+                size += entry.data.len() as u64 + 16;
+                max_size.is_some_and(|max| size > max)
+            })
+            .map_or(entries.len(), |over| over + 1);
+        entries.truncate(keep);
         Ok(entries)
     }
 
