@@ -57,8 +57,14 @@ pub fn recover_until(
     let mut pending = Vec::with_capacity(BATCH_EVENTS * 96);
     let mut pending_count = 0;
     let mut ids = Vec::with_capacity(BATCH_EVENTS);
+    // The journal hands frames over in sequence order (it checks that), so only the
+    // first one's sequence is read; the others are counted.
+    let mut next_sequence = None;
     let opened = JournalWriter::open(dir, durability, segment_size_max, new_session, |frame| {
-        if ledgerbus_log::journal::event_sequence(frame).is_none_or(|sequence| sequence >= apply_until) {
+        let sequence =
+            *next_sequence.get_or_insert_with(|| ledgerbus_log::journal::event_sequence(frame).unwrap_or(1));
+        next_sequence = Some(sequence + 1);
+        if sequence >= apply_until {
             return Ok(());
         }
         pending.extend_from_slice(frame);
