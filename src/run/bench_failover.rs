@@ -141,7 +141,7 @@ fn http_load(gateway: SocketAddr, key: &str, ids: &AtomicU64, acks: &Acks, stop:
 /// Whether every member answers and holds all but the last few committed entries.
 fn caught_up(system: &System) -> bool {
     let commits: Option<Vec<u64>> = system
-        .replicas
+        .replicas()
         .iter()
         .map(|m| {
             let (_, status) = ledgerbus_tools::cluster::http_json(m.status, "/status", None)?;
@@ -236,7 +236,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
         let ms = acks.silence_after(killed_at).unwrap_or_default().as_secs_f64() * 1e3;
         let new_leader = system.leader();
         let term = new_leader.and_then(|index| {
-            let status = system.replicas.get(index)?.status;
+            let status = system.replicas().get(index)?.status;
             ledgerbus_tools::cluster::http_json(status, "/status", None)?.1["group"]["term"].as_u64()
         });
         progress.suspend(|| {
@@ -267,7 +267,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
 
     // Read the log back: each acknowledged transfer must be applied exactly once.
     let leader = system.leader().unwrap_or(0);
-    let replay = system.replicas.get(leader).map_or(system.addresses.replay, |m| m.replay);
+    let replay = system.replicas().get(leader).map_or(system.addresses.replay, |m| m.replay);
     let replay_key = ledgerbus_transport::BusKeys::parse(&system.bus_key)?.replay_key();
     let mut applied: HashMap<u128, u32> = HashMap::new();
     ledgerbus_log::replay_client::replay(replay, &replay_key, 0, 1, 0, |_, frame| {

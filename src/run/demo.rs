@@ -66,8 +66,6 @@ pub struct System {
     pub bus_key: String,
     /// Where the data lives.
     pub data: PathBuf,
-    /// A replicated group's members (empty: one sequencer).
-    pub replicas: Vec<MemberAddresses>,
     /// How its processes were started (to start one again).
     pub cluster: Cluster,
     services: Vec<Service>,
@@ -127,7 +125,7 @@ impl System {
         // binds it; that is our race, not the user's problem: pick again (ports the
         // user chose are checked again too, and reported if really taken).
         let mut attempt = 1;
-        let (addresses, members, services, cluster) = loop {
+        let (addresses, services, cluster) = loop {
             let addresses = Addresses::free(
                 with_free_port(http, "gateway HTTP", "--http")?,
                 with_free_port(tcp, "gateway TCP", "--tcp")?,
@@ -143,10 +141,10 @@ impl System {
                 transfer_capacity,
                 snapshot_every: None,
                 log_level: "warn",
-                replicas: members.clone(),
+                replicas: members,
             };
             match cluster.start() {
-                Ok(services) => break (addresses, members, services, cluster),
+                Ok(services) => break (addresses, services, cluster),
                 Err(error) if attempt < 3 && format!("{error:#}").contains("in use") => {
                     tracing::warn!(attempt, error = %format!("{error:#}"), "a port was taken while starting; picking others");
                     attempt += 1;
@@ -155,15 +153,17 @@ impl System {
             }
         };
         let Credentials { api_key, bus_key, .. } = credentials;
-        Ok(System { addresses, api_key, bus_key, data, replicas: members, cluster, services, _temp: temp })
+        Ok(System { addresses, api_key, bus_key, data, cluster, services, _temp: temp })
     }
 
     /// Every sequencer's `/status` address (one, or each group member's).
     pub fn sequencer_statuses(&self) -> Vec<SocketAddr> {
-        match self.replicas.is_empty() {
-            true => vec![self.addresses.sequencer_status],
-            false => self.replicas.iter().map(|m| m.status).collect(),
-        }
+        self.cluster.sequencer_statuses()
+    }
+
+    /// A replicated group's members (empty: one sequencer).
+    pub fn replicas(&self) -> &[MemberAddresses] {
+        &self.cluster.replicas
     }
 
     /// The group member that leads now (0 for a single sequencer), if any.
@@ -173,7 +173,7 @@ impl System {
 
     /// Kills sequencer `index` (0-based) at once, as a crash would (SIGKILL).
     pub fn kill_sequencer(&mut self, index: usize) -> bool {
-        let name = if self.replicas.is_empty() { "sequencer" } else { cluster::MEMBER_NAMES[index] };
+        let name = if self.cluster.replicas.is_empty() { "sequencer" } else { cluster::MEMBER_NAMES[index] };
         match self.services.iter().position(|s| s.name == name) {
             Some(position) => {
                 self.services.remove(position).kill_now();
@@ -226,7 +226,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         addresses.gateway_http
     );
     println!("  gateway TCP/SBE   {}   (Rust client, bench e2e --gateway)", addresses.gateway_tcp);
-    if system.replicas.is_empty() {
+    if system.replicas().is_empty() {
         println!("  sequencer         {}   (gateways connect here)", addresses.sequencer);
         println!(
             "                    {}   (UDP: NAKs and status; replay nak --sequencer)",
@@ -237,9 +237,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "  sequencer group   {} members (Raft; quorum commit, automatic failover)",
-            system.replicas.len()
+            system.replicas().len()
         );
-        for (index, member) in system.replicas.iter().enumerate() {
+        for (index, member) in system.replicas().iter().enumerate() {
             println!(
                 "    replica {}       {} gateways, {} replay, {} replication, http://{}/status",
                 index + 1,

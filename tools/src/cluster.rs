@@ -296,25 +296,32 @@ impl Cluster {
 
     /// Every sequencer's gateway port: one, or each member's.
     pub fn sequencer_gateways(&self) -> Vec<SocketAddr> {
-        match self.replicas.is_empty() {
-            true => vec![self.addresses.sequencer],
-            false => self.replicas.iter().map(|m| m.gateway).collect(),
-        }
+        self.sequencers().iter().map(|m| m.gateway).collect()
     }
 
     /// Every sequencer's `/status` address.
     pub fn sequencer_statuses(&self) -> Vec<SocketAddr> {
-        match self.replicas.is_empty() {
-            true => vec![self.addresses.sequencer_status],
-            false => self.replicas.iter().map(|m| m.status).collect(),
-        }
+        self.sequencers().iter().map(|m| m.status).collect()
     }
 
     fn sequencer_replays(&self) -> Vec<SocketAddr> {
-        match self.replicas.is_empty() {
-            true => vec![self.addresses.replay],
-            false => self.replicas.iter().map(|m| m.replay).collect(),
+        self.sequencers().iter().map(|m| m.replay).collect()
+    }
+
+    /// Every sequencer's addresses: the group's members, or the one sequencer at
+    /// `addresses` (which has no replication address: `peer` is unused then).
+    fn sequencers(&self) -> Vec<MemberAddresses> {
+        if !self.replicas.is_empty() {
+            return self.replicas.clone();
         }
+        let a = &self.addresses;
+        vec![MemberAddresses {
+            gateway: a.sequencer,
+            status: a.sequencer_status,
+            control: a.control,
+            replay: a.replay,
+            peer: a.sequencer,
+        }]
     }
 
     /// The data directory of sequencer `index` (0-based).
@@ -328,13 +335,7 @@ impl Cluster {
     /// Starts sequencer `index` (0-based; only 0 without a group).
     pub fn spawn_member(&self, index: usize) -> anyhow::Result<Service> {
         let a = &self.addresses;
-        let own = self.replicas.get(index).copied().unwrap_or(MemberAddresses {
-            gateway: a.sequencer,
-            status: a.sequencer_status,
-            control: a.control,
-            replay: a.replay,
-            peer: a.sequencer,
-        });
+        let own = self.sequencers()[index];
         let mut args = vec![
             s("sequencer"),
             s("--data-dir"),
