@@ -17,7 +17,7 @@ use ledgerbus_log::LogHead;
 use ledgerbus_transport::driver::Publisher;
 
 use crate::config::{io_err, SequencerConfig, SequencerError};
-use crate::core::{PendingBatch, SequencerCore};
+use crate::core::{PendingBatch, Reply, SequencerCore};
 use crate::gateways::{wait, GatewayPort, Intent};
 use crate::intake::Leadership;
 use crate::metrics::{ConsumerPosition, SequencerMetrics};
@@ -40,6 +40,46 @@ pub(crate) struct HotLoop {
     last_metrics_refresh: Instant,
     /// Answers NAKs older than the retransmit ring from the journal, off this thread.
     archive: Archive,
+}
+
+/// Queues each reply for its gateway and sends them; returns how many were
+/// rejections (for the metrics).
+pub(crate) fn answer(gateways: &mut GatewayPort, replies: &[Reply]) -> u64 {
+    let mut rejected = 0;
+    for reply in replies {
+        if !reply.result.is_success() {
+            rejected += 1;
+        }
+        gateways.queue(reply);
+    }
+    gateways.flush();
+    rejected
+}
+
+/// Publishes events that may be published (durable, or committed by a group) and
+/// sends them.
+pub(crate) fn publish<'a>(
+    publisher: &mut Publisher,
+    events: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), SequencerError> {
+    for frame in events {
+        if let Err(error) = publisher.publish(frame).map_err(io_err("bus socket"))? {
+            // Sizes and framing were produced by us: a refusal here is a bug.
+            panic!("publisher refused an event to publish: {error}");
+        }
+    }
+    publisher.flush().map_err(io_err("bus socket"))
+}
+
+/// Hands NAKs older than the retransmit ring to the archive thread, which answers
+/// them from the journal; a request that does not fit its queue is dropped and
+/// asked for again by the receiver's NAK retry.
+pub(crate) fn serve_archive(publisher: &mut Publisher, archive: &Archive) {
+    while let Some(request) = publisher.poll_archive_request() {
+        if !archive.submit(request) {
+            tracing::debug!(to = %request.to, "archive queue full; the receiver will NAK again");
+        }
+    }
 }
 
 pub(crate) fn wall_clock_ns() -> u64 {
@@ -159,25 +199,11 @@ impl HotLoop {
     fn release(&mut self, committed: Committed) -> Result<(), SequencerError> {
         self.metrics.record_fsync(committed.sync_us);
         let durable = committed.batch;
-        let mut rejected = 0;
-        for reply in durable.replies() {
-            if !reply.result.is_success() {
-                rejected += 1;
-            }
-            self.gateways.queue(reply);
-        }
         // Answer first, then publish: the answer is what a client waits for, and
         // waking every subscriber costs the sending thread tens of microseconds in a
         // VM. Consumers follow microseconds later; read-your-writes waits for them.
-        self.gateways.flush();
-        for frame in durable.events() {
-            let published = self.publisher.publish(frame).map_err(io_err("bus socket"))?;
-            if let Err(error) = published {
-                // Sizes and framing were produced by us: a refusal here is a bug.
-                panic!("publisher refused a durable event: {error}");
-            }
-        }
-        self.publisher.flush().map_err(io_err("bus socket"))?;
+        let rejected = answer(&mut self.gateways, durable.replies());
+        publish(&mut self.publisher, durable.events())?;
         self.metrics.events.inc_by(durable.len() as u64);
         self.metrics.rejected.inc_by(rejected);
         if let Some(last) = durable.last_sequence() {
@@ -192,15 +218,8 @@ impl HotLoop {
         Ok(())
     }
 
-    /// Hands NAKs older than the retransmit ring to the archive thread, which answers
-    /// them from the journal; a request that does not fit its queue is dropped and
-    /// asked for again by the receiver's NAK retry.
     fn serve_archive(&mut self) {
-        while let Some(request) = self.publisher.poll_archive_request() {
-            if !self.archive.submit(request) {
-                tracing::debug!(to = %request.to, "archive queue full; the receiver will NAK again");
-            }
-        }
+        serve_archive(&mut self.publisher, &self.archive);
     }
 
     fn refresh_metrics(&mut self) {

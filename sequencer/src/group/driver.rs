@@ -23,7 +23,7 @@ use super::peers::PeerNet;
 use crate::config::{io_err, SequencerError};
 use crate::core::PendingBatch;
 use crate::gateways::{wait, GatewayPort, Intent};
-use crate::hot_loop::wall_clock_ns;
+use crate::hot_loop::{answer, publish, serve_archive, wall_clock_ns};
 use crate::intake::Leadership;
 use crate::metrics::SequencerMetrics;
 
@@ -91,9 +91,7 @@ impl GroupLoop {
             self.release(&out, &mut head)?;
             if leading {
                 self.publisher.service().map_err(io_err("bus socket"))?;
-                while let Some(request) = self.publisher.poll_archive_request() {
-                    let _ = self.archive.submit(request);
-                }
+                serve_archive(&mut self.publisher, &self.archive);
             }
             self.gateways.flush();
             if last_status.elapsed() >= Duration::from_millis(100) {
@@ -138,23 +136,9 @@ impl GroupLoop {
 
     /// Answers and publishes what was committed; moves the head.
     fn release(&mut self, out: &Output, head: &mut LogHead) -> Result<(), SequencerError> {
-        let mut rejected = 0;
-        for reply in &out.replies {
-            if !reply.result.is_success() {
-                rejected += 1;
-            }
-            self.gateways.queue(reply);
-        }
-        self.gateways.flush();
-        let mut published = 0;
-        for frame in Frames::new(&out.publish).map_while(Result::ok) {
-            match self.publisher.publish(frame).map_err(io_err("bus socket"))? {
-                Ok(_) => published += 1,
-                Err(error) => panic!("publisher refused a committed event: {error}"),
-            }
-        }
-        if published > 0 {
-            self.publisher.flush().map_err(io_err("bus socket"))?;
+        let rejected = answer(&mut self.gateways, &out.replies);
+        if !out.publish.is_empty() {
+            publish(&mut self.publisher, Frames::new(&out.publish).map_while(Result::ok))?;
         }
         self.metrics.events.inc_by(out.replies.len() as u64);
         self.metrics.rejected.inc_by(rejected);
