@@ -27,6 +27,7 @@ use ledgerbus_ledger::{Replica, TransferIds};
 use raft::eraftpb::{Message, MessageType};
 use raft::{RawNode, StateRole};
 
+use super::invalid;
 use super::rejoin::{Notice, Quarantine};
 use super::store::{Disk, Loaded, LogStore};
 use crate::core::{PendingBatch, Reply, SequencerCore};
@@ -594,8 +595,4 @@ impl<D: Disk> Member<D> {
             follower_lag,
         }
     }
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
 }

@@ -24,6 +24,12 @@ pub mod store;
 pub use member::{Member, MemberConfig, MemberStatus, Output, Proposed, RoleChange};
 pub use store::{Disk, EntryMeta, Loaded, LogStore};
 
+/// The error for a log that does not check out (a bug or corruption, never input
+/// from outside the group: peers are authenticated members).
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
 /// A `slog` logger for raft-rs that writes through `tracing` (target `raft`): its
 /// warnings as warnings, everything else at debug level.
 pub fn raft_logger() -> slog::Logger {

@@ -15,6 +15,8 @@ use std::collections::VecDeque;
 use std::io;
 
 use ledgerbus_codec::Frames;
+
+use super::invalid;
 use ledgerbus_log::journal::event_sequence;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -245,10 +247,6 @@ impl<D: Disk> LogStore<D> {
         }
         Ok(())
     }
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 impl<D: Disk> raft::Storage for LogStore<D> {
