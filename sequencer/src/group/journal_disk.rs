@@ -64,7 +64,7 @@ impl JournalDisk {
         // a leader, and is applied when Raft commits it.
         let commit = (hard_state.commit as usize).min(entries.len());
         let committed_end = commit.checked_sub(1).map_or(1, |i| entries[i].end_sequence());
-        let (writer, recovered) = crate::recovery::recover_until(
+        let (mut writer, mut recovered) = crate::recovery::recover_until(
             dir,
             durability,
             segment_size_max,
@@ -107,8 +107,6 @@ impl JournalDisk {
         file.set_len((kept * ENTRY_RECORD_SIZE) as u64).map_err(io_error(&entries_path))?;
         file.sync_all().map_err(io_error(&entries_path))?;
         let last_end = entries.last().map_or(1, EntryMeta::end_sequence);
-        let mut writer = writer;
-        let mut recovered = recovered;
         if last_end < recovered.next_sequence {
             writer.truncate(last_end)?;
             recovered.next_sequence = last_end;
