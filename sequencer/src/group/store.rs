@@ -279,7 +279,7 @@ impl<D: Disk> raft::Storage for LogStore<D> {
         }
         let mut entries = Vec::with_capacity((high - low) as usize);
         self.read_entries(low, disk_high, &mut entries)?;
-        if let (Some(front), true) = (self.cache.front(), disk_high == cached_from) {
+        if let (Some(front), true) = (self.cache.front(), disk_high == cached_from && cached_from < high) {
             let skip = (cached_from - front.index) as usize;
             entries.extend(self.cache.iter().skip(skip).take((high - cached_from) as usize).cloned());
         }
