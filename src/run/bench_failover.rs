@@ -222,7 +222,15 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let Some(leader) = system.leader() else { bail!("no leader before kill {}", kill + 1) };
+        // A loaded machine can cost the group an election of its own: wait it out.
+        let leader_by = Instant::now() + Duration::from_secs(15);
+        let leader = loop {
+            match system.leader() {
+                Some(leader) => break leader,
+                None if Instant::now() < leader_by => std::thread::sleep(Duration::from_millis(20)),
+                None => bail!("no leader within 15 s before kill {}", kill + 1),
+            }
+        };
         let killed_at = Instant::now();
         system.kill_sequencer(leader);
         // Wait until answers have flowed for a while after the kill.
