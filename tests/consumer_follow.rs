@@ -83,6 +83,7 @@ fn send_transfers(client: &mut SequencerClient, from_id: u128, count: u128) {
                     ledger: 1.into(),
                     code: 1.into(),
                     flags: 0.into(),
+                    ..Default::default()
                 })
                 .unwrap();
         }
@@ -155,6 +156,7 @@ fn consumers_follow_catch_up_and_match_the_sequencer() {
                 ledger: 1.into(),
                 code: 1.into(),
                 flags: flags.into(),
+                ..Default::default()
             })
             .unwrap();
     }

@@ -35,6 +35,7 @@ fn disk_consumer_survives_kill_dash_nine() {
                         ledger: 1.into(),
                         code: 1.into(),
                         flags: (if id == 1 { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+                        ..Default::default()
                     })
                 })
                 .collect();
@@ -52,6 +53,7 @@ fn disk_consumer_survives_kill_dash_nine() {
                             ledger: 1.into(),
                             code: 1.into(),
                             flags: 0.into(),
+                            ..Default::default()
                         })
                     })
                     .collect();

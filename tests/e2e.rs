@@ -247,6 +247,7 @@ fn ledger_over_http_and_tcp() {
                 ledger: 840.into(),
                 code: 1.into(),
                 flags: 0.into(),
+                ..Default::default()
             })
         };
         let commands: Vec<Command> = (0..500).map(|i| transfer(10_000 + i, 1)).collect();
@@ -264,6 +265,7 @@ fn ledger_over_http_and_tcp() {
             ledger: 840.into(),
             code: 1.into(),
             flags: 0.into(),
+            ..Default::default()
         });
         assert_eq!(client.submit(&[account]).await.unwrap()[0].result, ResultCode::Ok);
 
@@ -444,6 +446,7 @@ fn a_full_gateway_answers_busy_in_command_order() {
                     ledger: 1.into(),
                     code: 1.into(),
                     flags: 0.into(),
+                    ..Default::default()
                 };
                 let mut frame = [0u8; Transfer::FRAME_SIZE];
                 encode(&transfer, &mut frame).unwrap();

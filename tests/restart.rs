@@ -93,6 +93,7 @@ fn pipelined_tcp_clients_lose_nothing_and_apply_nothing_twice_across_a_sequencer
                         ledger: 1.into(),
                         code: 1.into(),
                         flags: 0.into(),
+                        ..Default::default()
                     };
                     // Retry `busy` (sequencer down) with the same id until decided.
                     let deadline = std::time::Instant::now() + Duration::from_secs(60);

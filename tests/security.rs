@@ -59,6 +59,7 @@ fn forged_datagrams_change_nothing_and_get_no_answer() {
             flags: 0.into(),
             result: ResultCode::Ok.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut writer = PacketWriter::data(&mut buf, 1, session, last + 1);
         writer.push(&forged).unwrap();

@@ -93,6 +93,7 @@ fn transfer(id: u128, amount: u64) -> Transfer {
         ledger: 1.into(),
         code: 1.into(),
         flags: 0.into(),
+        ..Default::default()
     }
 }
 
@@ -116,6 +117,7 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
                 ledger: 1.into(),
                 code: 1.into(),
                 flags: flags.into(),
+                ..Default::default()
             })
             .unwrap();
     }

@@ -72,6 +72,7 @@ fn gateway_speaks_tls_to_curl_the_rust_client_and_the_load_generator() {
             ledger: 1.into(),
             code: 1.into(),
             flags: flags.into(),
+            ..Default::default()
         })
     };
     let outcomes =
@@ -86,6 +87,7 @@ fn gateway_speaks_tls_to_curl_the_rust_client_and_the_load_generator() {
         ledger: 1.into(),
         code: 1.into(),
         flags: 0.into(),
+        ..Default::default()
     });
     assert_eq!(runtime.block_on(client.submit(&[transfer])).unwrap()[0].result, ResultCode::Ok);
 

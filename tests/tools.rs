@@ -134,6 +134,7 @@ fn frame_from_json(line: &serde_json::Value) -> Vec<u8> {
             flags: u16::from(line["linked"].as_bool().unwrap()).into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut bytes = vec![0u8; TransferEvent::FRAME_SIZE];
         encode(&event, &mut bytes).unwrap();
@@ -148,6 +149,7 @@ fn frame_from_json(line: &serde_json::Value) -> Vec<u8> {
             flags: u16::from(line["allow_negative"].as_bool().unwrap()).into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut bytes = vec![0u8; AccountEvent::FRAME_SIZE];
         encode(&event, &mut bytes).unwrap();

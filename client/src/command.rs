@@ -174,6 +174,7 @@ impl From<Account> for Command {
             ledger: account.ledger.into(),
             code: account.code.into(),
             flags: account.flags.bits().into(),
+            ..Default::default()
         })
     }
 }
@@ -189,6 +190,7 @@ impl From<Transfer> for Command {
             ledger: transfer.ledger.into(),
             code: transfer.code.into(),
             flags: transfer.flags.bits().into(),
+            ..Default::default()
         })
     }
 }

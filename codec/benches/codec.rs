@@ -22,6 +22,7 @@ fn transfer_event(sequence: u64) -> TransferEvent {
         flags: 0.into(),
         result: ResultCode::Ok.to_wire().into(),
         reserved: [0; 6],
+        ..Default::default()
     }
 }
 

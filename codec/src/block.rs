@@ -90,6 +90,13 @@ macro_rules! sbe_block {
             $( assert!(core::mem::offset_of!($name, $field) == $offset, "field offset differs from declaration"); )*
         };
 
+        impl Default for $name {
+            /// Every field zero: what an older writer's missing fields read as.
+            fn default() -> Self {
+                <$name as zerocopy::FromZeros>::new_zeroed()
+            }
+        }
+
         impl $crate::Block for $name {
             const NAME: &'static str = stringify!($name);
             const SIZE: usize = $size;
@@ -224,6 +231,35 @@ pub fn encode<M: Message>(block: &M, out: &mut [u8]) -> Result<usize, EncodeErro
     let (head, body) = frame.split_at_mut(MESSAGE_HEADER_SIZE);
     head.copy_from_slice(M::header().as_bytes());
     body.copy_from_slice(block.as_bytes());
+    Ok(frame_size)
+}
+
+/// Writes `block` as a frame in the oldest schema version that carries every
+/// non-zero byte of it, and returns the frame size: a message whose fields added
+/// in a later version are all zero is written as the version that first had the
+/// message (its shorter block, its version number). Every reader of this schema
+/// reads such a frame (absent fields read as zero), and a plain transfer costs the
+/// bus and the journal no more bytes than before the fields existed.
+#[inline]
+pub fn encode_compact<M: Message>(block: &M, out: &mut [u8]) -> Result<usize, EncodeError> {
+    let bytes = block.as_bytes();
+    let first = usize::from(M::MIN_BLOCK_LENGTH);
+    if first == bytes.len() || bytes[first..].iter().any(|&b| b != 0) {
+        return encode(block, out);
+    }
+    let frame_size = MESSAGE_HEADER_SIZE + first;
+    let Some(frame) = out.get_mut(..frame_size) else {
+        return Err(EncodeError::BufferTooSmall { needed: frame_size, available: out.len() });
+    };
+    let header = MessageHeader {
+        block_length: M::MIN_BLOCK_LENGTH.into(),
+        template_id: M::TEMPLATE_ID.into(),
+        schema_id: SCHEMA_ID.into(),
+        version: 1.into(),
+    };
+    let (head, body) = frame.split_at_mut(MESSAGE_HEADER_SIZE);
+    head.copy_from_slice(header.as_bytes());
+    body.copy_from_slice(&bytes[..first]);
     Ok(frame_size)
 }
 

@@ -60,6 +60,7 @@ mod tests {
             ledger: 1.into(),
             code: 1.into(),
             flags: 0.into(),
+            ..Default::default()
         };
         let mut frame = [0u8; TransferResult::FRAME_SIZE];
         encode(&TransferResult::answering(&command, 7, 70, ResultCode::Exists), &mut frame).unwrap();

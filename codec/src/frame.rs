@@ -38,6 +38,8 @@ pub enum Frame<'a> {
     HistoryEnd(View<'a, HistoryEnd>),
     /// A group member that does not lead (sequencer to gateway).
     NotLeader(View<'a, NotLeader>),
+    /// A pending transfer expired (an event, since version 2).
+    PendingExpired(View<'a, PendingExpired>),
 }
 
 impl<'a> Frame<'a> {
@@ -75,6 +77,7 @@ impl<'a> Frame<'a> {
             LookupHistory::TEMPLATE_ID => Frame::LookupHistory(View::from_frame(header, block)?),
             HistoryEnd::TEMPLATE_ID => Frame::HistoryEnd(View::from_frame(header, block)?),
             NotLeader::TEMPLATE_ID => Frame::NotLeader(View::from_frame(header, block)?),
+            PendingExpired::TEMPLATE_ID => Frame::PendingExpired(View::from_frame(header, block)?),
             id => return Err(DecodeError::UnknownTemplate { id, frame_size }),
         };
         Ok((frame, frame_size))
@@ -106,6 +109,7 @@ impl<'a> Frame<'a> {
             Frame::LookupHistory(_) => LookupHistory::TEMPLATE_ID,
             Frame::HistoryEnd(_) => HistoryEnd::TEMPLATE_ID,
             Frame::NotLeader(_) => NotLeader::TEMPLATE_ID,
+            Frame::PendingExpired(_) => PendingExpired::TEMPLATE_ID,
         }
     }
 
@@ -114,6 +118,7 @@ impl<'a> Frame<'a> {
         match self {
             Frame::AccountEvent(event) => Some(event.sequence.get()),
             Frame::TransferEvent(event) => Some(event.sequence.get()),
+            Frame::PendingExpired(event) => Some(event.sequence.get()),
             _ => None,
         }
     }

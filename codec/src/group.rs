@@ -103,6 +103,7 @@ mod tests {
             ledger: 1.into(),
             code: 1.into(),
             flags: if linked { transfer_flags::LINKED } else { 0 }.into(),
+            ..Default::default()
         })
     }
 
@@ -113,6 +114,7 @@ mod tests {
             ledger: 1.into(),
             code: 1.into(),
             flags: 0.into(),
+            ..Default::default()
         })
     }
 

@@ -8,7 +8,7 @@ use crate::DecodeError;
 /// `id` of the `messageSchema` in `schema/ledgerbus.xml` ("LB").
 pub const SCHEMA_ID: u16 = 19522;
 /// `version` of the `messageSchema`: the newest version this crate writes and reads in full.
-pub const SCHEMA_VERSION: u16 = 1;
+pub const SCHEMA_VERSION: u16 = 2;
 /// Size of [`MessageHeader`] on the wire.
 pub const MESSAGE_HEADER_SIZE: usize = 8;
 /// The largest block this reader accepts. Far above any ledgerbus message, it only

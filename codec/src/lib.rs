@@ -31,7 +31,7 @@ pub mod messages;
 pub mod packet;
 pub mod types;
 
-pub use block::{decode, encode, Block, FieldMeta, Message, View};
+pub use block::{decode, encode, encode_compact, Block, FieldMeta, Message, View};
 pub use decided::Decided;
 pub use error::{DecodeError, EncodeError};
 pub use frame::{Frame, Frames};

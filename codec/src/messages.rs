@@ -15,6 +15,15 @@ macro_rules! message {
         }
         const _: () = assert!(<$name as $crate::Block>::SIZE <= $crate::BLOCK_LENGTH_MAX as usize);
     };
+    ($name:ident, template $id:literal, version 1 block $min:literal) => {
+        impl Message for $name {
+            const TEMPLATE_ID: u16 = $id;
+            const BLOCK_LENGTH: u16 = <$name as $crate::Block>::SIZE as u16;
+            const MIN_BLOCK_LENGTH: u16 = $min;
+        }
+        const _: () = assert!(<$name as $crate::Block>::SIZE <= $crate::BLOCK_LENGTH_MAX as usize);
+        const _: () = assert!($min < <$name as $crate::Block>::SIZE);
+    };
 }
 
 /// Adds a checked `result()` reader to blocks with a `result: U16` field.
@@ -32,7 +41,7 @@ macro_rules! result_reader {
 
 crate::sbe_block! {
     /// Command: open an account.
-    pub struct CreateAccount: size 32 {
+    pub struct CreateAccount: size 64 {
         /// Chosen by the sender, echoed in the result.
         [0] correlation_id: U64,
         /// Client-chosen, non-zero account id.
@@ -43,13 +52,21 @@ crate::sbe_block! {
         [28] code: U16,
         /// `account_flags` bits.
         [30] flags: U16,
+        /// Opaque reference (since version 2), e.g. the customer it belongs to.
+        [32] user_data_128: Id128,
+        /// Opaque reference (since version 2).
+        [48] user_data_64: U64,
+        /// Opaque reference (since version 2).
+        [56] user_data_32: U32,
+        /// Zero.
+        [60] reserved: [u8; 4],
     }
 }
-message!(CreateAccount, template 1);
+message!(CreateAccount, template 1, version 1 block 32);
 
 crate::sbe_block! {
     /// Command: move `amount` from the debit to the credit account.
-    pub struct Transfer: size 72 {
+    pub struct Transfer: size 120 {
         /// Chosen by the sender, echoed in the result.
         [0] correlation_id: U64,
         /// Idempotency key.
@@ -66,9 +83,20 @@ crate::sbe_block! {
         [68] code: U16,
         /// `transfer_flags` bits.
         [70] flags: U16,
+        /// The pending transfer a post or void resolves (since version 2); else zero.
+        [72] pending_id: Id128,
+        /// Opaque reference (since version 2), e.g. an invoice or an authorisation.
+        [88] user_data_128: Id128,
+        /// Opaque reference (since version 2).
+        [104] user_data_64: U64,
+        /// Opaque reference (since version 2).
+        [112] user_data_32: U32,
+        /// Seconds a pending transfer may wait before it expires; 0: never (since
+        /// version 2).
+        [116] timeout: U32,
     }
 }
-message!(Transfer, template 2);
+message!(Transfer, template 2, version 1 block 72);
 
 crate::sbe_block! {
     /// Reply to a CreateAccount.
@@ -110,7 +138,7 @@ message!(TransferResult, template 4);
 
 crate::sbe_block! {
     /// Sequenced event: a decided CreateAccount.
-    pub struct AccountEvent: size 48 {
+    pub struct AccountEvent: size 80 {
         /// Gap-free position in the log, from 1.
         [0] sequence: U64,
         /// Stamped by the sequencer.
@@ -127,13 +155,21 @@ crate::sbe_block! {
         [40] result: U16,
         /// Zero.
         [42] reserved: [u8; 6],
+        /// Opaque reference (since version 2).
+        [48] user_data_128: Id128,
+        /// Opaque reference (since version 2).
+        [64] user_data_64: U64,
+        /// Opaque reference (since version 2).
+        [72] user_data_32: U32,
+        /// Zero.
+        [76] reserved2: [u8; 4],
     }
 }
-message!(AccountEvent, template 5);
+message!(AccountEvent, template 5, version 1 block 48);
 
 crate::sbe_block! {
     /// Sequenced event: a decided Transfer.
-    pub struct TransferEvent: size 88 {
+    pub struct TransferEvent: size 136 {
         /// Gap-free position in the log, from 1.
         [0] sequence: U64,
         /// Stamped by the sequencer.
@@ -156,9 +192,19 @@ crate::sbe_block! {
         [80] result: U16,
         /// Zero.
         [82] reserved: [u8; 6],
+        /// The pending transfer a post or void resolved (since version 2).
+        [88] pending_id: Id128,
+        /// Opaque reference (since version 2).
+        [104] user_data_128: Id128,
+        /// Opaque reference (since version 2).
+        [120] user_data_64: U64,
+        /// Opaque reference (since version 2).
+        [128] user_data_32: U32,
+        /// Seconds a pending transfer may wait (since version 2).
+        [132] timeout: U32,
     }
 }
-message!(TransferEvent, template 6);
+message!(TransferEvent, template 6, version 1 block 88);
 
 crate::sbe_block! {
     /// Control: the sender is alive; lets receivers detect loss at the tail.
@@ -305,7 +351,7 @@ message!(LookupTransfer, template 25);
 crate::sbe_block! {
     /// An account as the read model holds it; `ledger` 0 when there is no such
     /// account; `result` busy when the read model could not answer (ask again).
-    pub struct AccountRecord: size 72 {
+    pub struct AccountRecord: size 120 {
         /// The lookup's correlation id.
         [0] correlation_id: U64,
         /// The account.
@@ -328,16 +374,28 @@ crate::sbe_block! {
         [64] result: U16,
         /// Zero.
         [66] reserved: [u8; 6],
+        /// Sum of pending (reserved) debits (since version 2).
+        [72] debits_pending: U64,
+        /// Sum of pending (reserved) credits (since version 2).
+        [80] credits_pending: U64,
+        /// Opaque reference (since version 2).
+        [88] user_data_128: Id128,
+        /// Opaque reference (since version 2).
+        [104] user_data_64: U64,
+        /// Opaque reference (since version 2).
+        [112] user_data_32: U32,
+        /// Zero.
+        [116] reserved2: [u8; 4],
     }
 }
-message!(AccountRecord, template 26);
+message!(AccountRecord, template 26, version 1 block 72);
 result_reader!(AccountRecord);
 
 crate::sbe_block! {
     /// How a transfer id was decided: the applied transfer (`result` ok), or its last
     /// refusal; `sequence` 0 when it was never decided; `result` busy and `sequence` 0
     /// when the read model could not answer (ask again).
-    pub struct TransferRecord: size 96 {
+    pub struct TransferRecord: size 152 {
         /// The lookup's correlation id.
         [0] correlation_id: U64,
         /// The transfer.
@@ -362,9 +420,24 @@ crate::sbe_block! {
         [88] result: U16,
         /// Zero.
         [90] reserved: [u8; 6],
+        /// The pending transfer it posted or voided (since version 2).
+        [96] pending_id: Id128,
+        /// Opaque reference (since version 2).
+        [112] user_data_128: Id128,
+        /// Opaque reference (since version 2).
+        [128] user_data_64: U64,
+        /// Opaque reference (since version 2).
+        [136] user_data_32: U32,
+        /// A pending transfer's timeout, seconds (since version 2).
+        [140] timeout: U32,
+        /// A pending transfer's state (since version 2): 0 not pending, 1 pending,
+        /// 2 posted, 3 voided, 4 expired.
+        [144] pending_state: U16,
+        /// Zero.
+        [146] reserved2: [u8; 6],
     }
 }
-message!(TransferRecord, template 27);
+message!(TransferRecord, template 27, version 1 block 96);
 result_reader!(TransferRecord);
 
 crate::sbe_block! {
@@ -422,6 +495,35 @@ crate::sbe_block! {
 }
 message!(NotLeader, template 30);
 
+crate::sbe_block! {
+    /// Sequenced event (since version 2): a pending transfer reached its timeout and
+    /// the sequencer released its reservation. Decided from the log's own time
+    /// stamps, so every replica releases the same reservation at the same place.
+    pub struct PendingExpired: size 88 {
+        /// Gap-free position in the log, from 1.
+        [0] sequence: U64,
+        /// Stamped by the sequencer (at or after the pending transfer's deadline).
+        [8] timestamp_ns: U64,
+        /// The pending transfer that expired.
+        [16] pending_id: Id128,
+        /// Its debit account.
+        [32] debit_account_id: Id128,
+        /// Its credit account.
+        [48] credit_account_id: Id128,
+        /// The amount released.
+        [64] amount: U64,
+        /// Its ledger.
+        [72] ledger: U32,
+        /// Its code.
+        [76] code: U16,
+        /// Its `transfer_flags`.
+        [78] flags: U16,
+        /// Zero.
+        [80] reserved: [u8; 8],
+    }
+}
+message!(PendingExpired, template 31);
+
 result_reader!(CreateAccountResult, TransferResult, AccountEvent, TransferEvent);
 
 impl CreateAccountResult {
@@ -467,6 +569,10 @@ impl AccountEvent {
             flags: command.flags,
             result: result.to_wire().into(),
             reserved: [0; 6],
+            user_data_128: command.user_data_128,
+            user_data_64: command.user_data_64,
+            user_data_32: command.user_data_32,
+            reserved2: [0; 4],
         }
     }
 
@@ -478,6 +584,10 @@ impl AccountEvent {
             ledger: self.ledger,
             code: self.code,
             flags: self.flags,
+            user_data_128: self.user_data_128,
+            user_data_64: self.user_data_64,
+            user_data_32: self.user_data_32,
+            reserved: [0; 4],
         }
     }
 }
@@ -498,10 +608,17 @@ impl TransferEvent {
             flags: command.flags,
             result: result.to_wire().into(),
             reserved: [0; 6],
+            pending_id: command.pending_id,
+            user_data_128: command.user_data_128,
+            user_data_64: command.user_data_64,
+            user_data_32: command.user_data_32,
+            timeout: command.timeout,
         }
     }
 
     /// The command this event decided (the correlation id is not journaled: 0).
+    /// For an applied transfer these are the fields as resolved: a post or void
+    /// carries its pending transfer's accounts, a balancing transfer the amount moved.
     pub fn command(&self) -> Transfer {
         Transfer {
             correlation_id: 0.into(),
@@ -512,6 +629,11 @@ impl TransferEvent {
             ledger: self.ledger,
             code: self.code,
             flags: self.flags,
+            pending_id: self.pending_id,
+            user_data_128: self.user_data_128,
+            user_data_64: self.user_data_64,
+            user_data_32: self.user_data_32,
+            timeout: self.timeout,
         }
     }
 
@@ -538,6 +660,8 @@ pub struct MessageMeta {
     pub template_id: u16,
     /// Block length this version writes.
     pub block_length: u16,
+    /// Shortest block this version reads: the block of the version that added it.
+    pub min_block_length: u16,
     /// Fields in declaration order.
     pub fields: &'static [crate::FieldMeta],
 }
@@ -549,6 +673,7 @@ macro_rules! message_table {
             name: stringify!($name),
             template_id: <$name as Message>::TEMPLATE_ID,
             block_length: <$name as Message>::BLOCK_LENGTH,
+            min_block_length: <$name as Message>::MIN_BLOCK_LENGTH,
             fields: <$name as crate::Block>::FIELDS,
         }),*];
     };
@@ -578,4 +703,5 @@ message_table!(
     LookupHistory,
     HistoryEnd,
     NotLeader,
+    PendingExpired,
 );

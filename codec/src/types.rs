@@ -123,6 +123,44 @@ sbe_enum! {
         ReservedFlag = 15,
         /// The sequencer or gateway is at capacity; retry later with the same id.
         Busy = 16,
+        /// Two flags that exclude each other are both set (account: allow_negative
+        /// with a limit, or both limits; transfer: post with void, pending with
+        /// post/void, balancing with post/void).
+        FlagsAreMutuallyExclusive = 17,
+        /// The credit would exceed the account's debits (credits_must_not_exceed_debits).
+        ExceedsDebits = 18,
+        /// A post or void names no pending transfer (pending_id zero).
+        PendingIdMustNotBeZero = 19,
+        /// Only a post or void may name a pending transfer.
+        PendingIdMustBeZero = 20,
+        /// A post or void names itself as its pending transfer.
+        PendingIdMustBeDifferent = 21,
+        /// No transfer with the pending id was applied.
+        PendingTransferNotFound = 22,
+        /// The transfer with the pending id is not a pending transfer.
+        PendingTransferNotPending = 23,
+        /// The pending transfer was posted already.
+        PendingTransferAlreadyPosted = 24,
+        /// The pending transfer was voided already.
+        PendingTransferAlreadyVoided = 25,
+        /// The pending transfer reached its timeout and was released.
+        PendingTransferExpired = 26,
+        /// A post for more than the pending amount (or a void for another amount).
+        ExceedsPendingTransferAmount = 27,
+        /// A post or void names other accounts than its pending transfer.
+        PendingTransferHasDifferentAccounts = 28,
+        /// A post or void names another ledger than its pending transfer.
+        PendingTransferHasDifferentLedger = 29,
+        /// A post or void names another code than its pending transfer.
+        PendingTransferHasDifferentCode = 30,
+        /// A timeout on a transfer that is not pending.
+        TimeoutReservedForPendingTransfer = 31,
+        /// A closing transfer (closing_debit/closing_credit) must be pending.
+        ClosingTransferMustBePending = 32,
+        /// The debit account is closed.
+        DebitAccountClosed = 33,
+        /// The credit account is closed.
+        CreditAccountClosed = 34,
     }
 }
 
@@ -180,19 +218,60 @@ fn snake_names() -> &'static [(ResultCode, String)] {
 }
 
 /// Bits of `AccountFlags` (schema `<set>`).
+///
+/// Without flags an account may not be overdrawn: debits (posted and pending) must
+/// not exceed posted credits. `ALLOW_NEGATIVE` lifts that; `CREDITS_MUST_NOT_EXCEED_DEBITS`
+/// replaces it with the mirror rule.
 pub mod account_flags {
     /// Debits may exceed credits (settlement accounts). Default: no overdraft.
     pub const ALLOW_NEGATIVE: u16 = 1 << 0;
+    /// Debits (posted + pending) must not exceed posted credits: the default rule,
+    /// stated explicitly (since version 2).
+    pub const DEBITS_MUST_NOT_EXCEED_CREDITS: u16 = 1 << 1;
+    /// Credits (posted + pending) must not exceed posted debits, and debits are not
+    /// limited (since version 2).
+    pub const CREDITS_MUST_NOT_EXCEED_DEBITS: u16 = 1 << 2;
+    /// The read model keeps the balances after every posting (since version 2).
+    pub const HISTORY: u16 = 1 << 3;
+    /// Takes no new transfers; set by a closing transfer, cleared by voiding it
+    /// (since version 2).
+    pub const CLOSED: u16 = 1 << 4;
     /// Every bit this version defines; any other bit is `ReservedFlag`.
-    pub const ALL: u16 = ALLOW_NEGATIVE;
+    pub const ALL: u16 =
+        ALLOW_NEGATIVE | DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS | HISTORY | CLOSED;
 }
 
 /// Bits of `TransferFlags` (schema `<set>`).
 pub mod transfer_flags {
     /// This transfer succeeds or fails together with the next one.
     pub const LINKED: u16 = 1 << 0;
+    /// Reserves the amount (debits_pending/credits_pending) until posted, voided or
+    /// expired (since version 2).
+    pub const PENDING: u16 = 1 << 1;
+    /// Posts the pending transfer `pending_id`: all of it, or `amount` of it (since
+    /// version 2).
+    pub const POST_PENDING: u16 = 1 << 2;
+    /// Releases the pending transfer `pending_id` (since version 2).
+    pub const VOID_PENDING: u16 = 1 << 3;
+    /// Moves at most `amount`: as much as the debit account's limit allows (since
+    /// version 2).
+    pub const BALANCING_DEBIT: u16 = 1 << 4;
+    /// Moves at most `amount`: as much as the credit account's limit allows (since
+    /// version 2).
+    pub const BALANCING_CREDIT: u16 = 1 << 5;
+    /// Closes the debit account while pending (since version 2).
+    pub const CLOSING_DEBIT: u16 = 1 << 6;
+    /// Closes the credit account while pending (since version 2).
+    pub const CLOSING_CREDIT: u16 = 1 << 7;
     /// Every bit this version defines; any other bit is `ReservedFlag`.
-    pub const ALL: u16 = LINKED;
+    pub const ALL: u16 = LINKED
+        | PENDING
+        | POST_PENDING
+        | VOID_PENDING
+        | BALANCING_DEBIT
+        | BALANCING_CREDIT
+        | CLOSING_DEBIT
+        | CLOSING_CREDIT;
 }
 
 #[cfg(test)]

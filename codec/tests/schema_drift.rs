@@ -46,8 +46,20 @@ fn rust_type_for(primitive: &str, length: usize) -> String {
 
 fn camel_to_snake(name: &str) -> String {
     let mut out = String::new();
+    let mut previous = ' ';
+    let mut in_capitalised_word = false;
     for (index, ch) in name.chars().enumerate() {
+        // A number after a capitalised word starts a word too: userData128 is
+        // user_data_128 (but crc32 and reserved2 stay whole).
+        let digits_start = ch.is_ascii_digit() && previous.is_ascii_alphabetic() && in_capitalised_word;
         if ch.is_ascii_uppercase() {
+            in_capitalised_word = true;
+        }
+        previous = ch;
+        if digits_start {
+            out.push('_');
+            out.push(ch);
+        } else if ch.is_ascii_uppercase() {
             if index > 0 {
                 out.push('_');
             }
@@ -218,6 +230,19 @@ fn every_message_matches_the_schema() {
             });
         }
         assert_fields_match(name, &xml_fields, rust.fields);
+        // Fields past the first version's block are marked with the version that
+        // added them, and the reader accepts exactly the first version's block.
+        for field in node.children().filter(|n| n.is_element()) {
+            let offset: usize = field.attribute("offset").unwrap().parse().unwrap();
+            let added = offset >= usize::from(rust.min_block_length);
+            let message_added = node.attribute("sinceVersion").is_some();
+            assert_eq!(
+                field.attribute("sinceVersion").is_some(),
+                added && !message_added,
+                "{name}.{}: sinceVersion must mark exactly the fields added after the first block",
+                field.attribute("name").unwrap()
+            );
+        }
         // No two fields overlap and the fields tile the block without gaps.
         let covered: usize = rust.fields.iter().map(|f| f.size).sum();
         assert_eq!(

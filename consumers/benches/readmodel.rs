@@ -26,6 +26,7 @@ fn event_log() -> Vec<Vec<u8>> {
             flags: account_flags::ALLOW_NEGATIVE.into(),
             result: ResultCode::Ok.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut bytes = vec![0; AccountEvent::FRAME_SIZE];
         encode(&event, &mut bytes).expect("sized");
@@ -52,6 +53,7 @@ fn event_log() -> Vec<Vec<u8>> {
             flags: 0.into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut bytes = vec![0; TransferEvent::FRAME_SIZE];
         encode(&event, &mut bytes).expect("sized");

@@ -284,6 +284,7 @@ mod tests {
             flags: account_flags::ALLOW_NEGATIVE.into(),
             result: ResultCode::Ok.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut bytes = vec![0; AccountEvent::FRAME_SIZE];
         encode(&event, &mut bytes).expect("sized");
@@ -303,6 +304,7 @@ mod tests {
             flags: 0.into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut bytes = vec![0; TransferEvent::FRAME_SIZE];
         encode(&event, &mut bytes).expect("sized");

@@ -133,6 +133,7 @@ pub fn accounts(objects: &[Map<String, Value>], is_array: bool) -> Result<Vec<Cr
             ledger: (unsigned_field(object, &path, "ledger", u64::from(u32::MAX), false)? as u32).into(),
             code: (unsigned_field(object, &path, "code", u64::from(u16::MAX), false)? as u16).into(),
             flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+            ..Default::default()
         });
     }
     Ok(commands)
@@ -158,6 +159,7 @@ pub fn transfers(objects: &[Map<String, Value>], is_array: bool) -> Result<Vec<T
             ledger: (unsigned_field(object, &path, "ledger", u64::from(u32::MAX), false)? as u32).into(),
             code: (unsigned_field(object, &path, "code", u64::from(u16::MAX), false)? as u16).into(),
             flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
+            ..Default::default()
         });
     }
     Ok(commands)

@@ -132,6 +132,7 @@ mod tests {
             ledger: 840.into(),
             code: 1.into(),
             flags: flags.into(),
+            ..Default::default()
         }
     }
 
@@ -151,6 +152,7 @@ mod tests {
             ledger: 978.into(),
             code: 1.into(),
             flags: 0.into(),
+            ..Default::default()
         };
         let original = json!({"id": "1", "ledger": 840, "code": 1, "allow_negative": true});
         assert_eq!(account.differing_field(&original), Some("ledger"));

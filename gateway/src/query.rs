@@ -101,6 +101,7 @@ pub fn account_record(correlation_id: u64, account: u128, looked: &Looked) -> Ve
         flags: if negative { ledgerbus_codec::account_flags::ALLOW_NEGATIVE } else { 0 }.into(),
         result: result.to_wire().into(),
         reserved: [0; 6],
+        ..Default::default()
     };
     let mut frame = vec![0u8; AccountRecord::FRAME_SIZE];
     encode(&record, &mut frame).expect("sized");
@@ -139,6 +140,7 @@ pub fn transfer_record(correlation_id: u64, transfer: u128, looked: &Looked) -> 
         flags: if linked { ledgerbus_codec::transfer_flags::LINKED } else { 0 }.into(),
         result: result.to_wire().into(),
         reserved: [0; 6],
+        ..Default::default()
     };
     let mut frame = vec![0u8; TransferRecord::FRAME_SIZE];
     encode(&record, &mut frame).expect("sized");

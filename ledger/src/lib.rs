@@ -25,7 +25,7 @@ pub mod ledger;
 pub mod replica;
 pub mod snapshot;
 
-pub use account::Account;
+pub use account::{Account, PendingState, PendingTransfer, UserData};
 pub use hash::RollingHash;
 pub use ledger::Ledger;
 pub use replica::{ApplyError, Replica, TransferIds};

@@ -157,17 +157,30 @@ impl Replica {
             }
             Frame::TransferEvent(event) => {
                 if event.result().map_err(|_| ApplyError::UnknownResult(sequence))? == ResultCode::Ok {
+                    let timestamp_ns = event.timestamp_ns.get();
                     let applied = match ids {
-                        TransferIds::Remember => self.ledger.replay_transfer(&event.command()),
-                        TransferIds::Skip => self.ledger.post_between(
-                            event.debit_account_id.get(),
-                            event.credit_account_id.get(),
-                            event.ledger.get(),
-                            event.amount.get(),
-                        ),
+                        TransferIds::Remember => self.ledger.replay_transfer(&event.command(), timestamp_ns),
+                        TransferIds::Skip => self.ledger.post_transfer(&event.command(), timestamp_ns),
                     };
                     applied.map_err(|code| ApplyError::NoLongerApplies { sequence, code })?;
                 }
+                event.timestamp_ns.get()
+            }
+            Frame::PendingExpired(event) => {
+                let id = event.pending_id.get();
+                let same = self.ledger.pending(id).is_some_and(|pending| {
+                    pending.debit == event.debit_account_id.get()
+                        && pending.credit == event.credit_account_id.get()
+                        && pending.amount == event.amount.get()
+                        && pending.ledger == event.ledger.get()
+                });
+                if !same {
+                    let code = ResultCode::PendingTransferNotFound;
+                    return Err(ApplyError::NoLongerApplies { sequence, code });
+                }
+                self.ledger
+                    .expire(id, event.timestamp_ns.get())
+                    .map_err(|code| ApplyError::NoLongerApplies { sequence, code })?;
                 event.timestamp_ns.get()
             }
             _ => return Err(ApplyError::NotAnEvent(decoded.template_id())),
@@ -237,6 +250,7 @@ mod tests {
             ledger: 1.into(),
             code: 1.into(),
             flags: ledgerbus_codec::account_flags::ALLOW_NEGATIVE.into(),
+            ..Default::default()
         };
         frame(&AccountEvent::deciding(&command, sequence, sequence * 10, ResultCode::Ok))
     }
@@ -251,6 +265,7 @@ mod tests {
             ledger: 1.into(),
             code: 1.into(),
             flags: 0.into(),
+            ..Default::default()
         };
         frame(&TransferEvent::deciding(&command, sequence, sequence * 10, result))
     }

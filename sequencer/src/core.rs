@@ -5,9 +5,9 @@
 //! "journal before publish or acknowledge" is a type, not a convention.
 
 use ledgerbus_codec::messages::{
-    AccountEvent, CreateAccount, CreateAccountResult, Transfer, TransferEvent, TransferResult,
+    AccountEvent, CreateAccount, CreateAccountResult, PendingExpired, Transfer, TransferEvent, TransferResult,
 };
-use ledgerbus_codec::{encode, Message, ResultCode};
+use ledgerbus_codec::{encode, encode_compact, Message, ResultCode};
 use ledgerbus_ledger::{ApplyError, Ledger, Replica, TransferIds};
 use ledgerbus_protocol::REPLY_FRAME_SIZE;
 
@@ -168,12 +168,26 @@ fn frames<'a>(events: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [u8
 pub struct SequencerCore {
     replica: Replica,
     chain_results: Vec<ResultCode>,
+    /// The chain being decided, resolved in place (reused, bounded by CHAIN_MAX).
+    chain: Vec<Transfer>,
+    /// Each chain member's time stamp (reused).
+    stamps: Vec<u64>,
 }
+
+/// Most pending transfers expired before one command: the rest expire before the
+/// next ones (or at the next idle tick), so a mass expiry never makes one huge batch.
+pub const EXPIRIES_PER_CALL_MAX: usize = 256;
 
 impl SequencerCore {
     /// A core continuing the log where `replica` stands.
     pub fn new(replica: Replica) -> SequencerCore {
-        SequencerCore { replica, chain_results: Vec::with_capacity(ledgerbus_ledger::ledger::CHAIN_MAX) }
+        let chain_max = ledgerbus_ledger::ledger::CHAIN_MAX;
+        SequencerCore {
+            replica,
+            chain_results: Vec::with_capacity(chain_max),
+            chain: Vec::with_capacity(chain_max),
+            stamps: Vec::with_capacity(chain_max),
+        }
     }
 
     /// The state and position.
@@ -215,12 +229,49 @@ impl SequencerCore {
         now_ns: u64,
         batch: &mut PendingBatch,
     ) {
+        self.expire_due(now_ns, batch);
         let timestamp_ns = self.replica.stamp(now_ns);
         let result = self.replica.ledger_mut().create_account(command, timestamp_ns);
         let sequence = self.replica.next_sequence();
         let event = AccountEvent::deciding(command, sequence, timestamp_ns, result);
         let reply = CreateAccountResult::answering(command, sequence, timestamp_ns, result);
-        self.record(&event, connection, (&reply, result), batch);
+        self.record(&event, Some((connection, &reply, result)), batch);
+    }
+
+    /// Expires pending transfers whose deadline is at or before `now_ns` (at most
+    /// [`EXPIRIES_PER_CALL_MAX`]), each as a `PendingExpired` event in `batch`.
+    /// Called before every decision and by the driver when idle. Returns how many.
+    pub fn expire_due(&mut self, now_ns: u64, batch: &mut PendingBatch) -> usize {
+        let mut expired = 0;
+        while expired < EXPIRIES_PER_CALL_MAX {
+            let Some((deadline, id)) = self.replica.ledger().next_expiry() else { break };
+            if deadline > now_ns {
+                break;
+            }
+            let timestamp_ns = self.replica.stamp(now_ns);
+            let pending =
+                self.replica.ledger_mut().expire(id, timestamp_ns).expect("a due pending transfer expires");
+            let event = PendingExpired {
+                sequence: self.replica.next_sequence().into(),
+                timestamp_ns: timestamp_ns.into(),
+                pending_id: id.into(),
+                debit_account_id: pending.debit.into(),
+                credit_account_id: pending.credit.into(),
+                amount: pending.amount.into(),
+                ledger: pending.ledger.into(),
+                code: pending.code.into(),
+                flags: pending.flags.into(),
+                reserved: [0; 8],
+            };
+            self.record::<_, TransferResult>(&event, None, batch);
+            expired += 1;
+        }
+        expired
+    }
+
+    /// The deadline of the next pending transfer to expire, if any.
+    pub fn next_expiry_ns(&self) -> Option<u64> {
+        self.replica.ledger().next_expiry().map(|(deadline, _)| deadline)
     }
 
     /// Decides a chain of transfers from `connection`: one transfer, or linked ones
@@ -232,39 +283,53 @@ impl SequencerCore {
         now_ns: u64,
         batch: &mut PendingBatch,
     ) {
+        self.expire_due(now_ns, batch);
         let mut results = std::mem::take(&mut self.chain_results);
+        let mut resolved = std::mem::take(&mut self.chain);
+        let mut stamps = std::mem::take(&mut self.stamps);
         results.clear();
         results.resize(chain.len(), ResultCode::Ok);
+        resolved.clear();
+        resolved.extend_from_slice(chain);
+        stamps.clear();
+        stamps.extend(chain.iter().map(|_| self.replica.stamp(now_ns)));
         if chain.len() == 1 {
-            results[0] = self.replica.ledger_mut().transfer(&chain[0]);
+            results[0] = self.replica.ledger_mut().transfer(&mut resolved[0], stamps[0]);
         } else {
-            self.replica.ledger_mut().transfer_chain(chain, &mut results);
+            self.replica.ledger_mut().transfer_chain(&mut resolved, &stamps, &mut results);
         }
-        for (command, result) in chain.iter().zip(&results) {
-            let timestamp_ns = self.replica.stamp(now_ns);
+        for ((command, result), timestamp_ns) in resolved.iter().zip(&results).zip(&stamps) {
             let sequence = self.replica.next_sequence();
-            let event = TransferEvent::deciding(command, sequence, timestamp_ns, *result);
-            let reply = TransferResult::answering(command, sequence, timestamp_ns, *result);
-            self.record(&event, connection, (&reply, *result), batch);
+            // The event records the transfer as resolved (what it did), the reply
+            // answers the command as sent.
+            let event = TransferEvent::deciding(command, sequence, *timestamp_ns, *result);
+            let reply = TransferResult::answering(command, sequence, *timestamp_ns, *result);
+            self.record(&event, Some((connection, &reply, *result)), batch);
         }
         self.chain_results = results;
+        self.chain = resolved;
+        self.stamps = stamps;
     }
 
+    /// Appends `event` to the batch (in the oldest schema version that carries it,
+    /// see [`encode_compact`]) and, for a command, its reply.
     fn record<E: Message, R: Message>(
         &mut self,
         event: &E,
-        connection: u32,
-        (reply, result): (&R, ResultCode),
+        reply: Option<(u32, &R, ResultCode)>,
         batch: &mut PendingBatch,
     ) {
         let start = batch.events.len();
         batch.events.resize(start + E::FRAME_SIZE, 0);
-        encode(event, &mut batch.events[start..]).expect("sized above");
+        let size = encode_compact(event, &mut batch.events[start..]).expect("sized above");
+        batch.events.truncate(start + size);
         self.replica.append_decided(&batch.events[start..]);
         batch.event_ends.push(batch.events.len() as u32);
-        let mut frame = [0u8; REPLY_FRAME_SIZE];
-        encode(reply, &mut frame).expect("reply frames share one size");
-        batch.replies.push(Reply { connection, frame, result });
+        if let Some((connection, reply, result)) = reply {
+            let mut frame = [0u8; REPLY_FRAME_SIZE];
+            encode(reply, &mut frame).expect("reply frames share one size");
+            batch.replies.push(Reply { connection, frame, result });
+        }
         batch.next_sequence = self.replica.next_sequence();
         batch.last_hash = self.replica.log_hash();
     }

@@ -29,6 +29,7 @@ fn account(id: u128) -> Vec<u8> {
         ledger: 1.into(),
         code: 1.into(),
         flags: ledgerbus_codec::account_flags::ALLOW_NEGATIVE.into(),
+        ..Default::default()
     })
 }
 
@@ -42,6 +43,7 @@ fn transfer(id: u128, linked: bool) -> Vec<u8> {
         ledger: 1.into(),
         code: 1.into(),
         flags: if linked { transfer_flags::LINKED } else { 0 }.into(),
+        ..Default::default()
     })
 }
 

@@ -105,6 +105,7 @@ fn account(id: u128) -> CreateAccount {
         ledger: 840.into(),
         code: 1.into(),
         flags: account_flags::ALLOW_NEGATIVE.into(),
+        ..Default::default()
     }
 }
 
@@ -118,6 +119,7 @@ fn transfer(id: u128) -> Transfer {
         ledger: 840.into(),
         code: 1.into(),
         flags: 0.into(),
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,7 @@ fn batches() -> Vec<Vec<u8>> {
             ledger: 1.into(),
             code: 1.into(),
             flags: account_flags::ALLOW_NEGATIVE.into(),
+            ..Default::default()
         };
         core.decide_account(0, &account, 1, &mut batch);
     }
@@ -57,6 +58,7 @@ fn batches() -> Vec<Vec<u8>> {
                 ledger: 1.into(),
                 code: 1.into(),
                 flags: 0.into(),
+                ..Default::default()
             };
             core.decide_transfers(0, &[transfer], 2, &mut batch);
         }

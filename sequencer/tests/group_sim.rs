@@ -545,6 +545,7 @@ fn decide(core: &mut SequencerCore, command: &Command, now_ns: u64, batch: &mut 
                 ledger: 1.into(),
                 code: 1.into(),
                 flags: if id % 2 == 0 { account_flags::ALLOW_NEGATIVE } else { 0 }.into(),
+                ..Default::default()
             };
             core.decide_account(0, &create, now_ns, batch);
         }
@@ -558,6 +559,7 @@ fn decide(core: &mut SequencerCore, command: &Command, now_ns: u64, batch: &mut 
                 ledger: 1.into(),
                 code: 1.into(),
                 flags: 0.into(),
+                ..Default::default()
             };
             core.decide_transfers(0, &[transfer], now_ns, batch);
         }

@@ -34,6 +34,7 @@ fn account(id: u128, negative: bool) -> CreateAccount {
         ledger: 840.into(),
         code: 1.into(),
         flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+        ..Default::default()
     }
 }
 
@@ -47,6 +48,7 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u64, linked: bool) -> T
         ledger: 840.into(),
         code: 7.into(),
         flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
+        ..Default::default()
     }
 }
 

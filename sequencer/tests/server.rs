@@ -40,6 +40,7 @@ fn account(correlation: u64, id: u128, negative: bool) -> CreateAccount {
         ledger: 840.into(),
         code: 1.into(),
         flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+        ..Default::default()
     }
 }
 
@@ -53,6 +54,7 @@ fn transfer(correlation: u64, id: u128, debit: u128, credit: u128, amount: u64, 
         ledger: 840.into(),
         code: 1.into(),
         flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
+        ..Default::default()
     }
 }
 

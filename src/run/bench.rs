@@ -151,6 +151,7 @@ pub fn codec(args: &crate::cli::BenchCodecArgs) -> anyhow::Result<()> {
         flags: 0.into(),
         result: ResultCode::Ok.to_wire().into(),
         reserved: [0; 6],
+        ..Default::default()
     };
     let budget = Duration::from_secs_f64(args.duration);
     let measure = |name: &str, per_iteration: u64, mut body: Box<dyn FnMut()>| -> (String, f64) {

@@ -77,6 +77,7 @@ fn transfer(id: u128) -> Transfer {
         ledger: 840.into(),
         code: 1.into(),
         flags: 0.into(),
+        ..Default::default()
     }
 }
 
@@ -186,6 +187,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
                 ledger: 840.into(),
                 code: 1.into(),
                 flags: account_flags::ALLOW_NEGATIVE.into(),
+                ..Default::default()
             })
         });
         client.submit(&setup).await.context("creating the accounts")?;

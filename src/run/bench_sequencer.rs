@@ -137,6 +137,7 @@ pub fn run(
             ledger: 1.into(),
             code: 1.into(),
             flags: flags.into(),
+            ..Default::default()
         };
         core.decide_account(0, &command, now_ns(), &mut batch);
     }
@@ -279,6 +280,7 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
         ledger: 1.into(),
         code: 1.into(),
         flags: 0.into(),
+        ..Default::default()
     }
 }
 

@@ -293,6 +293,7 @@ fn account(id: u128, negative: bool) -> ClientCommand {
         ledger: 840.into(),
         code: 1.into(),
         flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
+        ..Default::default()
     })
 }
 
@@ -306,6 +307,7 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u64, code: u16, linked:
         ledger: 840.into(),
         code: code.into(),
         flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
+        ..Default::default()
     })
 }
 

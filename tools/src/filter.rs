@@ -137,6 +137,7 @@ mod tests {
             flags: 0.into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut frame = vec![0u8; TransferEvent::FRAME_SIZE];
         encode(&event, &mut frame).unwrap();

@@ -187,6 +187,7 @@ mod field_tests {
             flags: 0.into(),
             result: 0.into(),
             reserved: [0; 6],
+            ..Default::default()
         };
         let mut frame = vec![0u8; AccountEvent::FRAME_SIZE];
         encode(&event, &mut frame).unwrap();

@@ -155,6 +155,7 @@ async fn set_up(client: &Client, accounts: Accounts) -> anyhow::Result<()> {
             ledger: 1.into(),
             code: 1.into(),
             flags: flags.into(),
+            ..Default::default()
         })
     };
     let mut commands = vec![account(accounts.settlement(), account_flags::ALLOW_NEGATIVE)];
@@ -195,6 +196,7 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
         ledger: 1.into(),
         code: 1.into(),
         flags: 0.into(),
+        ..Default::default()
     }
 }
 

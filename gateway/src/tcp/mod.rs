@@ -470,6 +470,7 @@ mod tests {
             ledger: 1.into(),
             code: 1.into(),
             flags: if linked { ledgerbus_codec::transfer_flags::LINKED } else { 0 }.into(),
+            ..Default::default()
         };
         let mut frame = vec![0u8; Transfer::FRAME_SIZE];
         encode(&command, &mut frame).unwrap();

@@ -19,6 +19,7 @@ pub fn event_frame(sequence: u64) -> [u8; TransferEvent::FRAME_SIZE] {
         flags: 0.into(),
         result: ResultCode::Ok.to_wire().into(),
         reserved: [0; 6],
+        ..Default::default()
     };
     let mut frame = [0u8; TransferEvent::FRAME_SIZE];
     encode(&event, &mut frame).expect("buffer sized for the frame");
