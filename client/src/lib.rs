@@ -49,7 +49,7 @@ pub mod wire;
 pub use command::{Account, AccountFlags, Command, Transfer, TransferFlags};
 pub use connection::{Client, Outcome, Pending};
 pub use ledgerbus_codec::ResultCode;
-pub use records::{AccountInfo, HistoryPage, TransferInfo};
+pub use records::{AccountInfo, HistoryPage, PendingState, TransferInfo};
 #[cfg(feature = "tls")]
 pub use tls::TlsClient;
 

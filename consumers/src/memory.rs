@@ -22,7 +22,8 @@ use tokio::sync::watch;
 
 use crate::error::SinkError;
 use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
-use crate::readmodel::{ReadModel, TransferRecord};
+use crate::readmodel::{Direction, HistoryFilter, ReadModel, RefFilter, TransferRecord};
+use ledgerbus_codec::{account_flags, transfer_flags};
 
 /// How long a query waits for the model to reach `X-Min-Sequence`.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
@@ -120,8 +121,11 @@ pub fn run(
 /// session) and `/metrics` stay open for health checks and replica comparison.
 pub fn router(shared: Shared) -> Router {
     let data = Router::new()
+        .route("/accounts", get(get_accounts))
         .route("/accounts/{id}", get(get_account))
         .route("/accounts/{id}/transfers", get(get_history))
+        .route("/accounts/{id}/balances", get(get_balances))
+        .route("/transfers", get(get_transfers))
         .route("/transfers/{id}", get(get_transfer))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_api_key));
     let progress = Arc::clone(&shared.progress);
@@ -225,34 +229,84 @@ async fn caught_up<'a>(
     shared.model.read().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "lock poisoned"))
 }
 
-fn account_json(id: u128, account: &ledgerbus_ledger::Account, sequence: Option<u64>) -> Value {
-    json!({
+/// Account flags by their JSON names (the gateway's `POST /accounts` takes the same).
+const ACCOUNT_FLAGS: &[(&str, u16)] = &[
+    ("allow_negative", account_flags::ALLOW_NEGATIVE),
+    ("debits_must_not_exceed_credits", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+    ("credits_must_not_exceed_debits", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+    ("history", account_flags::HISTORY),
+    ("closed", account_flags::CLOSED),
+];
+
+/// Transfer flags by their JSON names (as `POST /transfers` takes them).
+const TRANSFER_FLAGS: &[(&str, u16)] = &[
+    ("linked", transfer_flags::LINKED),
+    ("pending", transfer_flags::PENDING),
+    ("post", transfer_flags::POST_PENDING),
+    ("void", transfer_flags::VOID_PENDING),
+    ("balancing_debit", transfer_flags::BALANCING_DEBIT),
+    ("balancing_credit", transfer_flags::BALANCING_CREDIT),
+    ("closing_debit", transfer_flags::CLOSING_DEBIT),
+    ("closing_credit", transfer_flags::CLOSING_CREDIT),
+];
+
+fn account_json(id: u128, model: &ReadModel) -> Option<Value> {
+    let account = model.ledger().account(id)?;
+    let user_data = model.ledger().account_user_data(id);
+    let mut json = json!({
         "id": id.to_string(),
         "ledger": account.ledger,
         "code": account.code,
-        "allow_negative": account.allows_negative(),
-        "debits_posted": account.debits_posted.to_string(),
-        "credits_posted": account.credits_posted.to_string(),
-        "balance": account.balance().to_string(),
-        "timestamp": account.timestamp_ns,
-        "sequence": sequence,
-    })
+    });
+    let object = json.as_object_mut().expect("an object");
+    for (name, bit) in ACCOUNT_FLAGS {
+        object.insert((*name).into(), (account.flags & bit != 0).into());
+    }
+    object.insert("debits_pending".into(), account.debits_pending.to_string().into());
+    object.insert("debits_posted".into(), account.debits_posted.to_string().into());
+    object.insert("credits_pending".into(), account.credits_pending.to_string().into());
+    object.insert("credits_posted".into(), account.credits_posted.to_string().into());
+    object.insert("balance".into(), account.balance().to_string().into());
+    object.insert("available".into(), account.available().to_string().into());
+    object.insert("user_data_128".into(), user_data.user_data_128.to_string().into());
+    object.insert("user_data_64".into(), user_data.user_data_64.to_string().into());
+    object.insert("user_data_32".into(), user_data.user_data_32.into());
+    object.insert("timestamp".into(), account.timestamp_ns.into());
+    object.insert("sequence".into(), model.account_sequence(id).into());
+    Some(json)
 }
 
-/// A transfer as JSON.
-pub fn transfer_json(record: &TransferRecord) -> Value {
-    json!({
+/// A transfer as JSON; a pending transfer also says where it stands.
+pub fn transfer_json(record: &TransferRecord, ledger: &ledgerbus_ledger::Ledger) -> Value {
+    let mut json = json!({
         "id": record.id.to_string(),
         "debit_account_id": record.debit_account_id.to_string(),
         "credit_account_id": record.credit_account_id.to_string(),
         "amount": record.amount.to_string(),
         "ledger": record.ledger,
         "code": record.code,
-        "linked": record.linked(),
-        "timestamp": record.timestamp_ns,
-        "sequence": record.sequence,
-        "result": "ok",
-    })
+    });
+    let object = json.as_object_mut().expect("an object");
+    for (name, bit) in TRANSFER_FLAGS {
+        object.insert((*name).into(), (record.flags & bit != 0).into());
+    }
+    let pending_id = (record.pending_id != 0).then(|| record.pending_id.to_string());
+    object.insert("pending_id".into(), pending_id.into());
+    object.insert("timeout".into(), record.timeout.into());
+    object.insert("user_data_128".into(), record.user_data_128.to_string().into());
+    object.insert("user_data_64".into(), record.user_data_64.to_string().into());
+    object.insert("user_data_32".into(), record.user_data_32.into());
+    if record.flags & transfer_flags::PENDING != 0 {
+        if let Some(pending) = ledger.pending(record.id) {
+            object.insert("pending_state".into(), pending.state.name().into());
+            let expires = (pending.expires_at_ns != 0).then_some(pending.expires_at_ns);
+            object.insert("expires_at".into(), expires.into());
+        }
+    }
+    object.insert("timestamp".into(), record.timestamp_ns.into());
+    object.insert("sequence".into(), record.sequence.into());
+    object.insert("result".into(), "ok".into());
+    json
 }
 
 async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -264,8 +318,8 @@ async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, heade
         Ok(model) => model,
         Err(response) => return response,
     };
-    match model.ledger().account(id) {
-        Some(account) => Json(account_json(id, account, model.account_sequence(id))).into_response(),
+    match account_json(id, &model) {
+        Some(json) => Json(json).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("account {id} not found")),
     }
 }
@@ -275,6 +329,59 @@ async fn get_account(State(shared): State<Shared>, Path(id): Path<String>, heade
 struct HistoryQuery {
     limit: Option<String>,
     after: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    code: Option<String>,
+    direction: Option<String>,
+    reverse: Option<String>,
+}
+
+/// A query parameter parsed as `T`, absent as `None`; malformed is a 400 naming it.
+#[allow(clippy::result_large_err)] // the error is the 400 to send, once per request
+fn param<T: std::str::FromStr>(value: Option<&str>, name: &str, what: &str) -> Result<Option<T>, Response> {
+    match value {
+        None => Ok(None),
+        Some(text) => {
+            text.parse::<T>().map(Some).map_err(|_| bad_param(name, format!("{name} must be {what}")))
+        }
+    }
+}
+
+#[allow(clippy::result_large_err)] // the error is the 400 to send, once per request
+fn limit_param(value: Option<&str>) -> Result<usize, Response> {
+    match value.map(str::parse::<usize>) {
+        None => Ok(100),
+        Some(Ok(limit)) if (1..=HISTORY_LIMIT_MAX).contains(&limit) => Ok(limit),
+        Some(_) => Err(bad_param("limit", format!("limit must be 1..={HISTORY_LIMIT_MAX}"))),
+    }
+}
+
+#[allow(clippy::result_large_err)] // the error is the 400 to send, once per request
+fn cursor_param(value: Option<&str>) -> Result<u64, Response> {
+    match value.map(cursor_position) {
+        None => Ok(0),
+        Some(Some(after)) => Ok(after),
+        Some(None) => Err(bad_param("after", "after must be a next_after cursor from an earlier page")),
+    }
+}
+
+#[allow(clippy::result_large_err)] // the error is the 400 to send, once per request
+fn history_filter(query: &HistoryQuery) -> Result<HistoryFilter, Response> {
+    let direction = match query.direction.as_deref() {
+        None => Direction::Any,
+        Some("debits") => Direction::Debits,
+        Some("credits") => Direction::Credits,
+        Some(_) => return Err(bad_param("direction", "direction must be debits or credits")),
+    };
+    Ok(HistoryFilter {
+        cursor: cursor_param(query.after.as_deref())?,
+        since: param(query.since.as_deref(), "since", "a time stamp in ns (u64)")?.unwrap_or(0),
+        until: param(query.until.as_deref(), "until", "a time stamp in ns (u64)")?.unwrap_or(u64::MAX),
+        code: param(query.code.as_deref(), "code", "a u16")?,
+        direction,
+        reverse: param(query.reverse.as_deref(), "reverse", "true or false")?.unwrap_or(false),
+        limit: limit_param(query.limit.as_deref())?,
+    })
 }
 
 async fn get_history(
@@ -287,15 +394,9 @@ async fn get_history(
         Ok(id) => id,
         Err(rejection) => return reject(rejection),
     };
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(limit)) if (1..=HISTORY_LIMIT_MAX).contains(&limit) => limit,
-        Some(_) => return bad_param("limit", format!("limit must be 1..={HISTORY_LIMIT_MAX}")),
-    };
-    let after = match query.after.as_deref().map(cursor_position) {
-        None => 0,
-        Some(Some(after)) => after,
-        Some(None) => return bad_param("after", "after must be a next_after cursor from an earlier page"),
+    let filter = match history_filter(&query) {
+        Ok(filter) => filter,
+        Err(response) => return response,
     };
     let model = match caught_up(&shared, &headers).await {
         Ok(model) => model,
@@ -304,13 +405,162 @@ async fn get_history(
     if model.ledger().account(id).is_none() {
         return error(StatusCode::NOT_FOUND, format!("account {id} not found"));
     }
-    let page = model.history(id, after, limit);
-    let next = (page.len() == limit).then(|| page.last().map(|r| cursor(r.sequence))).flatten();
+    let page = model.history_filtered(id, &filter);
+    let next = (page.len() == filter.limit).then(|| page.last().map(|r| cursor(r.sequence))).flatten();
     Json(json!({
-        "transfers": page.iter().map(transfer_json).collect::<Vec<_>>(),
+        "transfers": page.iter().map(|r| transfer_json(r, model.ledger())).collect::<Vec<_>>(),
         "next_after": next,
     }))
     .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceQuery {
+    limit: Option<String>,
+    after: Option<String>,
+    ledger: Option<String>,
+    code: Option<String>,
+    user_data_128: Option<String>,
+    user_data_64: Option<String>,
+    user_data_32: Option<String>,
+}
+
+#[allow(clippy::result_large_err)] // the error is the 400 to send, once per request
+fn reference_filter(query: &ReferenceQuery) -> Result<RefFilter, Response> {
+    Ok(RefFilter {
+        ledger: param(query.ledger.as_deref(), "ledger", "a u32")?,
+        code: param(query.code.as_deref(), "code", "a u16")?,
+        user_data_128: param(query.user_data_128.as_deref(), "user_data_128", "a u128 decimal")?,
+        user_data_64: param(query.user_data_64.as_deref(), "user_data_64", "a u64 decimal")?,
+        user_data_32: param(query.user_data_32.as_deref(), "user_data_32", "a u32 decimal")?,
+    })
+}
+
+/// `GET /transfers?user_data_128=…` (or 64, 32; and `code`): transfers tied to an
+/// external reference, in sequence order.
+async fn get_transfers(
+    State(shared): State<Shared>,
+    Query(query): Query<ReferenceQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let filter = match reference_filter(&query) {
+        Ok(filter) => filter,
+        Err(response) => return response,
+    };
+    if filter.ledger.is_some() {
+        return bad_param(
+            "ledger",
+            "filter transfers by user_data_128, user_data_64 or user_data_32 (and code)",
+        );
+    }
+    if filter.user_data_128.is_none() && filter.user_data_64.is_none() && filter.user_data_32.is_none() {
+        return bad_param("user_data_128", "give user_data_128, user_data_64 or user_data_32");
+    }
+    let (limit, after) = match (limit_param(query.limit.as_deref()), cursor_param(query.after.as_deref())) {
+        (Ok(limit), Ok(after)) => (limit, after),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let model = match caught_up(&shared, &headers).await {
+        Ok(model) => model,
+        Err(response) => return response,
+    };
+    let page = model.transfers_by_reference(&filter, after, limit);
+    let next = (page.len() == limit).then(|| page.last().map(|r| cursor(r.sequence))).flatten();
+    Json(json!({
+        "transfers": page.iter().map(|r| transfer_json(r, model.ledger())).collect::<Vec<_>>(),
+        "next_after": next,
+    }))
+    .into_response()
+}
+
+/// `GET /accounts?ledger=&code=&user_data_…=`: accounts in creation order.
+async fn get_accounts(
+    State(shared): State<Shared>,
+    Query(query): Query<ReferenceQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let filter = match reference_filter(&query) {
+        Ok(filter) => filter,
+        Err(response) => return response,
+    };
+    let (limit, after) = match (limit_param(query.limit.as_deref()), cursor_param(query.after.as_deref())) {
+        (Ok(limit), Ok(after)) => (limit, after),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let Ok(after) = u32::try_from(after) else { return bad_param("after", "not a cursor of this list") };
+    let model = match caught_up(&shared, &headers).await {
+        Ok(model) => model,
+        Err(response) => return response,
+    };
+    let page = model.accounts_matching(&filter, after, limit);
+    let next = (page.len() == limit).then(|| page.last().map(|(_, at)| cursor(u64::from(*at)))).flatten();
+    Json(json!({
+        "accounts": page.iter().filter_map(|(id, _)| account_json(*id, &model)).collect::<Vec<_>>(),
+        "next_after": next,
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalancesQuery {
+    limit: Option<String>,
+    after: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `GET /accounts/{id}/balances`: the balances after each change, for accounts
+/// created with `history: true`.
+async fn get_balances(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    Query(query): Query<BalancesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(rejection) => return reject(rejection),
+    };
+    #[allow(clippy::result_large_err)]
+    let bounds = (|| {
+        Ok::<_, Response>((
+            limit_param(query.limit.as_deref())?,
+            cursor_param(query.after.as_deref())?,
+            param(query.since.as_deref(), "since", "a time stamp in ns (u64)")?.unwrap_or(0),
+            param(query.until.as_deref(), "until", "a time stamp in ns (u64)")?.unwrap_or(u64::MAX),
+        ))
+    })();
+    let (limit, after, since, until) = match bounds {
+        Ok(bounds) => bounds,
+        Err(response) => return response,
+    };
+    let model = match caught_up(&shared, &headers).await {
+        Ok(model) => model,
+        Err(response) => return response,
+    };
+    if model.ledger().account(id).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("account {id} not found"));
+    }
+    let Some(page) = model.balances(id, since, until, after, limit) else {
+        return bad_param("id", format!("account {id} was not created with history: true"));
+    };
+    let next = (page.len() == limit).then(|| page.last().map(|e| cursor(e.sequence))).flatten();
+    let entries: Vec<Value> = page
+        .iter()
+        .map(|e| {
+            json!({
+                "sequence": e.sequence,
+                "timestamp": e.timestamp_ns,
+                "debits_pending": e.debits_pending.to_string(),
+                "debits_posted": e.debits_posted.to_string(),
+                "credits_pending": e.credits_pending.to_string(),
+                "credits_posted": e.credits_posted.to_string(),
+            })
+        })
+        .collect();
+    Json(json!({ "balances": entries, "next_after": next })).into_response()
 }
 
 async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -323,7 +573,7 @@ async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, head
         Err(response) => return response,
     };
     match (model.transfer(id), model.rejection(id)) {
-        (Some(record), _) => Json(transfer_json(record)).into_response(),
+        (Some(record), _) => Json(transfer_json(record, model.ledger())).into_response(),
         // Decided, but refused: say how, rather than a bare 404.
         (None, Some(refused)) => Json(json!({
             "id": id.to_string(),

@@ -24,6 +24,9 @@ const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 /// How many events ahead of the one being applied the id index is prefetched.
 const PREFETCH_DISTANCE: usize = 8;
 
+/// The empty index list (a filter value nobody has).
+static EMPTY: Vec<u32> = Vec::new();
+
 /// An applied transfer as the query API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferRecord {
@@ -45,6 +48,97 @@ pub struct TransferRecord {
     pub timestamp_ns: u64,
     /// Event sequence.
     pub sequence: u64,
+    /// The pending transfer it posted or voided; 0 otherwise.
+    pub pending_id: u128,
+    /// Opaque reference.
+    pub user_data_128: u128,
+    /// Opaque reference.
+    pub user_data_64: u64,
+    /// Opaque reference.
+    pub user_data_32: u32,
+    /// A pending transfer's timeout, seconds.
+    pub timeout: u32,
+}
+
+/// An account's balances after one event that changed them (accounts created with
+/// the `history` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceEntry {
+    /// The event.
+    pub sequence: u64,
+    /// Its time stamp.
+    pub timestamp_ns: u64,
+    /// Debits reserved after it.
+    pub debits_pending: u64,
+    /// Debits posted after it.
+    pub debits_posted: u64,
+    /// Credits reserved after it.
+    pub credits_pending: u64,
+    /// Credits posted after it.
+    pub credits_posted: u64,
+}
+
+/// Which side of an account's transfers a history query wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Both.
+    Any,
+    /// Transfers that debit the account.
+    Debits,
+    /// Transfers that credit the account.
+    Credits,
+}
+
+/// What `GET /accounts/{id}/transfers` asks for: a page of at most `limit`
+/// transfers with `since <= timestamp <= until`, after (or, in reverse, before) the
+/// cursor's sequence, optionally of one code and one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryFilter {
+    /// Exclusive bound from the previous page's cursor: forward, sequences above it;
+    /// in reverse, below it. 0: from the start (or the end, in reverse).
+    pub cursor: u64,
+    /// Earliest time stamp, inclusive.
+    pub since: u64,
+    /// Latest time stamp, inclusive.
+    pub until: u64,
+    /// Only this transfer code.
+    pub code: Option<u16>,
+    /// Debits, credits or both.
+    pub direction: Direction,
+    /// Newest first.
+    pub reverse: bool,
+    /// Page size.
+    pub limit: usize,
+}
+
+impl HistoryFilter {
+    /// Everything, oldest first, `limit` at a time after `cursor`.
+    pub fn after(cursor: u64, limit: usize) -> HistoryFilter {
+        HistoryFilter {
+            cursor,
+            since: 0,
+            until: u64::MAX,
+            code: None,
+            direction: Direction::Any,
+            reverse: false,
+            limit,
+        }
+    }
+}
+
+/// What `GET /accounts` and `GET /transfers` filter on: every field given must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefFilter {
+    /// Ledger (accounts only).
+    pub ledger: Option<u32>,
+    /// Code.
+    pub code: Option<u16>,
+    /// 128-bit user data.
+    pub user_data_128: Option<u128>,
+    /// 64-bit user data.
+    pub user_data_64: Option<u64>,
+    /// 32-bit user data.
+    pub user_data_32: Option<u32>,
 }
 
 impl TransferRecord {
@@ -69,6 +163,19 @@ pub struct ReadModel {
     rejected: HashMap<u128, Rejection>,
     /// The event that created each account (the ledger keeps its time stamp only).
     account_sequences: HashMap<u128, u64>,
+    /// Every account id in creation order; a position here is an account's index.
+    account_order: Vec<u128>,
+    /// Account indexes by ledger and by each non-zero user data.
+    accounts_by_ledger: HashMap<u32, Vec<u32>>,
+    accounts_by_user_data_128: HashMap<u128, Vec<u32>>,
+    accounts_by_user_data_64: HashMap<u64, Vec<u32>>,
+    accounts_by_user_data_32: HashMap<u32, Vec<u32>>,
+    /// Applied transfers (record indexes, in order) by each non-zero user data.
+    transfers_by_user_data_128: HashMap<u128, Vec<u32>>,
+    transfers_by_user_data_64: HashMap<u64, Vec<u32>>,
+    transfers_by_user_data_32: HashMap<u32, Vec<u32>>,
+    /// Balances after each change, for accounts created with the history flag.
+    balances: HashMap<u128, Vec<BalanceEntry>>,
 }
 
 /// How a transfer that was never applied was last refused.
@@ -117,6 +224,15 @@ impl ReadModel {
             history: HashMap::new(),
             rejected: HashMap::new(),
             account_sequences: HashMap::new(),
+            account_order: Vec::new(),
+            accounts_by_ledger: HashMap::new(),
+            accounts_by_user_data_128: HashMap::new(),
+            accounts_by_user_data_64: HashMap::new(),
+            accounts_by_user_data_32: HashMap::new(),
+            transfers_by_user_data_128: HashMap::new(),
+            transfers_by_user_data_64: HashMap::new(),
+            transfers_by_user_data_32: HashMap::new(),
+            balances: HashMap::new(),
         }
     }
 
@@ -155,9 +271,169 @@ impl ReadModel {
 
     /// Up to `limit` transfers of `account` with a sequence above `after`, in order.
     pub fn history(&self, account: u128, after: u64, limit: usize) -> Vec<TransferRecord> {
+        self.history_filtered(account, &HistoryFilter::after(after, limit))
+    }
+
+    /// A page of `account`'s transfers as `filter` asks (see [`HistoryFilter`]).
+    pub fn history_filtered(&self, account: u128, filter: &HistoryFilter) -> Vec<TransferRecord> {
         let Some(indexes) = self.history.get(&account) else { return Vec::new() };
+        // Sequences and time stamps grow together, so both bounds are binary searches.
+        let mut start = indexes.partition_point(|&i| self.record(i).timestamp_ns < filter.since);
+        let mut end = indexes.partition_point(|&i| self.record(i).timestamp_ns <= filter.until);
+        if filter.cursor != 0 {
+            let at = indexes.partition_point(|&i| self.record(i).sequence <= filter.cursor);
+            if filter.reverse {
+                end = end.min(indexes.partition_point(|&i| self.record(i).sequence < filter.cursor));
+            } else {
+                start = start.max(at);
+            }
+        }
+        if start >= end {
+            return Vec::new();
+        }
+        let wanted = |record: &&TransferRecord| {
+            filter.code.is_none_or(|code| record.code == code)
+                && match filter.direction {
+                    Direction::Any => true,
+                    Direction::Debits => record.debit_account_id == account,
+                    Direction::Credits => record.credit_account_id == account,
+                }
+        };
+        let records = indexes[start..end].iter().map(|&i| self.record(i));
+        if filter.reverse {
+            records.rev().filter(wanted).take(filter.limit).copied().collect()
+        } else {
+            records.filter(wanted).take(filter.limit).copied().collect()
+        }
+    }
+
+    /// Up to `limit` applied transfers matching `filter`'s user data (at least one
+    /// must be given), in sequence order, with a sequence above `after`.
+    pub fn transfers_by_reference(
+        &self,
+        filter: &RefFilter,
+        after: u64,
+        limit: usize,
+    ) -> Vec<TransferRecord> {
+        let indexes = if let Some(value) = filter.user_data_128 {
+            self.transfers_by_user_data_128.get(&value)
+        } else if let Some(value) = filter.user_data_64 {
+            self.transfers_by_user_data_64.get(&value)
+        } else if let Some(value) = filter.user_data_32 {
+            self.transfers_by_user_data_32.get(&value)
+        } else {
+            None
+        };
+        let Some(indexes) = indexes else { return Vec::new() };
         let start = indexes.partition_point(|&i| self.record(i).sequence <= after);
-        indexes[start..].iter().take(limit).map(|&i| *self.record(i)).collect()
+        indexes[start..]
+            .iter()
+            .map(|&i| self.record(i))
+            .filter(|r| {
+                filter.user_data_128.is_none_or(|v| r.user_data_128 == v)
+                    && filter.user_data_64.is_none_or(|v| r.user_data_64 == v)
+                    && filter.user_data_32.is_none_or(|v| r.user_data_32 == v)
+                    && filter.code.is_none_or(|v| r.code == v)
+            })
+            .take(limit)
+            .copied()
+            .collect()
+    }
+
+    /// Up to `limit` account ids matching `filter`, in creation order, created after
+    /// the account at position `after` (0: from the first). Returns each id with its
+    /// position, the cursor of the next page.
+    pub fn accounts_matching(&self, filter: &RefFilter, after: u32, limit: usize) -> Vec<(u128, u32)> {
+        let indexes: Option<&Vec<u32>> = if let Some(value) = filter.user_data_128 {
+            Some(self.accounts_by_user_data_128.get(&value).unwrap_or(&EMPTY))
+        } else if let Some(value) = filter.user_data_64 {
+            Some(self.accounts_by_user_data_64.get(&value).unwrap_or(&EMPTY))
+        } else if let Some(value) = filter.user_data_32 {
+            Some(self.accounts_by_user_data_32.get(&value).unwrap_or(&EMPTY))
+        } else if let Some(value) = filter.ledger {
+            Some(self.accounts_by_ledger.get(&value).unwrap_or(&EMPTY))
+        } else {
+            None
+        };
+        let ledger = self.ledger();
+        let matches = |&(id, _): &(u128, u32)| {
+            let Some(account) = ledger.account(id) else { return false };
+            let user_data = ledger.account_user_data(id);
+            filter.ledger.is_none_or(|v| account.ledger == v)
+                && filter.code.is_none_or(|v| account.code == v)
+                && filter.user_data_128.is_none_or(|v| user_data.user_data_128 == v)
+                && filter.user_data_64.is_none_or(|v| user_data.user_data_64 == v)
+                && filter.user_data_32.is_none_or(|v| user_data.user_data_32 == v)
+        };
+        // Positions are 1-based in cursors, so that 0 means "from the start".
+        match indexes {
+            Some(indexes) => {
+                let start = indexes.partition_point(|&i| i < after);
+                indexes[start..]
+                    .iter()
+                    .map(|&i| (self.account_order[i as usize], i + 1))
+                    .filter(matches)
+                    .take(limit)
+                    .collect()
+            }
+            None => (after as usize..self.account_order.len())
+                .map(|i| (self.account_order[i], i as u32 + 1))
+                .filter(matches)
+                .take(limit)
+                .collect(),
+        }
+    }
+
+    /// Balances of a `history` account after each change with `since <= timestamp
+    /// <= until` and a sequence above `after`, at most `limit`; `None` when the
+    /// account keeps no history.
+    pub fn balances(
+        &self,
+        account: u128,
+        since: u64,
+        until: u64,
+        after: u64,
+        limit: usize,
+    ) -> Option<Vec<BalanceEntry>> {
+        let entries = self.balances.get(&account)?;
+        let start = entries.partition_point(|e| e.timestamp_ns < since || e.sequence <= after);
+        let end = entries.partition_point(|e| e.timestamp_ns <= until);
+        Some(entries[start..end.max(start)].iter().take(limit).copied().collect())
+    }
+
+    /// Appends the balances of `id` after event `sequence`, if it keeps history.
+    fn record_balances(&mut self, id: u128, sequence: u64, timestamp_ns: u64) {
+        let Some(entries) = self.balances.get_mut(&id) else { return };
+        let Some(account) = self.core.ledger().account(id) else { return };
+        entries.push(BalanceEntry {
+            sequence,
+            timestamp_ns,
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+        });
+    }
+
+    /// Indexes a newly created account.
+    fn index_account(&mut self, event: &ledgerbus_codec::messages::AccountEvent) {
+        let id = event.id.get();
+        let position = self.account_order.len() as u32;
+        self.account_order.push(id);
+        self.account_sequences.insert(id, event.sequence.get());
+        self.accounts_by_ledger.entry(event.ledger.get()).or_default().push(position);
+        if event.user_data_128.get() != 0 {
+            self.accounts_by_user_data_128.entry(event.user_data_128.get()).or_default().push(position);
+        }
+        if event.user_data_64.get() != 0 {
+            self.accounts_by_user_data_64.entry(event.user_data_64.get()).or_default().push(position);
+        }
+        if event.user_data_32.get() != 0 {
+            self.accounts_by_user_data_32.entry(event.user_data_32.get()).or_default().push(position);
+        }
+        if event.flags.get() & ledgerbus_codec::account_flags::HISTORY != 0 {
+            self.balances.insert(id, Vec::new());
+        }
     }
 
     fn record(&self, index: u32) -> &TransferRecord {
@@ -236,15 +512,39 @@ impl ReadModel {
                 flags: event.flags.get(),
                 timestamp_ns: event.timestamp_ns.get(),
                 sequence: event.sequence.get(),
+                pending_id: event.pending_id.get(),
+                user_data_128: event.user_data_128.get(),
+                user_data_64: event.user_data_64.get(),
+                user_data_32: event.user_data_32.get(),
+                timeout: event.timeout.get(),
             };
             let index = self.push(record)?;
             self.by_id.insert_at(slot, record.id, u64::from(index));
             self.history.entry(record.debit_account_id).or_default().push(index);
             self.history.entry(record.credit_account_id).or_default().push(index);
+            if record.user_data_128 != 0 {
+                self.transfers_by_user_data_128.entry(record.user_data_128).or_default().push(index);
+            }
+            if record.user_data_64 != 0 {
+                self.transfers_by_user_data_64.entry(record.user_data_64).or_default().push(index);
+            }
+            if record.user_data_32 != 0 {
+                self.transfers_by_user_data_32.entry(record.user_data_32).or_default().push(index);
+            }
             self.rejected.remove(&record.id);
+            if !self.balances.is_empty() {
+                self.record_balances(record.debit_account_id, record.sequence, record.timestamp_ns);
+                self.record_balances(record.credit_account_id, record.sequence, record.timestamp_ns);
+            }
+        } else if let Frame::PendingExpired(event) = &decoded {
+            if !self.balances.is_empty() {
+                let (sequence, timestamp_ns) = (event.sequence.get(), event.timestamp_ns.get());
+                self.record_balances(event.debit_account_id.get(), sequence, timestamp_ns);
+                self.record_balances(event.credit_account_id.get(), sequence, timestamp_ns);
+            }
         } else if let Frame::AccountEvent(event) = &decoded {
             if event.result() == Ok(ResultCode::Ok) {
-                self.account_sequences.insert(event.id.get(), event.sequence.get());
+                self.index_account(event);
             }
         } else if let Frame::TransferEvent(event) = &decoded {
             // A refusal (not a retry of an applied id): remember the latest one.

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
-use ledgerbus_codec::{encode, Message, ResultCode};
+use ledgerbus_codec::{encode_compact, Message, ResultCode};
 use serde_json::{json, Value};
 
 use crate::json::{self, BadRequest};
@@ -60,10 +60,11 @@ impl AppState {
 /// The API.
 pub fn router(state: AppState) -> Router {
     let authenticated = Router::new()
-        .route("/accounts", post(create_accounts))
-        .route("/transfers", post(create_transfers))
+        .route("/accounts", post(create_accounts).get(proxy))
+        .route("/transfers", post(create_transfers).get(proxy))
         .route("/accounts/{id}", get(proxy))
         .route("/accounts/{id}/transfers", get(proxy))
+        .route("/accounts/{id}/balances", get(proxy))
         .route("/transfers/{id}", get(proxy))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
@@ -168,11 +169,15 @@ fn status_for(code: ResultCode) -> StatusCode {
     }
 }
 
+/// The commands' frames, each in the oldest schema version that carries it (a
+/// plain transfer costs the sequencer link no more bytes than before version 2).
 fn encode_all<M: Message>(commands: &[M]) -> Vec<u8> {
     let mut frames = vec![0u8; commands.len() * M::FRAME_SIZE];
-    for (command, slot) in commands.iter().zip(frames.chunks_mut(M::FRAME_SIZE)) {
-        encode(command, slot).expect("sized");
+    let mut end = 0;
+    for command in commands {
+        end += encode_compact(command, &mut frames[end..]).expect("sized");
     }
+    frames.truncate(end);
     frames
 }
 

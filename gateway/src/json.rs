@@ -112,6 +112,76 @@ fn bool_field(object: &Map<String, Value>, path: &str, name: &str) -> Result<boo
     }
 }
 
+/// An optional u128 given as a decimal string; 0 when absent (zero allowed).
+fn optional_u128_field(object: &Map<String, Value>, path: &str, name: &str) -> Result<u128, BadRequest> {
+    match object.get(name) {
+        None => Ok(0),
+        Some(Value::String(text)) if !text.starts_with('+') => text
+            .parse::<u128>()
+            .map_err(|_| bad(&format!("{path}{name}"), "must be a u128 as a decimal string")),
+        Some(_) => Err(bad(
+            &format!("{path}{name}"),
+            "must be a u128 as a decimal string (JSON numbers lose precision)",
+        )),
+    }
+}
+
+/// An optional id: 0 when absent, else as [`id_field`] (never zero).
+fn optional_id_field(object: &Map<String, Value>, path: &str, name: &str) -> Result<u128, BadRequest> {
+    if object.contains_key(name) {
+        id_field(object, path, name)
+    } else {
+        Ok(0)
+    }
+}
+
+/// An optional unsigned number: 0 when absent.
+fn optional_unsigned_field(
+    object: &Map<String, Value>,
+    path: &str,
+    name: &str,
+    max: u64,
+    allow_string: bool,
+) -> Result<u64, BadRequest> {
+    if object.contains_key(name) {
+        unsigned_field(object, path, name, max, allow_string)
+    } else {
+        Ok(0)
+    }
+}
+
+/// The flag bits named by the boolean fields in `names` that are true.
+fn flag_fields(object: &Map<String, Value>, path: &str, names: &[(&str, u16)]) -> Result<u16, BadRequest> {
+    let mut flags = 0;
+    for (name, bit) in names {
+        if bool_field(object, path, name)? {
+            flags |= bit;
+        }
+    }
+    Ok(flags)
+}
+
+/// Account flags by their JSON names.
+pub const ACCOUNT_FLAG_FIELDS: &[(&str, u16)] = &[
+    ("allow_negative", account_flags::ALLOW_NEGATIVE),
+    ("debits_must_not_exceed_credits", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+    ("credits_must_not_exceed_debits", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+    ("history", account_flags::HISTORY),
+    ("closed", account_flags::CLOSED),
+];
+
+/// Transfer flags by their JSON names.
+pub const TRANSFER_FLAG_FIELDS: &[(&str, u16)] = &[
+    ("linked", transfer_flags::LINKED),
+    ("pending", transfer_flags::PENDING),
+    ("post", transfer_flags::POST_PENDING),
+    ("void", transfer_flags::VOID_PENDING),
+    ("balancing_debit", transfer_flags::BALANCING_DEBIT),
+    ("balancing_credit", transfer_flags::BALANCING_CREDIT),
+    ("closing_debit", transfer_flags::CLOSING_DEBIT),
+    ("closing_credit", transfer_flags::CLOSING_CREDIT),
+];
+
 fn prefix(index: usize, is_array: bool) -> String {
     if is_array {
         format!("[{index}].")
@@ -125,41 +195,72 @@ pub fn accounts(objects: &[Map<String, Value>], is_array: bool) -> Result<Vec<Cr
     let mut commands = Vec::with_capacity(objects.len());
     for (index, object) in objects.iter().enumerate() {
         let path = prefix(index, is_array);
-        check_fields(object, &path, &["id", "ledger", "code", "allow_negative"])?;
-        let negative = bool_field(object, &path, "allow_negative")?;
+        let mut allowed = vec!["id", "ledger", "code", "user_data_128", "user_data_64", "user_data_32"];
+        allowed.extend(ACCOUNT_FLAG_FIELDS.iter().map(|(name, _)| *name));
+        check_fields(object, &path, &allowed)?;
         commands.push(CreateAccount {
             correlation_id: 0.into(),
             id: id_field(object, &path, "id")?.into(),
             ledger: (unsigned_field(object, &path, "ledger", u64::from(u32::MAX), false)? as u32).into(),
             code: (unsigned_field(object, &path, "code", u64::from(u16::MAX), false)? as u16).into(),
-            flags: (if negative { account_flags::ALLOW_NEGATIVE } else { 0 }).into(),
-            ..Default::default()
+            flags: flag_fields(object, &path, ACCOUNT_FLAG_FIELDS)?.into(),
+            user_data_128: optional_u128_field(object, &path, "user_data_128")?.into(),
+            user_data_64: optional_unsigned_field(object, &path, "user_data_64", u64::MAX, true)?.into(),
+            user_data_32:
+                (optional_unsigned_field(object, &path, "user_data_32", u64::from(u32::MAX), false)? as u32)
+                    .into(),
+            reserved: [0; 4],
         });
     }
     Ok(commands)
 }
+
+type IdParser = fn(&Map<String, Value>, &str, &str) -> Result<u128, BadRequest>;
+type NumberParser = fn(&Map<String, Value>, &str, &str, u64, bool) -> Result<u64, BadRequest>;
 
 /// Parses `POST /transfers` items.
 pub fn transfers(objects: &[Map<String, Value>], is_array: bool) -> Result<Vec<Transfer>, BadRequest> {
     let mut commands = Vec::with_capacity(objects.len());
     for (index, object) in objects.iter().enumerate() {
         let path = prefix(index, is_array);
-        check_fields(
-            object,
-            &path,
-            &["id", "debit_account_id", "credit_account_id", "amount", "ledger", "code", "linked"],
-        )?;
-        let linked = bool_field(object, &path, "linked")?;
+        let mut allowed = vec![
+            "id",
+            "debit_account_id",
+            "credit_account_id",
+            "amount",
+            "ledger",
+            "code",
+            "pending_id",
+            "timeout",
+            "user_data_128",
+            "user_data_64",
+            "user_data_32",
+        ];
+        allowed.extend(TRANSFER_FLAG_FIELDS.iter().map(|(name, _)| *name));
+        check_fields(object, &path, &allowed)?;
+        let flags = flag_fields(object, &path, TRANSFER_FLAG_FIELDS)?;
+        // A post or void may leave accounts, amount, ledger and code to its pending
+        // transfer; every other transfer must give them.
+        let resolving = flags & (transfer_flags::POST_PENDING | transfer_flags::VOID_PENDING) != 0;
+        let (account, number): (IdParser, NumberParser) =
+            if resolving { (optional_id_field, optional_unsigned_field) } else { (id_field, unsigned_field) };
         commands.push(Transfer {
             correlation_id: 0.into(),
             id: id_field(object, &path, "id")?.into(),
-            debit_account_id: id_field(object, &path, "debit_account_id")?.into(),
-            credit_account_id: id_field(object, &path, "credit_account_id")?.into(),
-            amount: unsigned_field(object, &path, "amount", u64::MAX, true)?.into(),
-            ledger: (unsigned_field(object, &path, "ledger", u64::from(u32::MAX), false)? as u32).into(),
-            code: (unsigned_field(object, &path, "code", u64::from(u16::MAX), false)? as u16).into(),
-            flags: (if linked { transfer_flags::LINKED } else { 0 }).into(),
-            ..Default::default()
+            debit_account_id: account(object, &path, "debit_account_id")?.into(),
+            credit_account_id: account(object, &path, "credit_account_id")?.into(),
+            amount: number(object, &path, "amount", u64::MAX, true)?.into(),
+            ledger: (number(object, &path, "ledger", u64::from(u32::MAX), false)? as u32).into(),
+            code: (number(object, &path, "code", u64::from(u16::MAX), false)? as u16).into(),
+            flags: flags.into(),
+            pending_id: optional_id_field(object, &path, "pending_id")?.into(),
+            user_data_128: optional_u128_field(object, &path, "user_data_128")?.into(),
+            user_data_64: optional_unsigned_field(object, &path, "user_data_64", u64::MAX, true)?.into(),
+            user_data_32:
+                (optional_unsigned_field(object, &path, "user_data_32", u64::from(u32::MAX), false)? as u32)
+                    .into(),
+            timeout: (optional_unsigned_field(object, &path, "timeout", u64::from(u32::MAX), false)? as u32)
+                .into(),
         });
     }
     Ok(commands)

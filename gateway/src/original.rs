@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
-use ledgerbus_codec::{account_flags, ResultCode};
+use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
 use serde_json::{json, Value};
 
 use crate::http::AppState;
@@ -42,15 +42,45 @@ impl Retried for Transfer {
     }
 
     fn differing_field(&self, original: &Value) -> Option<&'static str> {
-        let linked = self.is_linked();
-        let fields: [(&'static str, Value); 6] = [
-            ("debit_account_id", self.debit_account_id.get().to_string().into()),
-            ("credit_account_id", self.credit_account_id.get().to_string().into()),
-            ("amount", self.amount.get().to_string().into()),
-            ("ledger", self.ledger.get().into()),
-            ("code", self.code.get().into()),
-            ("linked", linked.into()),
-        ];
+        let flags = self.flags.get();
+        let resolving = flags & (transfer_flags::POST_PENDING | transfer_flags::VOID_PENDING) != 0;
+        let balancing = flags & (transfer_flags::BALANCING_DEBIT | transfer_flags::BALANCING_CREDIT) != 0;
+        let mut fields: Vec<(&'static str, Value)> = Vec::with_capacity(20);
+        // A post or void that left a field zero took it from its pending transfer.
+        let mut given = |name: &'static str, value: u128, json: Value| {
+            if !(resolving && value == 0) {
+                fields.push((name, json));
+            }
+        };
+        given(
+            "debit_account_id",
+            self.debit_account_id.get(),
+            self.debit_account_id.get().to_string().into(),
+        );
+        given(
+            "credit_account_id",
+            self.credit_account_id.get(),
+            self.credit_account_id.get().to_string().into(),
+        );
+        if !balancing {
+            given("amount", u128::from(self.amount.get()), self.amount.get().to_string().into());
+        }
+        given("ledger", u128::from(self.ledger.get()), self.ledger.get().into());
+        given("code", u128::from(self.code.get()), self.code.get().into());
+        given("user_data_128", self.user_data_128.get(), self.user_data_128.get().to_string().into());
+        given(
+            "user_data_64",
+            u128::from(self.user_data_64.get()),
+            self.user_data_64.get().to_string().into(),
+        );
+        given("user_data_32", u128::from(self.user_data_32.get()), self.user_data_32.get().into());
+        for (name, bit) in crate::json::TRANSFER_FLAG_FIELDS {
+            fields.push((name, (flags & bit != 0).into()));
+        }
+        let pending_id = self.pending_id.get();
+        fields
+            .push(("pending_id", if pending_id == 0 { Value::Null } else { pending_id.to_string().into() }));
+        fields.push(("timeout", self.timeout.get().into()));
         first_difference(&fields, original)
     }
 }
@@ -61,12 +91,17 @@ impl Retried for CreateAccount {
     }
 
     fn differing_field(&self, original: &Value) -> Option<&'static str> {
-        let negative = self.flags.get() & account_flags::ALLOW_NEGATIVE != 0;
-        let fields: [(&'static str, Value); 3] = [
-            ("ledger", self.ledger.get().into()),
-            ("code", self.code.get().into()),
-            ("allow_negative", negative.into()),
-        ];
+        let mut fields: Vec<(&'static str, Value)> =
+            vec![("ledger", self.ledger.get().into()), ("code", self.code.get().into())];
+        for (name, bit) in crate::json::ACCOUNT_FLAG_FIELDS {
+            // Closing is state, not a field of the creation.
+            if *bit != account_flags::CLOSED {
+                fields.push((name, (self.flags.get() & bit != 0).into()));
+            }
+        }
+        fields.push(("user_data_128", self.user_data_128.get().to_string().into()));
+        fields.push(("user_data_64", self.user_data_64.get().to_string().into()));
+        fields.push(("user_data_32", self.user_data_32.get().into()));
         first_difference(&fields, original)
     }
 }

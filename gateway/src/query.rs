@@ -79,6 +79,14 @@ fn id(value: &Value, field: &str) -> u128 {
     value.get(field).and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// The flag bits whose boolean fields are true in `json`.
+fn flags(json: &Value, names: &[(&str, u16)]) -> u16 {
+    names
+        .iter()
+        .filter(|(name, _)| json.get(name).and_then(Value::as_bool) == Some(true))
+        .fold(0, |f, (_, b)| f | b)
+}
+
 /// The record answering a lookup of account `account`: found, missing (ledger 0) or
 /// unavailable (result busy).
 pub fn account_record(correlation_id: u64, account: u128, looked: &Looked) -> Vec<u8> {
@@ -88,7 +96,6 @@ pub fn account_record(correlation_id: u64, account: u128, looked: &Looked) -> Ve
         Looked::Missing => (&zero, ResultCode::Ok),
         Looked::Unavailable => (&zero, ResultCode::Busy),
     };
-    let negative = json.get("allow_negative").and_then(Value::as_bool).unwrap_or(false);
     let record = AccountRecord {
         correlation_id: correlation_id.into(),
         id: account.into(),
@@ -98,10 +105,15 @@ pub fn account_record(correlation_id: u64, account: u128, looked: &Looked) -> Ve
         sequence: number(json, "sequence").into(),
         ledger: (number(json, "ledger") as u32).into(),
         code: (number(json, "code") as u16).into(),
-        flags: if negative { ledgerbus_codec::account_flags::ALLOW_NEGATIVE } else { 0 }.into(),
+        flags: flags(json, crate::json::ACCOUNT_FLAG_FIELDS).into(),
         result: result.to_wire().into(),
         reserved: [0; 6],
-        ..Default::default()
+        debits_pending: number(json, "debits_pending").into(),
+        credits_pending: number(json, "credits_pending").into(),
+        user_data_128: id(json, "user_data_128").into(),
+        user_data_64: number(json, "user_data_64").into(),
+        user_data_32: (number(json, "user_data_32") as u32).into(),
+        reserved2: [0; 4],
     };
     let mut frame = vec![0u8; AccountRecord::FRAME_SIZE];
     encode(&record, &mut frame).expect("sized");
@@ -126,7 +138,13 @@ pub fn transfer_record(correlation_id: u64, transfer: u128, looked: &Looked) -> 
             })
             .unwrap_or(ResultCode::Ok),
     };
-    let linked = json.get("linked").and_then(Value::as_bool).unwrap_or(false);
+    let pending_state = match json.get("pending_state").and_then(Value::as_str) {
+        Some("pending") => 1,
+        Some("posted") => 2,
+        Some("voided") => 3,
+        Some("expired") => 4,
+        _ => 0,
+    };
     let record = TransferRecord {
         correlation_id: correlation_id.into(),
         id: transfer.into(),
@@ -137,10 +155,16 @@ pub fn transfer_record(correlation_id: u64, transfer: u128, looked: &Looked) -> 
         sequence: number(json, "sequence").into(),
         ledger: (number(json, "ledger") as u32).into(),
         code: (number(json, "code") as u16).into(),
-        flags: if linked { ledgerbus_codec::transfer_flags::LINKED } else { 0 }.into(),
+        flags: flags(json, crate::json::TRANSFER_FLAG_FIELDS).into(),
         result: result.to_wire().into(),
         reserved: [0; 6],
-        ..Default::default()
+        pending_id: id(json, "pending_id").into(),
+        user_data_128: id(json, "user_data_128").into(),
+        user_data_64: number(json, "user_data_64").into(),
+        user_data_32: (number(json, "user_data_32") as u32).into(),
+        timeout: (number(json, "timeout") as u32).into(),
+        pending_state: pending_state.into(),
+        reserved2: [0; 6],
     };
     let mut frame = vec![0u8; TransferRecord::FRAME_SIZE];
     encode(&record, &mut frame).expect("sized");

@@ -174,9 +174,10 @@ pub struct SequencerCore {
     stamps: Vec<u64>,
 }
 
-/// Most pending transfers expired before one command: the rest expire before the
-/// next ones (or at the next idle tick), so a mass expiry never makes one huge batch.
-pub const EXPIRIES_PER_CALL_MAX: usize = 256;
+/// Most pending transfers expired ahead of one command: the rest expire ahead of
+/// the next ones or when the driver calls [`SequencerCore::expire_due`] between
+/// turns, so a mass expiry never makes one huge batch nor delays one command much.
+pub const EXPIRIES_PER_DECISION: usize = 16;
 
 impl SequencerCore {
     /// A core continuing the log where `replica` stands.
@@ -229,7 +230,7 @@ impl SequencerCore {
         now_ns: u64,
         batch: &mut PendingBatch,
     ) {
-        self.expire_due(now_ns, batch);
+        self.expire_due(now_ns, EXPIRIES_PER_DECISION, batch);
         let timestamp_ns = self.replica.stamp(now_ns);
         let result = self.replica.ledger_mut().create_account(command, timestamp_ns);
         let sequence = self.replica.next_sequence();
@@ -239,11 +240,12 @@ impl SequencerCore {
     }
 
     /// Expires pending transfers whose deadline is at or before `now_ns` (at most
-    /// [`EXPIRIES_PER_CALL_MAX`]), each as a `PendingExpired` event in `batch`.
-    /// Called before every decision and by the driver when idle. Returns how many.
-    pub fn expire_due(&mut self, now_ns: u64, batch: &mut PendingBatch) -> usize {
+    /// `max`), each as a `PendingExpired` event in `batch`: before every decision,
+    /// and by the driver on every turn (so they expire when no command comes).
+    /// Returns how many.
+    pub fn expire_due(&mut self, now_ns: u64, max: usize, batch: &mut PendingBatch) -> usize {
         let mut expired = 0;
-        while expired < EXPIRIES_PER_CALL_MAX {
+        while expired < max {
             let Some((deadline, id)) = self.replica.ledger().next_expiry() else { break };
             if deadline > now_ns {
                 break;
@@ -283,7 +285,7 @@ impl SequencerCore {
         now_ns: u64,
         batch: &mut PendingBatch,
     ) {
-        self.expire_due(now_ns, batch);
+        self.expire_due(now_ns, EXPIRIES_PER_DECISION, batch);
         let mut results = std::mem::take(&mut self.chain_results);
         let mut resolved = std::mem::take(&mut self.chain);
         let mut stamps = std::mem::take(&mut self.stamps);

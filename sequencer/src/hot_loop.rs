@@ -18,6 +18,10 @@ use ledgerbus_transport::driver::Publisher;
 
 use crate::config::{io_err, SequencerConfig, SequencerError};
 use crate::core::{PendingBatch, Reply, SequencerCore};
+
+/// Most pending transfers a driver expires per turn of its loop, besides those
+/// expired ahead of commands.
+pub(crate) const EXPIRIES_PER_TURN: usize = 256;
 use crate::gateways::{wait, GatewayPort, Intent};
 use crate::intake::Leadership;
 use crate::metrics::{ConsumerPosition, SequencerMetrics};
@@ -190,7 +194,10 @@ impl HotLoop {
             window,
             now_ns: wall_clock_ns(),
         };
-        let decided = self.gateways.read_and_decide(intent, &mut batch);
+        let mut decided = self.gateways.read_and_decide(intent, &mut batch);
+        // Pending transfers whose timeout passed expire even when no command comes.
+        let room = window.saturating_sub(batch.len()).min(EXPIRIES_PER_TURN);
+        decided += self.core.expire_due(wall_clock_ns(), room, &mut batch);
         self.batch = Some(batch);
         decided
     }

@@ -23,7 +23,7 @@ use super::peers::PeerNet;
 use crate::config::{io_err, SequencerError};
 use crate::core::PendingBatch;
 use crate::gateways::{wait, GatewayPort, Intent};
-use crate::hot_loop::{answer, publish, serve_archive, wall_clock_ns};
+use crate::hot_loop::{answer, publish, serve_archive, wall_clock_ns, EXPIRIES_PER_TURN};
 use crate::intake::Leadership;
 use crate::metrics::SequencerMetrics;
 
@@ -131,7 +131,13 @@ impl GroupLoop {
             window,
             now_ns: wall_clock_ns(),
         };
-        self.gateways.read_and_decide(intent, batch)
+        let decided = self.gateways.read_and_decide(intent, batch);
+        if !can_decide {
+            return decided;
+        }
+        // Pending transfers whose timeout passed expire even when no command comes.
+        let room = window.saturating_sub(batch.len()).min(EXPIRIES_PER_TURN);
+        decided + self.member.core_mut().expire_due(wall_clock_ns(), room, batch)
     }
 
     /// Answers and publishes what was committed; moves the head.
