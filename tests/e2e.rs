@@ -369,7 +369,7 @@ fn ledger_over_http_and_tcp() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8, "every documented operation was tried");
+    assert_eq!(checked, 11, "every documented operation was tried");
     println!("e2e: {sequence} events, all checks passed");
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ledgerbus_codec::messages::{AccountEvent, TransferEvent};
-use ledgerbus_codec::{encode, Id128, Message, ResultCode};
+use ledgerbus_codec::{encode_compact, Id128, Message, ResultCode};
 use ledgerbus_log::journal::{list_segments, Durability, JournalWriter};
 use ledgerbus_transport::driver::{SocketOptions, Subscriber};
 use ledgerbus_transport::sim::event_frame;
@@ -117,44 +117,76 @@ fn bench_e2e_spawns_the_system_and_writes_hgrm_and_plot() {
     assert_eq!(report["protocol"], "http");
 }
 
-/// Re-encodes an event from its JSON line.
+/// Re-encodes an event from its JSON line, as the sequencer writes it (in the oldest
+/// schema version that carries it).
 fn frame_from_json(line: &serde_json::Value) -> Vec<u8> {
     let u128_of = |key: &str| line[key].as_str().unwrap().parse::<u128>().unwrap();
+    let u64_of = |key: &str| line[key].as_str().unwrap().parse::<u64>().unwrap();
+    let flags_of = |names: &[&str]| {
+        names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| line[**n].as_bool().unwrap())
+            .fold(0u16, |f, (bit, _)| f | 1 << bit)
+    };
     let result = ResultCode::from_snake_name(line["result"].as_str().unwrap()).unwrap();
-    if line["type"] == "transfer" {
+    let mut bytes = vec![0u8; TransferEvent::FRAME_SIZE];
+    let size = if line["type"] == "transfer" {
+        let names = [
+            "linked",
+            "pending",
+            "post",
+            "void",
+            "balancing_debit",
+            "balancing_credit",
+            "closing_debit",
+            "closing_credit",
+        ];
         let event = TransferEvent {
             sequence: line["sequence"].as_u64().unwrap().into(),
             timestamp_ns: line["timestamp"].as_u64().unwrap().into(),
             id: Id128::from(u128_of("id")),
             debit_account_id: Id128::from(u128_of("debit_account_id")),
             credit_account_id: Id128::from(u128_of("credit_account_id")),
-            amount: line["amount"].as_str().unwrap().parse::<u64>().unwrap().into(),
+            amount: u64_of("amount").into(),
             ledger: (line["ledger"].as_u64().unwrap() as u32).into(),
             code: (line["code"].as_u64().unwrap() as u16).into(),
-            flags: u16::from(line["linked"].as_bool().unwrap()).into(),
+            flags: flags_of(&names).into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
-            ..Default::default()
+            pending_id: Id128::from(u128_of("pending_id")),
+            user_data_128: Id128::from(u128_of("user_data_128")),
+            user_data_64: u64_of("user_data_64").into(),
+            user_data_32: (line["user_data_32"].as_u64().unwrap() as u32).into(),
+            timeout: (line["timeout"].as_u64().unwrap() as u32).into(),
         };
-        let mut bytes = vec![0u8; TransferEvent::FRAME_SIZE];
-        encode(&event, &mut bytes).unwrap();
-        bytes
+        encode_compact(&event, &mut bytes).unwrap()
     } else {
+        let names = [
+            "allow_negative",
+            "debits_must_not_exceed_credits",
+            "credits_must_not_exceed_debits",
+            "history",
+            "closed",
+        ];
         let event = AccountEvent {
             sequence: line["sequence"].as_u64().unwrap().into(),
             timestamp_ns: line["timestamp"].as_u64().unwrap().into(),
             id: Id128::from(u128_of("id")),
             ledger: (line["ledger"].as_u64().unwrap() as u32).into(),
             code: (line["code"].as_u64().unwrap() as u16).into(),
-            flags: u16::from(line["allow_negative"].as_bool().unwrap()).into(),
+            flags: flags_of(&names).into(),
             result: result.to_wire().into(),
             reserved: [0; 6],
-            ..Default::default()
+            user_data_128: Id128::from(u128_of("user_data_128")),
+            user_data_64: u64_of("user_data_64").into(),
+            user_data_32: (line["user_data_32"].as_u64().unwrap() as u32).into(),
+            reserved2: [0; 4],
         };
-        let mut bytes = vec![0u8; AccountEvent::FRAME_SIZE];
-        encode(&event, &mut bytes).unwrap();
-        bytes
-    }
+        encode_compact(&event, &mut bytes).unwrap()
+    };
+    bytes.truncate(size);
+    bytes
 }
 
 #[test]

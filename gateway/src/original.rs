@@ -174,13 +174,30 @@ mod tests {
     #[test]
     fn the_first_differing_field_is_named_in_documented_order() {
         let original = json!({"id": "5001", "debit_account_id": "1", "credit_account_id": "2",
-            "amount": "100", "ledger": 840, "code": 1, "linked": false, "sequence": 17, "timestamp": 5});
+            "amount": "100", "ledger": 840, "code": 1, "linked": false, "pending": false, "post": false,
+            "void": false, "balancing_debit": false, "balancing_credit": false, "closing_debit": false,
+            "closing_credit": false, "pending_id": null, "timeout": 0, "user_data_128": "0",
+            "user_data_64": "0", "user_data_32": 0, "sequence": 17, "timestamp": 5});
         assert_eq!(transfer(100, 0).differing_field(&original), None);
         assert_eq!(transfer(101, 0).differing_field(&original), Some("amount"));
         assert_eq!(
             transfer(100, ledgerbus_codec::transfer_flags::LINKED).differing_field(&original),
             Some("linked")
         );
+        // A post that left accounts and amount to its pending transfer matches the
+        // resolved original; one that names another amount does not.
+        let mut resolved = original.clone();
+        resolved["post"] = true.into();
+        resolved["pending_id"] = "9".into();
+        let post = |amount: u64| Transfer {
+            id: 5001u128.into(),
+            amount: amount.into(),
+            flags: ledgerbus_codec::transfer_flags::POST_PENDING.into(),
+            pending_id: 9u128.into(),
+            ..Default::default()
+        };
+        assert_eq!(post(0).differing_field(&resolved), None);
+        assert_eq!(post(50).differing_field(&resolved), Some("amount"));
         let account = CreateAccount {
             correlation_id: 0.into(),
             id: 1u128.into(),

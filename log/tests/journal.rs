@@ -87,8 +87,8 @@ fn a_flipped_byte_in_the_middle_is_refused_with_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     write_events(dir.path(), 50, 1 << 30);
     let path = last_segment(dir.path());
-    // Record 10: 32-byte header + 9 records of (8 + 96) bytes, then inside the frame.
-    let offset = 32 + 9 * 104;
+    // Record 10: 32-byte header + 9 records of (8 + frame) bytes, then inside the frame.
+    let offset = 32 + 9 * (8 + event_frame(1).len() as u64);
     flip(&path, offset + 20);
     match reopen(dir.path()) {
         Err(JournalError::Corrupt { path: bad, offset: at, reason }) => {

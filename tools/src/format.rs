@@ -1,7 +1,55 @@
 //! Events as text lines or JSON objects, for `ledgerbus replay`.
 
-use ledgerbus_codec::{Frame, ResultCode};
+use ledgerbus_codec::{account_flags, transfer_flags, Frame, ResultCode};
 use serde_json::{json, Value};
+
+/// Transfer flags by name (as the HTTP API and `--fields` spell them).
+const TRANSFER_FLAGS: [(&str, u16); 8] = [
+    ("linked", transfer_flags::LINKED),
+    ("pending", transfer_flags::PENDING),
+    ("post", transfer_flags::POST_PENDING),
+    ("void", transfer_flags::VOID_PENDING),
+    ("balancing_debit", transfer_flags::BALANCING_DEBIT),
+    ("balancing_credit", transfer_flags::BALANCING_CREDIT),
+    ("closing_debit", transfer_flags::CLOSING_DEBIT),
+    ("closing_credit", transfer_flags::CLOSING_CREDIT),
+];
+
+/// Account flags by name.
+const ACCOUNT_FLAGS: [(&str, u16); 5] = [
+    ("allow_negative", account_flags::ALLOW_NEGATIVE),
+    ("debits_must_not_exceed_credits", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+    ("credits_must_not_exceed_debits", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+    ("history", account_flags::HISTORY),
+    ("closed", account_flags::CLOSED),
+];
+
+/// The names of the flags set in `bits`, each with a leading space.
+fn flag_words(bits: u16, names: &[(&str, u16)]) -> String {
+    names.iter().filter(|(_, bit)| bits & bit != 0).map(|(name, _)| format!(" {name}")).collect()
+}
+
+/// The v2 details of a transfer event worth a human's eye (pending id, timeout,
+/// references), each with a leading space; empty for a plain transfer.
+fn transfer_details(e: &ledgerbus_codec::messages::TransferEvent) -> String {
+    let mut out = String::new();
+    if e.pending_id.get() != 0 {
+        out += &format!(" pending_id {}", e.pending_id.get());
+    }
+    if e.timeout.get() != 0 {
+        out += &format!(" timeout {}s", e.timeout.get());
+    }
+    for (name, value) in [
+        ("user_data_128", e.user_data_128.get()),
+        ("user_data_64", u128::from(e.user_data_64.get())),
+        ("user_data_32", u128::from(e.user_data_32.get())),
+    ] {
+        if value != 0 {
+            out += &format!(" {name} {value}");
+        }
+    }
+    out
+}
 
 /// The result's JSON name, or `unknown` for a value this version does not define.
 fn result_name(result: Result<ResultCode, ledgerbus_codec::DecodeError>) -> &'static str {
@@ -36,7 +84,7 @@ pub fn utc(ns: u64) -> String {
 pub fn text(frame: &[u8]) -> String {
     match Frame::decode(frame) {
         Ok((Frame::TransferEvent(e), _)) => format!(
-            "{:>10} {} transfer {} {} -> {} amount {} ledger {} code {}{} => {}",
+            "{:>10} {} transfer {} {} -> {} amount {} ledger {} code {}{}{} => {}",
             e.sequence.get(),
             utc(e.timestamp_ns.get()),
             e.id.get(),
@@ -45,8 +93,20 @@ pub fn text(frame: &[u8]) -> String {
             e.amount.get(),
             e.ledger.get(),
             e.code.get(),
-            if e.is_linked() { " linked" } else { "" },
+            flag_words(e.flags.get(), &TRANSFER_FLAGS),
+            transfer_details(&e),
             result_name(e.result())
+        ),
+        Ok((Frame::PendingExpired(e), _)) => format!(
+            "{:>10} {} expired {} {} -> {} amount {} ledger {} code {} released",
+            e.sequence.get(),
+            utc(e.timestamp_ns.get()),
+            e.pending_id.get(),
+            e.debit_account_id.get(),
+            e.credit_account_id.get(),
+            e.amount.get(),
+            e.ledger.get(),
+            e.code.get(),
         ),
         Ok((Frame::AccountEvent(e), _)) => format!(
             "{:>10} {} account {} ledger {} code {}{} => {}",
@@ -55,11 +115,7 @@ pub fn text(frame: &[u8]) -> String {
             e.id.get(),
             e.ledger.get(),
             e.code.get(),
-            if e.flags.get() & ledgerbus_codec::account_flags::ALLOW_NEGATIVE != 0 {
-                " allow_negative"
-            } else {
-                ""
-            },
+            flag_words(e.flags.get(), &ACCOUNT_FLAGS),
             result_name(e.result())
         ),
         Ok((other, _)) => format!("template {} (not an event)", other.template_id()),
@@ -70,29 +126,61 @@ pub fn text(frame: &[u8]) -> String {
 /// One JSON object (ids and amounts as strings, as in the HTTP API).
 pub fn json(frame: &[u8]) -> Value {
     match Frame::decode(frame) {
-        Ok((Frame::TransferEvent(e), _)) => json!({
+        Ok((Frame::TransferEvent(e), _)) => {
+            let mut event = json!({
+                "sequence": e.sequence.get(),
+                "timestamp": e.timestamp_ns.get(),
+                "type": "transfer",
+                "id": e.id.get().to_string(),
+                "debit_account_id": e.debit_account_id.get().to_string(),
+                "credit_account_id": e.credit_account_id.get().to_string(),
+                "amount": e.amount.get().to_string(),
+                "ledger": e.ledger.get(),
+                "code": e.code.get(),
+            });
+            let object = event.as_object_mut().expect("an object");
+            for (name, bit) in TRANSFER_FLAGS {
+                object.insert(name.into(), (e.flags.get() & bit != 0).into());
+            }
+            object.insert("pending_id".into(), e.pending_id.get().to_string().into());
+            object.insert("timeout".into(), e.timeout.get().into());
+            object.insert("user_data_128".into(), e.user_data_128.get().to_string().into());
+            object.insert("user_data_64".into(), e.user_data_64.get().to_string().into());
+            object.insert("user_data_32".into(), e.user_data_32.get().into());
+            object.insert("result".into(), result_name(e.result()).into());
+            event
+        }
+        Ok((Frame::PendingExpired(e), _)) => json!({
             "sequence": e.sequence.get(),
             "timestamp": e.timestamp_ns.get(),
-            "type": "transfer",
-            "id": e.id.get().to_string(),
+            "type": "expired",
+            "pending_id": e.pending_id.get().to_string(),
             "debit_account_id": e.debit_account_id.get().to_string(),
             "credit_account_id": e.credit_account_id.get().to_string(),
             "amount": e.amount.get().to_string(),
             "ledger": e.ledger.get(),
             "code": e.code.get(),
-            "linked": e.is_linked(),
-            "result": result_name(e.result()),
+            "flags": e.flags.get(),
         }),
-        Ok((Frame::AccountEvent(e), _)) => json!({
-            "sequence": e.sequence.get(),
-            "timestamp": e.timestamp_ns.get(),
-            "type": "account",
-            "id": e.id.get().to_string(),
-            "ledger": e.ledger.get(),
-            "code": e.code.get(),
-            "allow_negative": e.flags.get() & ledgerbus_codec::account_flags::ALLOW_NEGATIVE != 0,
-            "result": result_name(e.result()),
-        }),
+        Ok((Frame::AccountEvent(e), _)) => {
+            let mut event = json!({
+                "sequence": e.sequence.get(),
+                "timestamp": e.timestamp_ns.get(),
+                "type": "account",
+                "id": e.id.get().to_string(),
+                "ledger": e.ledger.get(),
+                "code": e.code.get(),
+            });
+            let object = event.as_object_mut().expect("an object");
+            for (name, bit) in ACCOUNT_FLAGS {
+                object.insert(name.into(), (e.flags.get() & bit != 0).into());
+            }
+            object.insert("user_data_128".into(), e.user_data_128.get().to_string().into());
+            object.insert("user_data_64".into(), e.user_data_64.get().to_string().into());
+            object.insert("user_data_32".into(), e.user_data_32.get().into());
+            object.insert("result".into(), result_name(e.result()).into());
+            event
+        }
         Ok((other, _)) => json!({ "type": "unknown", "template_id": other.template_id() }),
         Err(error) => json!({ "type": "undecodable", "error": error.to_string() }),
     }
@@ -100,7 +188,7 @@ pub fn json(frame: &[u8]) -> Value {
 
 /// The fields `--fields` can pick: every key of [`json()`], and `time` (the time stamp
 /// in RFC 3339).
-pub const FIELDS: [&str; 13] = [
+pub const FIELDS: [&str; 29] = [
     "sequence",
     "timestamp",
     "time",
@@ -112,7 +200,23 @@ pub const FIELDS: [&str; 13] = [
     "ledger",
     "code",
     "linked",
+    "pending",
+    "post",
+    "void",
+    "balancing_debit",
+    "balancing_credit",
+    "closing_debit",
+    "closing_credit",
+    "pending_id",
+    "timeout",
     "allow_negative",
+    "debits_must_not_exceed_credits",
+    "credits_must_not_exceed_debits",
+    "history",
+    "closed",
+    "user_data_128",
+    "user_data_64",
+    "user_data_32",
     "result",
 ];
 

@@ -2,11 +2,11 @@
 //! exactly once, in order, with the right bytes.
 
 use ledgerbus_codec::messages::TransferEvent;
-use ledgerbus_codec::{decode, encode, Id128, Message, ResultCode};
+use ledgerbus_codec::{decode, encode_compact, Id128, Message, ResultCode};
 
 /// The frame the simulator publishes as event `sequence`: its bytes depend only on
 /// the sequence, so the checker (and the simulated replay) can rebuild it.
-pub fn event_frame(sequence: u64) -> [u8; TransferEvent::FRAME_SIZE] {
+pub fn event_frame(sequence: u64) -> [u8; PLAIN_TRANSFER_FRAME_SIZE] {
     let event = TransferEvent {
         sequence: sequence.into(),
         timestamp_ns: sequence.wrapping_mul(1_000).into(),
@@ -22,9 +22,14 @@ pub fn event_frame(sequence: u64) -> [u8; TransferEvent::FRAME_SIZE] {
         ..Default::default()
     };
     let mut frame = [0u8; TransferEvent::FRAME_SIZE];
-    encode(&event, &mut frame).expect("buffer sized for the frame");
-    frame
+    let size = encode_compact(&event, &mut frame).expect("buffer sized for the frame");
+    assert_eq!(size, PLAIN_TRANSFER_FRAME_SIZE);
+    frame[..PLAIN_TRANSFER_FRAME_SIZE].try_into().expect("sized")
 }
+
+/// Bytes of a plain transfer's event as the sequencer writes it: the version 1
+/// block (no field of version 2 set), 8 + 88.
+pub const PLAIN_TRANSFER_FRAME_SIZE: usize = 96;
 
 /// Per-receiver delivery checker: exactly once, in order, right bytes.
 pub(super) struct Checker {
