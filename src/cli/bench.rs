@@ -150,6 +150,10 @@ pub struct BenchSequencerArgs {
     /// With --subscribers: the replay service consumers catch up from.
     #[arg(long, default_value = "127.0.0.1:7002", value_name = "ADDR")]
     pub replay_listen: SocketAddr,
+    /// Percent of commands (0-100) that are two-phase: pending transfers, and posts
+    /// or voids (alternately) of earlier ones.
+    #[arg(long, default_value_t = 0, value_name = "PCT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub two_phase: u32,
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +238,10 @@ pub struct BenchE2eArgs {
     /// overdraw, so rejections happen).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub accounts: u32,
+    /// Percent of transfers (0-100) that are two-phase: pending transfers, and posts
+    /// or voids (alternately) of earlier ones on the same connection.
+    #[arg(long, default_value_t = 0, value_name = "PCT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub two_phase: u32,
     /// Write the histogram in .hgrm percentile-distribution format (milliseconds).
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,

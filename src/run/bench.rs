@@ -111,8 +111,13 @@ pub fn sequencer(args: &BenchSequencerArgs) -> anyhow::Result<()> {
             security: args.bus.security()?,
         })
     };
-    let report =
-        super::bench_sequencer::run(dir.path(), durability, Duration::from_secs_f64(args.duration), live)?;
+    let report = super::bench_sequencer::run(
+        dir.path(),
+        durability,
+        Duration::from_secs_f64(args.duration),
+        live,
+        args.two_phase,
+    )?;
     println!("transfers/s        {:>12.0}", report.transfers_per_sec);
     println!("transfers          {:>12}", report.transfers);
     println!("group commits      {:>12}", report.commits);

@@ -66,6 +66,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         connections: args.connections,
         batch: args.batch,
         accounts: args.accounts,
+        two_phase: args.two_phase,
         in_flight: args.in_flight,
         tls: match &args.tls_ca {
             None => None,

@@ -84,6 +84,7 @@ pub fn run(
     durability: Durability,
     duration: Duration,
     live: Option<LiveConsumers>,
+    two_phase_percent: u32,
 ) -> std::io::Result<SequencerBenchReport> {
     let (mut journal, recovered) =
         JournalWriter::open(dir, durability, 1 << 30, 1, ledgerbus_log::journal::skip_events)
@@ -153,6 +154,7 @@ pub fn run(
     let generator = std::thread::spawn(move || {
         let mut next_id: u128 = 1;
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut mix = ledgerbus_tools::two_phase::TwoPhaseMix::new(two_phase_percent);
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
             for _ in 0..CHUNK {
@@ -164,7 +166,7 @@ pub fn run(
                 let credit = u128::from((state >> 20) % ACCOUNTS as u64) + 2;
                 let credit = if credit == debit { (credit - 1) % ACCOUNTS + 2 } else { credit };
                 let amount = 1 + (state >> 40) % 100;
-                chunk.push(transfer(next_id, debit, credit, amount));
+                chunk.push(mix.shape(transfer(next_id, debit, credit, amount), state >> 8));
                 next_id += 1;
             }
             if sender.send(chunk).is_err() {

@@ -24,3 +24,4 @@ pub mod latency;
 pub mod loadgen;
 pub mod pacing;
 pub mod replay;
+pub mod two_phase;

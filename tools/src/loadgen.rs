@@ -22,7 +22,7 @@ use ledgerbus_client::{Client, Command};
 pub use crate::latency::Latency;
 use crate::pacing::{pace, Schedule};
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
-use ledgerbus_codec::{account_flags, ResultCode};
+use ledgerbus_codec::{account_flags, transfer_flags, ResultCode};
 
 /// Which API to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub struct E2eOptions {
     pub batch: u32,
     /// Accounts to spread transfers over.
     pub accounts: u32,
+    /// Percent of transfers that are two-phase (see [`crate::two_phase`]).
+    pub two_phase: u32,
     /// Requests in flight per connection with `--rate max` (see [`pipeline_depth`]).
     pub in_flight: Option<u32>,
     /// TLS to the gateway's TCP API (it runs with `--tls-cert`).
@@ -206,6 +208,7 @@ struct Workload {
     state: u64,
     next_id: u128,
     accounts: Accounts,
+    mix: crate::two_phase::TwoPhaseMix,
 }
 
 impl Workload {
@@ -221,7 +224,7 @@ impl Workload {
         let (debit, credit) = (self.accounts.user(debit_index), self.accounts.user(credit_index));
         let amount = if self.state % 50 == 0 { 1 << 40 } else { 1 + (self.state >> 40) % 100 };
         self.next_id += 1;
-        transfer(self.next_id, debit, credit, amount)
+        self.mix.shape(transfer(self.next_id, debit, credit, amount), self.state >> 8)
     }
 
     fn batch(&mut self, size: u32) -> Vec<Transfer> {
@@ -266,14 +269,28 @@ impl Sender {
                 let items: Vec<serde_json::Value> = transfers
                     .iter()
                     .map(|t| {
-                        serde_json::json!({
+                        let flags = t.flags.get();
+                        let resolve = flags & (transfer_flags::POST_PENDING | transfer_flags::VOID_PENDING);
+                        if resolve != 0 {
+                            let kind = if resolve == transfer_flags::POST_PENDING { "post" } else { "void" };
+                            return serde_json::json!({
+                                "id": t.id.get().to_string(),
+                                "pending_id": t.pending_id.get().to_string(),
+                                kind: true,
+                            });
+                        }
+                        let mut item = serde_json::json!({
                             "id": t.id.get().to_string(),
                             "debit_account_id": t.debit_account_id.get().to_string(),
                             "credit_account_id": t.credit_account_id.get().to_string(),
                             "amount": t.amount.get(),
                             "ledger": t.ledger.get(),
                             "code": t.code.get(),
-                        })
+                        });
+                        if flags & transfer_flags::PENDING != 0 {
+                            item["pending"] = true.into();
+                        }
+                        item
                     })
                     .collect();
                 let body = if count == 1 {
@@ -339,6 +356,7 @@ pub async fn run(
             state: 0x9E37_79B9_7F4A_7C15 ^ (u64::from(connection) + 1),
             next_id: prefix + (u128::from(connection) << 40),
             accounts,
+            mix: crate::two_phase::TwoPhaseMix::new(options.two_phase),
         };
         let (counters, histogram) = (Arc::clone(&counters), Arc::clone(&histogram));
         let batch = options.batch;
