@@ -56,7 +56,19 @@ fn slog_discard() -> slog::Logger {
 #[derive(Debug, Clone, Copy)]
 enum Command {
     Account(u128),
-    Transfer { id: u128, from: u128, to: u128, amount: u64 },
+    Transfer { id: u128, from: u128, to: u128, amount: u64, phase: Phase },
+}
+
+/// Which kind of transfer: plain, or a step of a two-phase transfer.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Single,
+    /// Reserves, expiring after this many seconds of simulated time.
+    Pending(u32),
+    /// Posts this pending transfer.
+    Post(u128),
+    /// Voids this pending transfer.
+    Void(u128),
 }
 
 impl Command {
@@ -318,7 +330,17 @@ impl Sim {
                 let from = self.rng.random_range(1..=ACCOUNTS);
                 let to = self.rng.random_range(1..=ACCOUNTS);
                 let amount = self.rng.random_range(1..50);
-                self.pending.push(Command::Transfer { id, from, to, amount });
+                // Two-phase transfers too: reservations that expire in 1-3 simulated
+                // seconds (the run lasts 15), and posts and voids of recent ids (some
+                // still pending, some expired, some never pending).
+                let recent = self.rng.random_range(self.next_id.saturating_sub(40).max(1)..=self.next_id);
+                let phase = match self.rng.random_range(0..10) {
+                    0..=5 => Phase::Single,
+                    6 | 7 => Phase::Pending(self.rng.random_range(1..4)),
+                    8 => Phase::Post(recent),
+                    _ => Phase::Void(recent),
+                };
+                self.pending.push(Command::Transfer { id, from, to, amount, phase });
             }
         }
     }
@@ -465,7 +487,7 @@ impl Sim {
         }
         self.faults.loss = 0.0;
         self.faults.duplicate = 0.0;
-        let probe = Command::Transfer { id: u128::MAX - 1, from: 1, to: 2, amount: 1 };
+        let probe = Command::Transfer { id: u128::MAX - 1, from: 1, to: 2, amount: 1, phase: Phase::Single };
         self.pending.push(probe);
         let deadline = self.now + 6_000;
         while self.now < deadline {
@@ -481,7 +503,19 @@ impl Sim {
             self.fail("members did not converge".into());
         }
         self.check_told();
+        // Every member holds the same ledger, pending transfers and expiries included.
+        let digests: Vec<u64> =
+            self.members.iter().flatten().map(|m| m.core().ledger().state_digest()).collect();
+        if digests.windows(2).any(|w| w[0] != w[1]) {
+            self.fail(format!("members' ledgers differ: {digests:x?}"));
+        }
         if std::env::var_os("LEDGERBUS_SIM_VERBOSE").is_some() {
+            let disk = self.members[0].as_ref().expect("all running").store().disk();
+            let expired = disk
+                .events()
+                .filter(|frame| matches!(Frame::decode(frame), Ok((Frame::PendingExpired(_), _))))
+                .count();
+            eprintln!("seed {}: {expired} pending transfers expired", self.seed);
             eprintln!(
                 "seed {} size {}: {} entries, {} events committed, {} answers, {} crashes, {} leaderships, ticks {}",
                 self.seed,
@@ -549,8 +583,8 @@ fn decide(core: &mut SequencerCore, command: &Command, now_ns: u64, batch: &mut 
             };
             core.decide_account(0, &create, now_ns, batch);
         }
-        Command::Transfer { id, from, to, amount } => {
-            let transfer = Transfer {
+        Command::Transfer { id, from, to, amount, phase } => {
+            let mut transfer = Transfer {
                 correlation_id: 0.into(),
                 id: id.into(),
                 debit_account_id: from.into(),
@@ -561,6 +595,26 @@ fn decide(core: &mut SequencerCore, command: &Command, now_ns: u64, batch: &mut 
                 flags: 0.into(),
                 ..Default::default()
             };
+            match phase {
+                Phase::Single => {}
+                Phase::Pending(seconds) => {
+                    transfer.flags = ledgerbus_codec::transfer_flags::PENDING.into();
+                    transfer.timeout = seconds.into();
+                }
+                Phase::Post(pending) | Phase::Void(pending) => {
+                    let flag = if matches!(phase, Phase::Post(_)) {
+                        ledgerbus_codec::transfer_flags::POST_PENDING
+                    } else {
+                        ledgerbus_codec::transfer_flags::VOID_PENDING
+                    };
+                    transfer = Transfer {
+                        id: id.into(),
+                        flags: flag.into(),
+                        pending_id: pending.into(),
+                        ..Default::default()
+                    };
+                }
+            }
             core.decide_transfers(0, &[transfer], now_ns, batch);
         }
     }
