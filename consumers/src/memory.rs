@@ -573,7 +573,7 @@ async fn get_transfer(State(shared): State<Shared>, Path(id): Path<String>, head
         Err(response) => return response,
     };
     match (model.transfer(id), model.rejection(id)) {
-        (Some(record), _) => Json(transfer_json(record, model.ledger())).into_response(),
+        (Some(record), _) => Json(transfer_json(&record, model.ledger())).into_response(),
         // Decided, but refused: say how, rather than a bare 404.
         (None, Some(refused)) => Json(json!({
             "id": id.to_string(),

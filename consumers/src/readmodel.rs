@@ -60,6 +60,33 @@ pub struct TransferRecord {
     pub timeout: u32,
 }
 
+/// What the store keeps of every applied transfer: the fields every transfer has,
+/// 80 bytes. The version 2 fields live in [`Extras`], for the transfers that have any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    id: u128,
+    debit_account_id: u128,
+    credit_account_id: u128,
+    amount: u64,
+    timestamp_ns: u64,
+    sequence: u64,
+    ledger: u32,
+    code: u16,
+    flags: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Stored>() == 80);
+
+/// A transfer's version 2 fields (pending id, references, timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Extras {
+    pending_id: u128,
+    user_data_128: u128,
+    user_data_64: u64,
+    user_data_32: u32,
+    timeout: u32,
+}
+
 /// An account's balances after one event that changed them (accounts created with
 /// the `history` flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +181,10 @@ pub struct ReadModel {
     core: Replica,
     /// Applied transfers in sequence order, `CHUNK_LEN` to a chunk; a record's
     /// position is its index everywhere below.
-    chunks: Vec<Vec<TransferRecord>>,
+    chunks: Vec<Vec<Stored>>,
+    /// The version 2 fields of the records that have any, by record index: a plain
+    /// transfer costs the store no more than it did before they existed.
+    extras: HashMap<u32, Extras>,
     len: u32,
     by_id: IdIndex,
     history: HashMap<u128, Vec<u32>>,
@@ -219,6 +249,7 @@ impl ReadModel {
         ReadModel {
             core: Replica::new(Ledger::new()),
             chunks: Vec::new(),
+            extras: HashMap::new(),
             len: 0,
             by_id,
             history: HashMap::new(),
@@ -252,11 +283,11 @@ impl ReadModel {
     }
 
     /// An applied transfer by id.
-    pub fn transfer(&self, id: u128) -> Option<&TransferRecord> {
+    pub fn transfer(&self, id: u128) -> Option<TransferRecord> {
         if id == 0 {
             return None; // never a transfer id, and the index's empty-slot marker
         }
-        self.by_id.get(id).map(|index| self.record(index as u32))
+        self.by_id.get(id).map(|index| self.full(index as u32))
     }
 
     /// The sequence of the event that created account `id`.
@@ -291,7 +322,8 @@ impl ReadModel {
         if start >= end {
             return Vec::new();
         }
-        let wanted = |record: &&TransferRecord| {
+        let wanted = |&&index: &&u32| {
+            let record = self.record(index);
             filter.code.is_none_or(|code| record.code == code)
                 && match filter.direction {
                     Direction::Any => true,
@@ -299,11 +331,11 @@ impl ReadModel {
                     Direction::Credits => record.credit_account_id == account,
                 }
         };
-        let records = indexes[start..end].iter().map(|&i| self.record(i));
+        let records = indexes[start..end].iter();
         if filter.reverse {
-            records.rev().filter(wanted).take(filter.limit).copied().collect()
+            records.rev().filter(wanted).take(filter.limit).map(|&i| self.full(i)).collect()
         } else {
-            records.filter(wanted).take(filter.limit).copied().collect()
+            records.filter(wanted).take(filter.limit).map(|&i| self.full(i)).collect()
         }
     }
 
@@ -328,7 +360,7 @@ impl ReadModel {
         let start = indexes.partition_point(|&i| self.record(i).sequence <= after);
         indexes[start..]
             .iter()
-            .map(|&i| self.record(i))
+            .map(|&i| self.full(i))
             .filter(|r| {
                 filter.user_data_128.is_none_or(|v| r.user_data_128 == v)
                     && filter.user_data_64.is_none_or(|v| r.user_data_64 == v)
@@ -336,7 +368,6 @@ impl ReadModel {
                     && filter.code.is_none_or(|v| r.code == v)
             })
             .take(limit)
-            .copied()
             .collect()
     }
 
@@ -436,13 +467,39 @@ impl ReadModel {
         }
     }
 
-    fn record(&self, index: u32) -> &TransferRecord {
+    /// The whole record at `index`: the stored fields and its extras.
+    fn full(&self, index: u32) -> TransferRecord {
+        let stored = self.record(index);
+        let extras = if self.extras.is_empty() {
+            Extras::default()
+        } else {
+            self.extras.get(&index).copied().unwrap_or_default()
+        };
+        TransferRecord {
+            id: stored.id,
+            debit_account_id: stored.debit_account_id,
+            credit_account_id: stored.credit_account_id,
+            amount: stored.amount,
+            ledger: stored.ledger,
+            code: stored.code,
+            flags: stored.flags,
+            timestamp_ns: stored.timestamp_ns,
+            sequence: stored.sequence,
+            pending_id: extras.pending_id,
+            user_data_128: extras.user_data_128,
+            user_data_64: extras.user_data_64,
+            user_data_32: extras.user_data_32,
+            timeout: extras.timeout,
+        }
+    }
+
+    fn record(&self, index: u32) -> &Stored {
         &self.chunks[(index >> CHUNK_BITS) as usize][index as usize & (CHUNK_LEN - 1)]
     }
 
     /// Stores a record and returns its index, or an error when the store is full
     /// (2^32 transfers, far beyond any memory this runs in).
-    fn push(&mut self, record: TransferRecord) -> Result<u32, SinkError> {
+    fn push(&mut self, record: Stored) -> Result<u32, SinkError> {
         let index = self.len;
         let next = index.checked_add(1).ok_or(SinkError::StoreFull)?;
         if index as usize & (CHUNK_LEN - 1) == 0 {
@@ -502,7 +559,7 @@ impl ReadModel {
         };
         self.core.apply_decoded(&decoded, frame, TransferIds::Skip)?;
         if let (Some(slot), Frame::TransferEvent(event)) = (slot, &decoded) {
-            let record = TransferRecord {
+            let record = Stored {
                 id: event.id.get(),
                 debit_account_id: event.debit_account_id.get(),
                 credit_account_id: event.credit_account_id.get(),
@@ -512,6 +569,8 @@ impl ReadModel {
                 flags: event.flags.get(),
                 timestamp_ns: event.timestamp_ns.get(),
                 sequence: event.sequence.get(),
+            };
+            let extras = Extras {
                 pending_id: event.pending_id.get(),
                 user_data_128: event.user_data_128.get(),
                 user_data_64: event.user_data_64.get(),
@@ -522,14 +581,17 @@ impl ReadModel {
             self.by_id.insert_at(slot, record.id, u64::from(index));
             self.history.entry(record.debit_account_id).or_default().push(index);
             self.history.entry(record.credit_account_id).or_default().push(index);
-            if record.user_data_128 != 0 {
-                self.transfers_by_user_data_128.entry(record.user_data_128).or_default().push(index);
-            }
-            if record.user_data_64 != 0 {
-                self.transfers_by_user_data_64.entry(record.user_data_64).or_default().push(index);
-            }
-            if record.user_data_32 != 0 {
-                self.transfers_by_user_data_32.entry(record.user_data_32).or_default().push(index);
+            if extras != Extras::default() {
+                self.extras.insert(index, extras);
+                if extras.user_data_128 != 0 {
+                    self.transfers_by_user_data_128.entry(extras.user_data_128).or_default().push(index);
+                }
+                if extras.user_data_64 != 0 {
+                    self.transfers_by_user_data_64.entry(extras.user_data_64).or_default().push(index);
+                }
+                if extras.user_data_32 != 0 {
+                    self.transfers_by_user_data_32.entry(extras.user_data_32).or_default().push(index);
+                }
             }
             self.rejected.remove(&record.id);
             if !self.balances.is_empty() {
