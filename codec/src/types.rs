@@ -239,6 +239,14 @@ pub mod account_flags {
     /// Every bit this version defines; any other bit is `ReservedFlag`.
     pub const ALL: u16 =
         ALLOW_NEGATIVE | DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS | HISTORY | CLOSED;
+    /// Every flag with its name in the JSON APIs and tools, in bit order.
+    pub const NAMES: [(&str, u16); 5] = [
+        ("allow_negative", ALLOW_NEGATIVE),
+        ("debits_must_not_exceed_credits", DEBITS_MUST_NOT_EXCEED_CREDITS),
+        ("credits_must_not_exceed_debits", CREDITS_MUST_NOT_EXCEED_DEBITS),
+        ("history", HISTORY),
+        ("closed", CLOSED),
+    ];
 }
 
 /// Bits of `TransferFlags` (schema `<set>`).
@@ -272,6 +280,17 @@ pub mod transfer_flags {
         | BALANCING_CREDIT
         | CLOSING_DEBIT
         | CLOSING_CREDIT;
+    /// Every flag with its name in the JSON APIs and tools, in bit order.
+    pub const NAMES: [(&str, u16); 8] = [
+        ("linked", LINKED),
+        ("pending", PENDING),
+        ("post", POST_PENDING),
+        ("void", VOID_PENDING),
+        ("balancing_debit", BALANCING_DEBIT),
+        ("balancing_credit", BALANCING_CREDIT),
+        ("closing_debit", CLOSING_DEBIT),
+        ("closing_credit", CLOSING_CREDIT),
+    ];
 }
 
 #[cfg(test)]

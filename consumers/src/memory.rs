@@ -230,25 +230,10 @@ async fn caught_up<'a>(
 }
 
 /// Account flags by their JSON names (the gateway's `POST /accounts` takes the same).
-const ACCOUNT_FLAGS: &[(&str, u16)] = &[
-    ("allow_negative", account_flags::ALLOW_NEGATIVE),
-    ("debits_must_not_exceed_credits", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS),
-    ("credits_must_not_exceed_debits", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS),
-    ("history", account_flags::HISTORY),
-    ("closed", account_flags::CLOSED),
-];
+const ACCOUNT_FLAGS: &[(&str, u16)] = &account_flags::NAMES;
 
 /// Transfer flags by their JSON names (as `POST /transfers` takes them).
-const TRANSFER_FLAGS: &[(&str, u16)] = &[
-    ("linked", transfer_flags::LINKED),
-    ("pending", transfer_flags::PENDING),
-    ("post", transfer_flags::POST_PENDING),
-    ("void", transfer_flags::VOID_PENDING),
-    ("balancing_debit", transfer_flags::BALANCING_DEBIT),
-    ("balancing_credit", transfer_flags::BALANCING_CREDIT),
-    ("closing_debit", transfer_flags::CLOSING_DEBIT),
-    ("closing_credit", transfer_flags::CLOSING_CREDIT),
-];
+const TRANSFER_FLAGS: &[(&str, u16)] = &transfer_flags::NAMES;
 
 fn account_json(id: u128, model: &ReadModel) -> Option<Value> {
     let account = model.ledger().account(id)?;

@@ -162,25 +162,10 @@ fn flag_fields(object: &Map<String, Value>, path: &str, names: &[(&str, u16)]) -
 }
 
 /// Account flags by their JSON names.
-pub const ACCOUNT_FLAG_FIELDS: &[(&str, u16)] = &[
-    ("allow_negative", account_flags::ALLOW_NEGATIVE),
-    ("debits_must_not_exceed_credits", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS),
-    ("credits_must_not_exceed_debits", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS),
-    ("history", account_flags::HISTORY),
-    ("closed", account_flags::CLOSED),
-];
+pub const ACCOUNT_FLAG_FIELDS: &[(&str, u16)] = &account_flags::NAMES;
 
 /// Transfer flags by their JSON names.
-pub const TRANSFER_FLAG_FIELDS: &[(&str, u16)] = &[
-    ("linked", transfer_flags::LINKED),
-    ("pending", transfer_flags::PENDING),
-    ("post", transfer_flags::POST_PENDING),
-    ("void", transfer_flags::VOID_PENDING),
-    ("balancing_debit", transfer_flags::BALANCING_DEBIT),
-    ("balancing_credit", transfer_flags::BALANCING_CREDIT),
-    ("closing_debit", transfer_flags::CLOSING_DEBIT),
-    ("closing_credit", transfer_flags::CLOSING_CREDIT),
-];
+pub const TRANSFER_FLAG_FIELDS: &[(&str, u16)] = &transfer_flags::NAMES;
 
 fn prefix(index: usize, is_array: bool) -> String {
     if is_array {

@@ -4,25 +4,10 @@ use ledgerbus_codec::{account_flags, transfer_flags, Frame, ResultCode};
 use serde_json::{json, Value};
 
 /// Transfer flags by name (as the HTTP API and `--fields` spell them).
-const TRANSFER_FLAGS: [(&str, u16); 8] = [
-    ("linked", transfer_flags::LINKED),
-    ("pending", transfer_flags::PENDING),
-    ("post", transfer_flags::POST_PENDING),
-    ("void", transfer_flags::VOID_PENDING),
-    ("balancing_debit", transfer_flags::BALANCING_DEBIT),
-    ("balancing_credit", transfer_flags::BALANCING_CREDIT),
-    ("closing_debit", transfer_flags::CLOSING_DEBIT),
-    ("closing_credit", transfer_flags::CLOSING_CREDIT),
-];
+const TRANSFER_FLAGS: [(&str, u16); 8] = transfer_flags::NAMES;
 
 /// Account flags by name.
-const ACCOUNT_FLAGS: [(&str, u16); 5] = [
-    ("allow_negative", account_flags::ALLOW_NEGATIVE),
-    ("debits_must_not_exceed_credits", account_flags::DEBITS_MUST_NOT_EXCEED_CREDITS),
-    ("credits_must_not_exceed_debits", account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS),
-    ("history", account_flags::HISTORY),
-    ("closed", account_flags::CLOSED),
-];
+const ACCOUNT_FLAGS: [(&str, u16); 5] = account_flags::NAMES;
 
 /// The names of the flags set in `bits`, each with a leading space.
 fn flag_words(bits: u16, names: &[(&str, u16)]) -> String {
