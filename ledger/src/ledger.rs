@@ -392,6 +392,9 @@ impl Ledger {
                 return Err(ResultCode::CodeMustNotBeZero);
             }
         }
+        // The fingerprint of the resolved fields; applying cannot change it (a
+        // balancing transfer's amount, the one field applying sets, is not in it).
+        let print = if remember { fingerprint(command) } else { 0 };
         // One probe of the (large, cache-cold) transfer table serves both the
         // idempotency check and the insert.
         let vacant = if remember {
@@ -399,7 +402,7 @@ impl Ledger {
             match self.transfers.find(id) {
                 Probe::Found(slot) => {
                     let existing = self.transfers.value_at(slot);
-                    return if existing == fingerprint(command) {
+                    return if existing == print {
                         Ok(false)
                     } else {
                         Err(ResultCode::ExistsWithDifferentFields)
@@ -418,7 +421,8 @@ impl Ledger {
             }
         }
         if let Some(vacant) = vacant {
-            self.transfers.insert_at(vacant, id, fingerprint(command));
+            debug_assert_eq!(print, fingerprint(command), "applying changed the fingerprint");
+            self.transfers.insert_at(vacant, id, print);
             if self.recording {
                 self.undo.push(Undo::TransferId(id));
             }
