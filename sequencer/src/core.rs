@@ -286,6 +286,17 @@ impl SequencerCore {
         batch: &mut PendingBatch,
     ) {
         self.expire_due(now_ns, EXPIRIES_PER_DECISION, batch);
+        if let [single] = chain {
+            // The common case, without the chain's buffers.
+            let timestamp_ns = self.replica.stamp(now_ns);
+            let mut command = *single;
+            let result = self.replica.ledger_mut().transfer(&mut command, timestamp_ns);
+            let sequence = self.replica.next_sequence();
+            let event = TransferEvent::deciding(&command, sequence, timestamp_ns, result);
+            let reply = TransferResult::answering(&command, sequence, timestamp_ns, result);
+            self.record(&event, Some((connection, &reply, result)), batch);
+            return;
+        }
         let mut results = std::mem::take(&mut self.chain_results);
         let mut resolved = std::mem::take(&mut self.chain);
         let mut stamps = std::mem::take(&mut self.stamps);
@@ -295,11 +306,7 @@ impl SequencerCore {
         resolved.extend_from_slice(chain);
         stamps.clear();
         stamps.extend(chain.iter().map(|_| self.replica.stamp(now_ns)));
-        if chain.len() == 1 {
-            results[0] = self.replica.ledger_mut().transfer(&mut resolved[0], stamps[0]);
-        } else {
-            self.replica.ledger_mut().transfer_chain(&mut resolved, &stamps, &mut results);
-        }
+        self.replica.ledger_mut().transfer_chain(&mut resolved, &stamps, &mut results);
         for ((command, result), timestamp_ns) in resolved.iter().zip(&results).zip(&stamps) {
             let sequence = self.replica.next_sequence();
             // The event records the transfer as resolved (what it did), the reply
