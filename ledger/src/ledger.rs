@@ -49,7 +49,10 @@ pub struct Ledger {
     transfers: IdIndex,
     /// Every transfer applied with the pending flag, kept after it is resolved (so a
     /// second post or void is refused precisely).
-    pendings: HashMap<Key, PendingTransfer>,
+    pendings: HashMap<Key, StoredPending>,
+    /// User data of the pending transfers that have any (inherited by their post or
+    /// void), kept aside so a pending transfer's slot stays 64 bytes.
+    pending_user_data: HashMap<Key, UserData>,
     /// User data of the accounts that have any.
     account_user_data: HashMap<Key, UserData>,
     /// (deadline, id) of every pending transfer with a timeout that is still
@@ -68,10 +71,57 @@ pub use ledgerbus_codec::CHAIN_MAX;
 #[derive(Debug, Clone, Copy)]
 enum Undo {
     Account(u128, Account),
-    Pending(u128, Option<PendingTransfer>),
+    Pending(u128, Option<StoredPending>),
     ExpiryAdded(u64, u128),
     ExpiryRemoved(u64, u128),
     TransferId(u128),
+}
+
+/// A pending transfer as its table holds it: [`PendingTransfer`] without the user
+/// data, ids as word pairs (8-byte alignment), 64 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredPending {
+    debit: Key,
+    credit: Key,
+    amount: u64,
+    expires_at_ns: u64,
+    ledger: u32,
+    code: u16,
+    flags: u16,
+    state: PendingState,
+}
+
+const _: () = assert!(core::mem::size_of::<StoredPending>() == 64);
+
+impl StoredPending {
+    fn of(pending: &PendingTransfer) -> StoredPending {
+        StoredPending {
+            debit: key(pending.debit),
+            credit: key(pending.credit),
+            amount: pending.amount,
+            expires_at_ns: pending.expires_at_ns,
+            ledger: pending.ledger,
+            code: pending.code,
+            flags: pending.flags,
+            state: pending.state,
+        }
+    }
+
+    fn with(&self, user_data: UserData) -> PendingTransfer {
+        PendingTransfer {
+            debit: id_of(&self.debit),
+            credit: id_of(&self.credit),
+            amount: self.amount,
+            expires_at_ns: self.expires_at_ns,
+            ledger: self.ledger,
+            code: self.code,
+            flags: self.flags,
+            state: self.state,
+            user_data_128: user_data.user_data_128,
+            user_data_64: user_data.user_data_64,
+            user_data_32: user_data.user_data_32,
+        }
+    }
 }
 
 /// What a transfer does, from its flags.
@@ -140,6 +190,7 @@ impl Ledger {
             ),
             transfers: IdIndex::with_capacity(transfers),
             pendings: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugePages),
+            pending_user_data: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugePages),
             account_user_data: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugePages),
             expiries: BTreeSet::new(),
             undo: Vec::with_capacity(4 * CHAIN_MAX),
@@ -169,8 +220,14 @@ impl Ledger {
     }
 
     /// The pending transfer with `id` (pending or resolved).
-    pub fn pending(&self, id: u128) -> Option<&PendingTransfer> {
-        self.pendings.get(&key(id))
+    pub fn pending(&self, id: u128) -> Option<PendingTransfer> {
+        let stored = self.pendings.get(&key(id))?;
+        let user_data = if self.pending_user_data.is_empty() {
+            UserData::default()
+        } else {
+            self.pending_user_data.get(&key(id)).copied().unwrap_or_default()
+        };
+        Some(stored.with(user_data))
     }
 
     /// Number of accounts.
@@ -198,6 +255,7 @@ impl Ledger {
         self.accounts.allocation_size()
             + self.transfers.memory_bytes()
             + self.pendings.allocation_size()
+            + self.pending_user_data.allocation_size()
             + self.account_user_data.allocation_size()
     }
 
@@ -318,6 +376,7 @@ impl Ledger {
                 }
                 Undo::Pending(id, None) => {
                     assert!(self.pendings.remove(&key(id)).is_some());
+                    self.pending_user_data.remove(&key(id));
                 }
                 Undo::ExpiryAdded(deadline, id) => assert!(self.expiries.remove(&(deadline, id))),
                 Undo::ExpiryRemoved(deadline, id) => assert!(self.expiries.insert((deadline, id))),
@@ -441,7 +500,7 @@ impl Ledger {
         command: &mut Transfer,
         pending_id: u128,
     ) -> Result<Option<PendingTransfer>, ResultCode> {
-        let Some(pending) = self.pendings.get(&key(pending_id)).copied() else {
+        let Some(pending) = self.pending(pending_id) else {
             return Err(if self.transfers.get(pending_id).is_some() {
                 ResultCode::PendingTransferNotPending
             } else {
@@ -527,7 +586,7 @@ impl Ledger {
         if self.recording {
             self.undo.push(Undo::Account(pending.debit, *debit));
             self.undo.push(Undo::Account(pending.credit, *credit));
-            self.undo.push(Undo::Pending(pending_id, Some(pending)));
+            self.undo.push(Undo::Pending(pending_id, Some(StoredPending::of(&pending))));
         }
         // A reservation is released exactly once: it is still held in full.
         debit.debits_pending = debit.debits_pending.checked_sub(pending.amount).expect("reservation held");
@@ -543,7 +602,7 @@ impl Ledger {
                 credit.flags &= !account_flags::CLOSED;
             }
         }
-        self.pendings.insert(key(pending_id), PendingTransfer { state, ..pending });
+        self.pendings.get_mut(&key(pending_id)).expect("a pending transfer being settled").state = state;
         if pending.expires_at_ns != 0 {
             assert!(self.expiries.remove(&(pending.expires_at_ns, pending_id)));
             if self.recording {
@@ -699,7 +758,15 @@ impl Ledger {
                 user_data_64: command.user_data_64.get(),
                 user_data_32: command.user_data_32.get(),
             };
-            let before = self.pendings.insert(key(id), record);
+            let user_data = UserData {
+                user_data_128: record.user_data_128,
+                user_data_64: record.user_data_64,
+                user_data_32: record.user_data_32,
+            };
+            if !user_data.is_empty() {
+                self.pending_user_data.insert(key(id), user_data);
+            }
+            let before = self.pendings.insert(key(id), StoredPending::of(&record));
             if self.recording {
                 self.undo.push(Undo::Pending(id, before));
             }
@@ -722,7 +789,7 @@ impl Ledger {
     /// `timestamp_ns` (the sequencer decides this; followers apply its event).
     /// Refused, changing nothing, unless it is pending and due.
     pub fn expire(&mut self, id: u128, timestamp_ns: u64) -> Result<PendingTransfer, ResultCode> {
-        let Some(pending) = self.pendings.get(&key(id)).copied() else {
+        let Some(pending) = self.pending(id) else {
             return Err(ResultCode::PendingTransferNotFound);
         };
         match pending.state {
@@ -833,7 +900,7 @@ impl Ledger {
     /// Every pending transfer (pending or resolved), sorted by id (snapshots, digest).
     pub fn pendings_sorted(&self) -> Vec<(u128, PendingTransfer)> {
         let mut pendings: Vec<(u128, PendingTransfer)> =
-            self.pendings.iter().map(|(k, p)| (id_of(k), *p)).collect();
+            self.pendings.keys().filter_map(|k| Some((id_of(k), self.pending(id_of(k))?))).collect();
         pendings.sort_unstable_by_key(|(id, _)| *id);
         pendings
     }
@@ -843,7 +910,15 @@ impl Ledger {
         if pending.state == PendingState::Pending && pending.expires_at_ns != 0 {
             self.expiries.insert((pending.expires_at_ns, id));
         }
-        self.pendings.insert(key(id), pending);
+        let user_data = UserData {
+            user_data_128: pending.user_data_128,
+            user_data_64: pending.user_data_64,
+            user_data_32: pending.user_data_32,
+        };
+        if !user_data.is_empty() {
+            self.pending_user_data.insert(key(id), user_data);
+        }
+        self.pendings.insert(key(id), StoredPending::of(&pending));
     }
 
     /// Puts an account's user data back as a snapshot recorded it.
