@@ -12,7 +12,7 @@
 
 use hashbrown::HashMap;
 use ledgerbus_codec::messages::TransferEvent;
-use ledgerbus_codec::{decode, transfer_flags, Frame, Frames, ResultCode};
+use ledgerbus_codec::{transfer_flags, Frame, Frames, Message, ResultCode, MESSAGE_HEADER_SIZE};
 use ledgerbus_ledger::index::{IdIndex, Probe};
 use ledgerbus_ledger::{Ledger, Replica, TransferIds};
 
@@ -529,9 +529,18 @@ impl ReadModel {
         Ok(())
     }
 
+    /// Prefetches the id-index slot of the transfer in `frame`, if it is one: read
+    /// straight from the bytes (a hint, so no full decode).
     fn prefetch(&self, frame: &[u8]) {
-        if let Ok((event, _)) = decode::<TransferEvent>(frame) {
-            self.by_id.prefetch(event.id.get());
+        const ID: usize = MESSAGE_HEADER_SIZE + 16;
+        let template = frame.get(2..4).map(|t| u16::from_le_bytes([t[0], t[1]]));
+        if template != Some(TransferEvent::TEMPLATE_ID) {
+            return;
+        }
+        if let Some(id) = frame.get(ID..ID + 16) {
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(id);
+            self.by_id.prefetch(u128::from_le_bytes(bytes));
         }
     }
 

@@ -476,7 +476,12 @@ impl Ledger {
             None
         };
         match kind {
-            Kind::Single if command.flags.get() & BALANCING == 0 => self.post_plain(command)?,
+            Kind::Single if command.flags.get() & BALANCING == 0 => self.post_plain(
+                command.debit_account_id.get(),
+                command.credit_account_id.get(),
+                command.ledger.get(),
+                command.amount.get(),
+            )?,
             Kind::Single | Kind::Pending => self.post(command, kind, timestamp_ns)?,
             Kind::Post | Kind::Void => {
                 let pending = resolved?.expect("a post or void resolves its pending transfer");
@@ -616,10 +621,14 @@ impl Ledger {
     /// balancing: the same rules in the same order, in a function small enough that
     /// the account lookups inline into it (the hot path of deciding and following).
     #[inline]
-    fn post_plain(&mut self, command: &Transfer) -> Result<(), ResultCode> {
-        let (debit_id, credit_id) = (command.debit_account_id.get(), command.credit_account_id.get());
+    fn post_plain(
+        &mut self,
+        debit_id: u128,
+        credit_id: u128,
+        ledger: u32,
+        amount: u64,
+    ) -> Result<(), ResultCode> {
         debug_assert_ne!(debit_id, credit_id);
-        let (ledger, amount) = (command.ledger.get(), command.amount.get());
         let [debit, credit] = self.accounts.get_disjoint_mut([&key(debit_id), &key(credit_id)]);
         let Some(debit) = debit else { return Err(ResultCode::DebitAccountNotFound) };
         let Some(credit) = credit else { return Err(ResultCode::CreditAccountNotFound) };
@@ -780,6 +789,36 @@ impl Ledger {
         Ok(())
     }
 
+    /// [`post_transfer`](Self::post_transfer) of a single-phase transfer without
+    /// balancing, pending id or timeout, from its fields (a follower applying an
+    /// event builds no command): the checks deciding it would make, in that order.
+    pub fn post_plain_transfer(
+        &mut self,
+        id: u128,
+        debit_id: u128,
+        credit_id: u128,
+        ledger: u32,
+        code: u16,
+        amount: u64,
+    ) -> Result<(), ResultCode> {
+        if id == 0 {
+            return Err(ResultCode::IdMustNotBeZero);
+        }
+        if debit_id == credit_id {
+            return Err(ResultCode::AccountsMustBeDifferent);
+        }
+        if amount == 0 {
+            return Err(ResultCode::AmountMustBePositive);
+        }
+        if ledger == 0 {
+            return Err(ResultCode::LedgerMustNotBeZero);
+        }
+        if code == 0 {
+            return Err(ResultCode::CodeMustNotBeZero);
+        }
+        self.post_plain(debit_id, credit_id, ledger, amount)
+    }
+
     /// The earliest deadline of a pending transfer still pending, with its id.
     pub fn next_expiry(&self) -> Option<(u64, u128)> {
         self.expiries.first().copied()
@@ -810,6 +849,18 @@ impl Ledger {
     /// idempotency index (the costliest part of deciding) is not theirs to keep. The
     /// balance rules are still checked: a log that breaks them is refused.
     pub fn post_transfer(&mut self, command: &Transfer, timestamp_ns: u64) -> Result<(), ResultCode> {
+        let flags = command.flags.get();
+        if flags & !transfer_flags::LINKED == 0 && command.pending_id.get() == 0 && command.timeout.get() == 0
+        {
+            return self.post_plain_transfer(
+                command.id.get(),
+                command.debit_account_id.get(),
+                command.credit_account_id.get(),
+                command.ledger.get(),
+                command.code.get(),
+                command.amount.get(),
+            );
+        }
         let mut command = *command;
         let expected = command.amount.get();
         self.try_transfer(&mut command, timestamp_ns, false)?;

@@ -158,8 +158,20 @@ impl Replica {
             Frame::TransferEvent(event) => {
                 if event.result().map_err(|_| ApplyError::UnknownResult(sequence))? == ResultCode::Ok {
                     let timestamp_ns = event.timestamp_ns.get();
+                    let plain = event.flags.get() & !ledgerbus_codec::transfer_flags::LINKED == 0
+                        && event.pending_id.get() == 0
+                        && event.timeout.get() == 0;
                     let applied = match ids {
                         TransferIds::Remember => self.ledger.replay_transfer(&event.command(), timestamp_ns),
+                        // A follower's common case, straight from the event's fields.
+                        TransferIds::Skip if plain => self.ledger.post_plain_transfer(
+                            event.id.get(),
+                            event.debit_account_id.get(),
+                            event.credit_account_id.get(),
+                            event.ledger.get(),
+                            event.code.get(),
+                            event.amount.get(),
+                        ),
                         TransferIds::Skip => self.ledger.post_transfer(&event.command(), timestamp_ns),
                     };
                     applied.map_err(|code| ApplyError::NoLongerApplies { sequence, code })?;
