@@ -21,7 +21,9 @@
 use std::time::Instant;
 
 use ledgerbus_codec::messages::{Challenge, NotLeader, Transfer, Welcome};
-use ledgerbus_codec::{encode, next_group, DecodeError, Frame, Group, Message};
+use ledgerbus_codec::{
+    encode, next_group, DecodeError, Frame, Group, Message, MessageHeader, MESSAGE_HEADER_SIZE,
+};
 use ledgerbus_ledger::ledger::CHAIN_MAX;
 use ledgerbus_protocol::auth;
 
@@ -34,6 +36,8 @@ pub const OUTBOUND_LIMIT: usize = 4 << 20;
 /// How far ahead of the command being decided the transfer index is prefetched:
 /// about eight transfer frames.
 const PREFETCH_BYTES: usize = 8 * 80;
+/// Where a Transfer frame's id ends (header, correlation id, id).
+const TRANSFER_ID_END: usize = MESSAGE_HEADER_SIZE + 8 + 16;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,15 +246,16 @@ impl Intake {
             // their cache misses overlap with deciding this one.
             prefetched = prefetched.max(consumed);
             while prefetched < len && prefetched < consumed + PREFETCH_BYTES {
-                match Frame::decode(&self.inbound[prefetched..len]) {
-                    Ok((frame, size)) => {
-                        if let Frame::Transfer(transfer) = frame {
-                            core.prefetch_transfer(transfer.id.get());
-                        }
-                        prefetched += size;
-                    }
-                    Err(_) => break,
+                // A hint only: the id straight from the bytes, no decode (a version 1
+                // frame read through a version 2 view is a copy).
+                let rest = &self.inbound[prefetched..len];
+                let Ok(size) = MessageHeader::frame_size(rest) else { break };
+                if rest[2..4] == Transfer::TEMPLATE_ID.to_le_bytes() && size >= TRANSFER_ID_END {
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(&rest[TRANSFER_ID_END - 16..TRANSFER_ID_END]);
+                    core.prefetch_transfer(u128::from_le_bytes(id));
                 }
+                prefetched += size;
             }
             let rest = &self.inbound[consumed..len];
             if rest.is_empty() {
