@@ -255,3 +255,71 @@ pub fn transfers(objects: &[Map<String, Value>], is_array: bool) -> Result<Vec<T
 pub fn result_json(id: u128, code: ResultCode, sequence: u64, timestamp_ns: u64) -> Value {
     json!({ "id": id.to_string(), "result": code.snake_name(), "sequence": sequence, "timestamp": timestamp_ns })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_transfer(body: &str) -> Result<Transfer, BadRequest> {
+        let (objects, is_array) = items(body.as_bytes())?;
+        Ok(transfers(&objects, is_array)?[0])
+    }
+
+    fn one_account(body: &str) -> Result<CreateAccount, BadRequest> {
+        let (objects, is_array) = items(body.as_bytes())?;
+        Ok(accounts(&objects, is_array)?[0])
+    }
+
+    #[test]
+    fn two_phase_fields_parse_and_a_post_may_leave_the_rest_to_its_pending_transfer() {
+        let hold = one_transfer(
+            r#"{"id":"5","debit_account_id":"1","credit_account_id":"2","amount":10,"ledger":840,"code":1,
+                "pending":true,"timeout":60,"user_data_128":"340282366920938463463374607431768211455",
+                "user_data_64":"18446744073709551615","user_data_32":7}"#,
+        )
+        .unwrap();
+        assert_eq!(hold.flags.get(), transfer_flags::PENDING);
+        assert_eq!(
+            (hold.timeout.get(), hold.user_data_128.get(), hold.user_data_64.get()),
+            (60, u128::MAX, u64::MAX)
+        );
+        let post = one_transfer(r#"{"id":"6","pending_id":"5","post":true}"#).unwrap();
+        assert_eq!((post.flags.get(), post.pending_id.get()), (transfer_flags::POST_PENDING, 5));
+        assert_eq!((post.debit_account_id.get(), post.amount.get(), post.ledger.get()), (0, 0, 0));
+        let sweep = one_transfer(
+            r#"{"id":"7","debit_account_id":"1","credit_account_id":"2","amount":"99","ledger":840,"code":1,
+                "balancing_debit":true,"linked":false}"#,
+        )
+        .unwrap();
+        assert_eq!(sweep.flags.get(), transfer_flags::BALANCING_DEBIT);
+        let account = one_account(
+            r#"{"id":"1","ledger":840,"code":1,"credits_must_not_exceed_debits":true,"history":true,"user_data_32":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            account.flags.get(),
+            account_flags::CREDITS_MUST_NOT_EXCEED_DEBITS | account_flags::HISTORY
+        );
+        assert_eq!(account.user_data_32.get(), 3);
+    }
+
+    #[test]
+    fn malformed_two_phase_fields_name_the_field() {
+        let param = |body: &str| one_transfer(body).unwrap_err().param;
+        assert_eq!(param(r#"{"id":"6","pending_id":"0","post":true}"#), "pending_id");
+        assert_eq!(param(r#"{"id":"6","pending_id":5,"post":true}"#), "pending_id");
+        assert_eq!(param(r#"{"id":"6","pending_id":"5","post":1}"#), "post");
+        assert_eq!(param(r#"{"id":"6","pending_id":"5","void":true,"timeout":4294967296}"#), "timeout");
+        assert_eq!(param(r#"{"id":"6","pending_id":"5","void":true,"user_data_128":"-1"}"#), "user_data_128");
+        assert_eq!(
+            param(r#"{"id":"6","pending_id":"5","void":true,"user_data_32":4294967296}"#),
+            "user_data_32"
+        );
+        assert_eq!(param(r#"{"id":"6","pending_id":"5","void":true,"expire":true}"#), "expire");
+        // Without post or void, accounts, amount, ledger and code are required.
+        assert_eq!(param(r#"{"id":"6","pending":true,"amount":5,"ledger":1,"code":1}"#), "debit_account_id");
+        let account = |body: &str| one_account(body).unwrap_err().param;
+        assert_eq!(account(r#"{"id":"1","ledger":840,"code":1,"history":"yes"}"#), "history");
+        assert_eq!(account(r#"{"id":"1","ledger":840,"code":1,"user_data_64":-5}"#), "user_data_64");
+    }
+}
