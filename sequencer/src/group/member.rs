@@ -351,7 +351,10 @@ impl<D: Disk> Member<D> {
     /// Whether the driver may decide commands now: this member leads, its ledger
     /// holds its whole log, and the in-flight bound has room.
     pub fn can_decide(&self) -> bool {
+        // `leader` follows Raft's role as of the last `process`; a message stepped in
+        // since may already have made this member a follower.
         self.leader
+            && self.node.raft.state == StateRole::Leader
             && self.quarantine.is_none()
             && self.core.next_sequence() == self.node.store().next_sequence()
             && self.in_flight.len() < self.config.in_flight_max
@@ -376,7 +379,15 @@ impl<D: Disk> Member<D> {
     pub fn propose(&mut self, batch: PendingBatch) -> io::Result<Proposed> {
         assert!(!batch.is_empty(), "an empty batch is not proposed");
         let before = self.node.raft.raft_log.last_index();
-        match self.node.propose(Vec::new(), batch.event_bytes().to_vec()) {
+        // A member that has just stepped down (a message with a higher term came in
+        // this turn) refuses the batch and undoes its decisions: raft-rs would
+        // forward the proposal to the new leader and append nothing here.
+        let proposed = if self.node.raft.state == StateRole::Leader {
+            self.node.propose(Vec::new(), batch.event_bytes().to_vec())
+        } else {
+            Err(raft::Error::ProposalDropped)
+        };
+        match proposed {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
                 assert_eq!(index, before + 1, "one batch, one entry");
