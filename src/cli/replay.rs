@@ -14,6 +14,8 @@ pub enum ReplayKind {
     Account,
     /// Transfers.
     Transfer,
+    /// Pending transfers released by their timeout.
+    Expired,
 }
 
 /// How `replay` prints events.

@@ -157,6 +157,7 @@ fn event_filter(args: &ReplayArgs) -> anyhow::Result<EventFilter> {
         kind: args.kind.map(|kind| match kind {
             ReplayKind::Account => EventKind::Account,
             ReplayKind::Transfer => EventKind::Transfer,
+            ReplayKind::Expired => EventKind::Expired,
         }),
         result: args
             .result

@@ -11,6 +11,8 @@ pub enum EventKind {
     Account,
     /// A transfer was decided.
     Transfer,
+    /// A pending transfer expired (its reservation released).
+    Expired,
 }
 
 /// Which results pass.
@@ -102,6 +104,13 @@ impl EventFilter {
             Ok((Frame::AccountEvent(e), _)) => {
                 (EventKind::Account, e.timestamp_ns.get(), e.result.get(), [e.id.get(), e.id.get()])
             }
+            // An expiry always applies: it counts as accepted.
+            Ok((Frame::PendingExpired(e), _)) => (
+                EventKind::Expired,
+                e.timestamp_ns.get(),
+                ResultCode::Ok.to_wire(),
+                [e.debit_account_id.get(), e.credit_account_id.get()],
+            ),
             _ => return false,
         };
         let result = ResultCode::from_wire(result).ok();
