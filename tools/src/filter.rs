@@ -154,6 +154,28 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_is_its_own_kind_touches_both_accounts_and_counts_as_accepted() {
+        let expired = ledgerbus_codec::messages::PendingExpired {
+            sequence: 3.into(),
+            timestamp_ns: 5.into(),
+            pending_id: Id128::from(9u128),
+            debit_account_id: Id128::from(1u128),
+            credit_account_id: Id128::from(2u128),
+            amount: 5.into(),
+            ledger: 1.into(),
+            code: 1.into(),
+            ..Default::default()
+        };
+        let mut frame = vec![0u8; ledgerbus_codec::messages::PendingExpired::FRAME_SIZE];
+        encode(&expired, &mut frame).unwrap();
+        let matches = |f: EventFilter| f.matches(&frame);
+        assert!(matches(EventFilter { kind: Some(EventKind::Expired), ..Default::default() }));
+        assert!(!matches(EventFilter { kind: Some(EventKind::Transfer), ..Default::default() }));
+        assert!(matches(EventFilter { account: Some(2), ..Default::default() }));
+        assert!(matches(EventFilter { result: Some("accepted".parse().unwrap()), ..Default::default() }));
+    }
+
+    #[test]
     fn every_condition_must_hold() {
         let ok = event(1, ResultCode::Ok, 2_000_000_000);
         let poor = event(1, ResultCode::InsufficientFunds, 3_000_000_000);
