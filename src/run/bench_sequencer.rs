@@ -166,7 +166,8 @@ pub fn run(
                 let credit = u128::from((state >> 20) % ACCOUNTS as u64) + 2;
                 let credit = if credit == debit { (credit - 1) % ACCOUNTS + 2 } else { credit };
                 let amount = 1 + (state >> 40) % 100;
-                chunk.push(mix.shape(transfer(next_id, debit, credit, amount), state >> 8));
+                let plain = transfer(next_id, debit, credit, amount);
+                chunk.push(if two_phase_percent == 0 { plain } else { mix.shape(plain, state >> 8) });
                 next_id += 1;
             }
             if sender.send(chunk).is_err() {
