@@ -143,24 +143,7 @@ enum Kind {
 /// transfer without any version 2 field hashes exactly as version 1 did.
 pub fn fingerprint(transfer: &Transfer) -> u64 {
     let flags = transfer.flags.get();
-    let plain = transfer.pending_id.get() == 0
-        && transfer.user_data_128.get() == 0
-        && transfer.user_data_64.get() == 0
-        && transfer.user_data_32.get() == 0
-        && transfer.timeout.get() == 0;
-    if plain && flags & BALANCING == 0 {
-        // The common case, hashed exactly as version 1 hashed every transfer.
-        let mut bytes = [0u8; 48];
-        bytes[0..16].copy_from_slice(&transfer.debit_account_id.get().to_le_bytes());
-        bytes[16..32].copy_from_slice(&transfer.credit_account_id.get().to_le_bytes());
-        bytes[32..40].copy_from_slice(&transfer.amount.get().to_le_bytes());
-        bytes[40..44].copy_from_slice(&transfer.ledger.get().to_le_bytes());
-        bytes[44..46].copy_from_slice(&transfer.code.get().to_le_bytes());
-        bytes[46..48].copy_from_slice(&flags.to_le_bytes());
-        return xxhash_rust::xxh3::xxh3_64(&bytes);
-    }
-    let balancing = flags & (transfer_flags::BALANCING_DEBIT | transfer_flags::BALANCING_CREDIT) != 0;
-    let amount = if balancing { 0 } else { transfer.amount.get() };
+    let amount = if flags & BALANCING != 0 { 0 } else { transfer.amount.get() };
     let mut bytes = [0u8; 96];
     bytes[0..16].copy_from_slice(&transfer.debit_account_id.get().to_le_bytes());
     bytes[16..32].copy_from_slice(&transfer.credit_account_id.get().to_le_bytes());
@@ -168,13 +151,21 @@ pub fn fingerprint(transfer: &Transfer) -> u64 {
     bytes[40..44].copy_from_slice(&transfer.ledger.get().to_le_bytes());
     bytes[44..46].copy_from_slice(&transfer.code.get().to_le_bytes());
     bytes[46..48].copy_from_slice(&flags.to_le_bytes());
+    let version_1 = transfer.pending_id.get() == 0
+        && transfer.user_data_128.get() == 0
+        && transfer.user_data_64.get() == 0
+        && transfer.user_data_32.get() == 0
+        && transfer.timeout.get() == 0;
+    if version_1 {
+        // No field of version 2: hashed exactly as version 1 hashed every transfer.
+        return xxhash_rust::xxh3::xxh3_64(&bytes[..48]);
+    }
     bytes[48..64].copy_from_slice(&transfer.pending_id.get().to_le_bytes());
     bytes[64..80].copy_from_slice(&transfer.user_data_128.get().to_le_bytes());
     bytes[80..88].copy_from_slice(&transfer.user_data_64.get().to_le_bytes());
     bytes[88..92].copy_from_slice(&transfer.user_data_32.get().to_le_bytes());
     bytes[92..96].copy_from_slice(&transfer.timeout.get().to_le_bytes());
-    let length = if bytes[48..].iter().all(|&b| b == 0) { 48 } else { 96 };
-    xxhash_rust::xxh3::xxh3_64(&bytes[..length])
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 impl Default for Ledger {
@@ -185,6 +176,31 @@ impl Default for Ledger {
 
 /// Either balancing flag.
 const BALANCING: u16 = transfer_flags::BALANCING_DEBIT | transfer_flags::BALANCING_CREDIT;
+
+/// The field rules of a transfer that names its own accounts (single-phase or
+/// pending), in the order deciding checks them.
+#[inline]
+fn check_fields(
+    debit_id: u128,
+    credit_id: u128,
+    amount: u64,
+    ledger: u32,
+    code: u16,
+) -> Result<(), ResultCode> {
+    if debit_id == credit_id {
+        return Err(ResultCode::AccountsMustBeDifferent);
+    }
+    if amount == 0 {
+        return Err(ResultCode::AmountMustBePositive);
+    }
+    if ledger == 0 {
+        return Err(ResultCode::LedgerMustNotBeZero);
+    }
+    if code == 0 {
+        return Err(ResultCode::CodeMustNotBeZero);
+    }
+    Ok(())
+}
 
 /// Nanoseconds per second of a transfer's `timeout`.
 const NS_PER_SECOND: u64 = 1_000_000_000;
@@ -452,23 +468,15 @@ impl Ledger {
             return Err(ResultCode::TimeoutReservedForPendingTransfer);
         }
         // A post or void takes what it leaves zero from its pending transfer.
-        let resolved = match kind {
-            Kind::Post | Kind::Void => self.resolve(command, pending_id),
-            _ => Ok(None),
-        };
+        let resolved = matches!(kind, Kind::Post | Kind::Void).then(|| self.resolve(command, pending_id));
         if kind == Kind::Single || kind == Kind::Pending {
-            if command.debit_account_id.get() == command.credit_account_id.get() {
-                return Err(ResultCode::AccountsMustBeDifferent);
-            }
-            if command.amount.get() == 0 {
-                return Err(ResultCode::AmountMustBePositive);
-            }
-            if command.ledger.get() == 0 {
-                return Err(ResultCode::LedgerMustNotBeZero);
-            }
-            if command.code.get() == 0 {
-                return Err(ResultCode::CodeMustNotBeZero);
-            }
+            check_fields(
+                command.debit_account_id.get(),
+                command.credit_account_id.get(),
+                command.amount.get(),
+                command.ledger.get(),
+                command.code.get(),
+            )?;
         }
         // The fingerprint of the resolved fields; applying cannot change it (a
         // balancing transfer's amount, the one field applying sets, is not in it).
@@ -500,7 +508,7 @@ impl Ledger {
             )?,
             Kind::Single | Kind::Pending => self.post(command, kind, timestamp_ns)?,
             Kind::Post | Kind::Void => {
-                let pending = resolved?.expect("a post or void resolves its pending transfer");
+                let pending = resolved.expect("a post or void resolves its pending transfer")?;
                 self.resolve_pending(command, kind, pending, timestamp_ns)?;
             }
         }
@@ -516,11 +524,7 @@ impl Ledger {
 
     /// Fills the fields a post or void left zero from its pending transfer, and
     /// checks the ones it gave. Says nothing yet of the pending transfer's state.
-    fn resolve(
-        &self,
-        command: &mut Transfer,
-        pending_id: u128,
-    ) -> Result<Option<PendingTransfer>, ResultCode> {
+    fn resolve(&self, command: &mut Transfer, pending_id: u128) -> Result<PendingTransfer, ResultCode> {
         let Some(pending) = self.pending(pending_id) else {
             return Err(if self.transfers.get(pending_id).is_some() {
                 ResultCode::PendingTransferNotPending
@@ -560,7 +564,7 @@ impl Ledger {
             command.user_data_64 = pending.user_data_64.into();
             command.user_data_32 = pending.user_data_32.into();
         }
-        Ok(Some(pending))
+        Ok(pending)
     }
 
     /// Posts or voids `pending` (already resolved into `command`).
@@ -820,18 +824,7 @@ impl Ledger {
         if id == 0 {
             return Err(ResultCode::IdMustNotBeZero);
         }
-        if debit_id == credit_id {
-            return Err(ResultCode::AccountsMustBeDifferent);
-        }
-        if amount == 0 {
-            return Err(ResultCode::AmountMustBePositive);
-        }
-        if ledger == 0 {
-            return Err(ResultCode::LedgerMustNotBeZero);
-        }
-        if code == 0 {
-            return Err(ResultCode::CodeMustNotBeZero);
-        }
+        check_fields(debit_id, credit_id, amount, ledger, code)?;
         self.post_plain(debit_id, credit_id, ledger, amount)
     }
 
