@@ -291,10 +291,7 @@ impl SequencerCore {
             let timestamp_ns = self.replica.stamp(now_ns);
             let mut command = *single;
             let result = self.replica.ledger_mut().transfer(&mut command, timestamp_ns);
-            let sequence = self.replica.next_sequence();
-            let event = TransferEvent::deciding(&command, sequence, timestamp_ns, result);
-            let reply = TransferResult::answering(&command, sequence, timestamp_ns, result);
-            self.record(&event, Some((connection, &reply, result)), batch);
+            self.record_transfer(connection, &command, timestamp_ns, result, batch);
             return;
         }
         let mut results = std::mem::take(&mut self.chain_results);
@@ -308,16 +305,27 @@ impl SequencerCore {
         stamps.extend(chain.iter().map(|_| self.replica.stamp(now_ns)));
         self.replica.ledger_mut().transfer_chain(&mut resolved, &stamps, &mut results);
         for ((command, result), timestamp_ns) in resolved.iter().zip(&results).zip(&stamps) {
-            let sequence = self.replica.next_sequence();
-            // The event records the transfer as resolved (what it did), the reply
-            // answers the command as sent.
-            let event = TransferEvent::deciding(command, sequence, *timestamp_ns, *result);
-            let reply = TransferResult::answering(command, sequence, *timestamp_ns, *result);
-            self.record(&event, Some((connection, &reply, *result)), batch);
+            self.record_transfer(connection, command, *timestamp_ns, *result, batch);
         }
         self.chain_results = results;
         self.chain = resolved;
         self.stamps = stamps;
+    }
+
+    /// Records a decided transfer: its event (the transfer as resolved, what it did)
+    /// and its reply (same correlation id and transfer id as the command sent).
+    fn record_transfer(
+        &mut self,
+        connection: u32,
+        resolved: &Transfer,
+        timestamp_ns: u64,
+        result: ResultCode,
+        batch: &mut PendingBatch,
+    ) {
+        let sequence = self.replica.next_sequence();
+        let event = TransferEvent::deciding(resolved, sequence, timestamp_ns, result);
+        let reply = TransferResult::answering(resolved, sequence, timestamp_ns, result);
+        self.record(&event, Some((connection, &reply, result)), batch);
     }
 
     /// Appends `event` to the batch (in the oldest schema version that carries it,
