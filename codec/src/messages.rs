@@ -641,6 +641,12 @@ impl TransferEvent {
     pub fn is_linked(&self) -> bool {
         self.flags.get() & crate::transfer_flags::LINKED != 0
     }
+
+    /// Whether it is a plain single-phase transfer: no flag but `linked`, no
+    /// pending id, no timeout.
+    pub fn is_plain(&self) -> bool {
+        is_plain(self.flags.get(), self.pending_id.get(), self.timeout.get())
+    }
 }
 
 impl Transfer {
@@ -648,6 +654,16 @@ impl Transfer {
     pub fn is_linked(&self) -> bool {
         self.flags.get() & crate::transfer_flags::LINKED != 0
     }
+
+    /// Whether it is a plain single-phase transfer: no flag but `linked`, no
+    /// pending id, no timeout.
+    pub fn is_plain(&self) -> bool {
+        is_plain(self.flags.get(), self.pending_id.get(), self.timeout.get())
+    }
+}
+
+fn is_plain(flags: u16, pending_id: u128, timeout: u32) -> bool {
+    flags & !crate::transfer_flags::LINKED == 0 && pending_id == 0 && timeout == 0
 }
 
 /// Name, template id, block length and fields of one message, for tools and for the

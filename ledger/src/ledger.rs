@@ -858,9 +858,7 @@ impl Ledger {
     /// idempotency index (the costliest part of deciding) is not theirs to keep. The
     /// balance rules are still checked: a log that breaks them is refused.
     pub fn post_transfer(&mut self, command: &Transfer, timestamp_ns: u64) -> Result<(), ResultCode> {
-        let flags = command.flags.get();
-        if flags & !transfer_flags::LINKED == 0 && command.pending_id.get() == 0 && command.timeout.get() == 0
-        {
+        if command.is_plain() {
             return self.post_plain_transfer(
                 command.id.get(),
                 command.debit_account_id.get(),

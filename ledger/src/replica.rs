@@ -158,9 +158,7 @@ impl Replica {
             Frame::TransferEvent(event) => {
                 if event.result().map_err(|_| ApplyError::UnknownResult(sequence))? == ResultCode::Ok {
                     let timestamp_ns = event.timestamp_ns.get();
-                    let plain = event.flags.get() & !ledgerbus_codec::transfer_flags::LINKED == 0
-                        && event.pending_id.get() == 0
-                        && event.timeout.get() == 0;
+                    let plain = event.is_plain();
                     let applied = match ids {
                         TransferIds::Remember => self.ledger.replay_transfer(&event.command(), timestamp_ns),
                         // A follower's common case, straight from the event's fields.
