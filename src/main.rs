@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
-use cli::{BenchCommand, Cli, Command, LogFormat, LogLevel};
+use cli::{BenchCommand, Cli, Command, LogFormat, LogLevel, SqlCommand};
 use config_file::FileSettings;
 
 /// Exit status for configuration errors (as clap uses for usage errors).
@@ -86,6 +86,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Sequencer(args) => run::sequencer::run(&args),
         Command::Gateway(args) => run::gateway::run(&args),
         Command::Consumer(args) => run::consumer::run(&args),
+        Command::Sql(SqlCommand::Verify(args)) => run::sql::verify(&args),
         Command::Bench(BenchCommand::Codec(args)) => run::bench::codec(&args),
         Command::Bench(BenchCommand::Transport(args)) => run::bench::transport(&args),
         Command::Bench(BenchCommand::Sequencer(args)) => run::bench::sequencer(&args),
@@ -142,6 +143,9 @@ fn init_tracing(level: LogLevel, format: LogFormat) {
 /// Settings whose values must never be printed.
 const SECRET_SETTINGS: &[&str] = &["secret", "api_keys", "bus_key", "query_key"];
 
+/// Settings holding a URL that may carry a password: shown with it replaced.
+const URL_SETTINGS: &[&str] = &["database", "sql"];
+
 /// Prints `name = value  # source` for every setting of the chosen subcommand path.
 fn print_settings(
     command: &clap::Command,
@@ -171,7 +175,13 @@ fn print_settings(
             _ if from_file.contains(&(section.to_string(), id.to_string())) => "file",
             _ => "default",
         };
-        let shown = if SECRET_SETTINGS.contains(&id) { "<hidden>".to_string() } else { values.join(",") };
+        let shown = if SECRET_SETTINGS.contains(&id) {
+            "<hidden>".to_string()
+        } else if URL_SETTINGS.contains(&id) {
+            values.iter().map(|url| ledgerbus_consumers::sql::redact(url)).collect::<Vec<_>>().join(",")
+        } else {
+            values.join(",")
+        };
         out.push_str(&format!("{} = {shown:?}  # {origin}\n", id.replace('_', "-")));
     }
     if let Some((name, sub_matches)) = matches.subcommand() {

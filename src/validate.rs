@@ -24,6 +24,13 @@ fn check(ok: bool, setting: &'static str, message: impl FnOnce() -> String) -> R
     }
 }
 
+/// A `--database`/`--sql` URL the SQL consumer understands (the error hides its password).
+fn database_url(url: &str, setting: &'static str) -> Result<(), ConfigError> {
+    ledgerbus_consumers::sql::DatabaseUrl::parse(url)
+        .map(|_| ())
+        .map_err(|error| ConfigError { setting, message: error.to_string() })
+}
+
 fn positive_seconds(value: f64, setting: &'static str) -> Result<(), ConfigError> {
     check(value.is_finite() && value > 0.0 && value <= 86_400.0, setting, || {
         format!("{value} is not a duration between 0 and 86400 seconds")
@@ -161,6 +168,17 @@ impl ConsumerArgs {
         check(self.kind != ConsumerKind::Memory || !self.api_keys.is_empty(), "api-keys", || {
             "at least one key is required for the memory consumer's query API (or LEDGERBUS_API_KEYS)".into()
         })?;
+        if self.kind == ConsumerKind::Sql {
+            let Some(url) = &self.database else {
+                return Err(ConfigError {
+                    setting: "database",
+                    message:
+                        "the SQL consumer needs postgres://… or sqlite://PATH (or LEDGERBUS_SQL_DATABASE)"
+                            .into(),
+                });
+            };
+            database_url(url, "database")?;
+        }
         self.transport.bus.validate()
     }
 }
@@ -235,8 +253,12 @@ impl Command {
                         "must be 16 to 64 characters".into()
                     })?;
                 }
+                if let Some(url) = &args.sql {
+                    database_url(url, "sql")?;
+                }
                 check(args.payments > 0, "payments", || "must be at least 1".into())
             }
+            Command::Sql(SqlCommand::Verify(args)) => database_url(&args.database, "database"),
             Command::Sequencer(args) => args.validate(),
             Command::Gateway(args) => args.validate(),
             Command::Consumer(args) => args.validate(),

@@ -50,6 +50,9 @@ pub enum SinkError {
         /// The journal's next sequence.
         journal_end: u64,
     },
+    /// The SQL projection's database failed or holds something it cannot continue.
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
     /// A file or directory could not be used.
     #[error("{path}: {source}")]
     Io {

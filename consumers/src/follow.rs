@@ -33,6 +33,21 @@ pub trait Sink {
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError>;
     /// Called after each batch (persist, publish progress).
     fn commit(&mut self) -> Result<(), SinkError>;
+    /// The last sequence whose effects are kept (what `/status` reports). A sink
+    /// that gathers several batches into one write is behind its
+    /// [`next_sequence`](Sink::next_sequence) until it writes them.
+    fn kept_through(&self) -> u64 {
+        self.next_sequence() - 1
+    }
+    /// Called on every turn of the live loop, events or not (a sink that gathers
+    /// batches writes the ones that waited long enough).
+    fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Keeps everything applied so far now (the end of a catch-up, stopping).
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// How to reach the sequencer and receive the stream.
@@ -165,7 +180,8 @@ fn catch_up_once(
                     return Err(io::Error::other("apply failed"));
                 }
                 batch.frames.clear();
-                progress.applied_through(sequence);
+                debug_assert!(sink.kept_through() <= sequence);
+                progress.applied_through(sink.kept_through());
             }
             Ok(())
         },
@@ -181,8 +197,11 @@ fn catch_up_once(
     if let Some(error) = batch.error {
         return Err(FollowError::Apply(error));
     }
-    sink.apply_batch(&batch.frames).and_then(|_| sink.commit()).map_err(FollowError::Apply)?;
-    progress.applied_through(next.saturating_sub(1));
+    sink.apply_batch(&batch.frames)
+        .and_then(|_| sink.commit())
+        .and_then(|_| sink.flush())
+        .map_err(FollowError::Apply)?;
+    progress.applied_through(sink.kept_through());
     progress.bulk_replays.inc();
     if replay_session != 0 {
         progress.session.store(replay_session, Ordering::Relaxed);
@@ -296,9 +315,10 @@ pub fn follow(
             sink.apply_batch(&batch.frames).map_err(FollowError::Apply)?;
             sink.commit().map_err(FollowError::Apply)?;
         }
+        sink.tick().map_err(FollowError::Apply)?;
         let core = subscriber.core();
-        progress.applied_through(sink.next_sequence() - 1);
-        progress.lag.set(core.known_end().saturating_sub(sink.next_sequence()));
+        progress.applied_through(sink.kept_through());
+        progress.lag.set(core.known_end().saturating_sub(sink.kept_through() + 1));
         if let Some(session) = core.session() {
             progress.session.store(session, Ordering::Relaxed);
         }
@@ -325,6 +345,8 @@ pub fn follow(
             None => {}
         }
     }
+    sink.flush().map_err(FollowError::Apply)?;
+    progress.applied_through(sink.kept_through());
     Ok(())
 }
 

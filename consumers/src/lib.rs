@@ -7,6 +7,7 @@
 //! - [`readmodel`]: balances, transfers by id, per-account history.
 //! - [`memory`]: the memory consumer and its HTTP query API.
 //! - [`disk`]: the disk consumer: its own journal plus snapshots.
+//! - [`sql`]: the SQL projection (Postgres or SQLite), exactly once across crashes.
 //! - [`error`]: [`error::SinkError`], why an event was refused or not kept.
 //! - [`progress`]: how far a consumer has got: `/status` and `/metrics`.
 
@@ -16,3 +17,4 @@ pub mod follow;
 pub mod memory;
 pub mod progress;
 pub mod readmodel;
+pub mod sql;

@@ -18,7 +18,7 @@ type DropReason = [(&'static str, &'static str); 1];
 /// with the registry that `/metrics` renders.
 #[derive(Debug)]
 pub struct Progress {
-    /// `memory` or `disk`.
+    /// `memory`, `disk` or `sql`.
     role: &'static str,
     /// Last applied sequence.
     pub last_sequence: U64Gauge,
@@ -151,12 +151,30 @@ impl Progress {
     /// `GET /status` and `GET /metrics`, open to anyone who reaches the port: they
     /// say where the consumer is, never what the ledger holds.
     pub fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        self.routes_with(self.registry(), || Value::Null)
+    }
+
+    /// [`routes`](Self::routes) for a consumer with numbers of its own: `registry`
+    /// (built on [`registry`](Self::registry)) behind `/metrics`, and the fields of
+    /// `extra` (a JSON object) added to `/status`.
+    pub fn routes_with<S: Clone + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        registry: Registry,
+        extra: impl Fn() -> Value + Clone + Send + Sync + 'static,
+    ) -> Router<S> {
         let status = Arc::clone(self);
-        ledgerbus_telemetry::metrics_route(Arc::new(self.registry())).route(
+        ledgerbus_telemetry::metrics_route(Arc::new(registry)).route(
             "/status",
             get(move || {
                 let status = Arc::clone(&status);
-                async move { Json(status.status_json()) }
+                let extra = extra.clone();
+                async move {
+                    let mut body = status.status_json();
+                    if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), extra()) {
+                        body.extend(fields);
+                    }
+                    Json(body)
+                }
             }),
         )
     }

@@ -33,6 +33,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
                 transfer_capacity: Some(capacity),
                 bus_security: args.bus_security,
                 replicas: args.replicas,
+                sql: None,
             },
         )?)
     } else {
@@ -131,7 +132,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     // caught up, their state hashes must equal the sequencer's.
     let verified = system
         .as_ref()
-        .map(|system| super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses()));
+        .map(|system| super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses(), false));
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

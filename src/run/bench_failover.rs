@@ -173,7 +173,12 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
         local,
         local,
         None,
-        Shape { transfer_capacity: None, bus_security: BusSecurityMode::Aes256Gcm, replicas: args.replicas },
+        Shape {
+            transfer_capacity: None,
+            bus_security: BusSecurityMode::Aes256Gcm,
+            replicas: args.replicas,
+            sql: None,
+        },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let key = system.api_key.clone();
@@ -272,7 +277,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
     for thread in http_threads {
         let _ = thread.join();
     }
-    let verified = super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses());
+    let verified = super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses(), false);
     let consumers_restarted =
         ["memory consumer", "disk consumer"].iter().filter(|name| system.exited(name)).count();
 

@@ -1,4 +1,4 @@
-//! `ledgerbus consumer memory|disk`.
+//! `ledgerbus consumer memory|disk|sql`.
 
 use std::time::Duration;
 
@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use ledgerbus_consumers::disk::DiskConfig;
 use ledgerbus_consumers::follow::FollowConfig;
+use ledgerbus_consumers::sql::{DatabaseUrl, SqlConfig};
 
 use crate::cli::{ConsumerArgs, ConsumerKind};
 
@@ -54,6 +55,20 @@ pub fn run(args: &ConsumerArgs) -> anyhow::Result<()> {
             };
             ledgerbus_consumers::disk::run(disk, config, http, stop)
         }
+        ConsumerKind::Sql => {
+            let url = args.database.as_deref().context("--database is required for the SQL consumer")?;
+            let sql = SqlConfig {
+                database: DatabaseUrl::parse(url)?,
+                consumer_id: args.consumer_id.to_string(),
+                batch_events_max: args.batch_events as usize,
+                batch_delay: Duration::from_millis(args.batch_delay_ms),
+            };
+            // An observer: a slow database makes this consumer lag and catch up by
+            // bulk replay; it never holds the sequencer (and everyone else) back.
+            let mut config = config;
+            config.receiver.flow_control = false;
+            ledgerbus_consumers::sql::run(sql, config, http, stop)
+        }
     };
     // Give a last log line a moment to flush before exiting.
     std::thread::sleep(Duration::from_millis(10));
@@ -65,5 +80,6 @@ fn kind_name(kind: ConsumerKind) -> &'static str {
     match kind {
         ConsumerKind::Memory => "memory",
         ConsumerKind::Disk => "disk",
+        ConsumerKind::Sql => "sql",
     }
 }

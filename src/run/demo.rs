@@ -46,7 +46,7 @@ fn random_hex_of<const N: usize>() -> anyhow::Result<String> {
 }
 
 /// What kind of system [`System::start`] starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Shape {
     /// Sizes the transfer-id indexes (their default otherwise).
     pub transfer_capacity: Option<usize>,
@@ -54,6 +54,8 @@ pub struct Shape {
     pub bus_security: BusSecurityMode,
     /// 1 sequencer, or a group of 3 or 5.
     pub replicas: usize,
+    /// A SQL consumer's database, if the system has one.
+    pub sql: Option<String>,
 }
 
 /// A whole ledgerbus started as child processes; stopped when dropped.
@@ -99,7 +101,7 @@ impl System {
         api_key: Option<String>,
         shape: Shape,
     ) -> anyhow::Result<System> {
-        let Shape { transfer_capacity, bus_security, replicas } = shape;
+        let Shape { transfer_capacity, bus_security, replicas, sql } = shape;
         let (temp, data) = match data {
             Some(dir) => (None, dir),
             None => {
@@ -142,6 +144,7 @@ impl System {
                 snapshot_every: None,
                 log_level: "warn",
                 replicas: members,
+                sql: sql.clone(),
             };
             match cluster.start() {
                 Ok(services) => break (addresses, services, cluster),
@@ -212,7 +215,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         args.http,
         args.tcp,
         args.api_key.clone(),
-        Shape { transfer_capacity: None, bus_security: BusSecurityMode::Aes256Gcm, replicas: args.replicas },
+        Shape {
+            transfer_capacity: None,
+            bus_security: BusSecurityMode::Aes256Gcm,
+            replicas: args.replicas,
+            sql: args.sql.clone(),
+        },
     )?;
     let addresses = &system.addresses;
     let key = system.api_key.clone();
@@ -258,6 +266,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "  disk consumer     http://{}/status, /metrics  (UDP stream on {})",
         addresses.disk_http, addresses.disk_udp
     );
+    if let Some(url) = &system.cluster.sql {
+        let url = ledgerbus_consumers::sql::DatabaseUrl::parse(url)?;
+        println!(
+            "  SQL consumer      http://{}/status, /metrics  (projection in {url}; ledgerbus sql verify --database …)",
+            addresses.sql_http
+        );
+    }
     let cluster_file = system.data.join("cluster.toml");
     system.cluster_file().write(&cluster_file)?;
     println!(
@@ -271,7 +286,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !args.no_workload {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(workload(addresses.gateway_tcp, &key, args.payments))?;
-        verify_hashes(addresses, &system.sequencer_statuses())?;
+        verify_hashes(addresses, &system.sequencer_statuses(), system.cluster.sql.is_some())?;
     }
     let deadline = args.duration.map(|secs| Instant::now() + Duration::from_secs_f64(secs));
     match deadline {
@@ -403,34 +418,48 @@ async fn workload(gateway: SocketAddr, key: &str, payments: u32) -> anyhow::Resu
 
 /// Waits for both consumers (and every group member) to reach the sequencer's
 /// position and compares hashes.
-pub fn verify_hashes(a: &Addresses, sequencers: &[SocketAddr]) -> anyhow::Result<()> {
+pub fn verify_hashes(a: &Addresses, sequencers: &[SocketAddr], with_sql: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let statuses: Option<Vec<_>> =
             sequencers.iter().map(|s| http_json(*s, "/status", None).map(|(_, v)| v)).collect();
         let memory = http_json(a.memory_http, "/status", None).map(|(_, v)| v);
         let disk = http_json(a.disk_http, "/status", None).map(|(_, v)| v);
+        let sql = if with_sql { http_json(a.sql_http, "/status", None).map(|(_, v)| v) } else { None };
         if let (Some(statuses), Some(memory), Some(disk)) = (statuses, memory, disk) {
             let sequencer = &statuses[0];
             let head = &sequencer["last_sequence"];
             let members_there = statuses.iter().all(|s| &s["last_sequence"] == head);
-            if members_there && &memory["last_sequence"] == head && &disk["last_sequence"] == head {
+            let sql_there = !with_sql || sql.as_ref().is_some_and(|s| &s["last_sequence"] == head);
+            if members_there
+                && &memory["last_sequence"] == head
+                && &disk["last_sequence"] == head
+                && sql_there
+            {
                 let hash = &sequencer["state_hash"];
+                let sql_hash = sql.as_ref().map(|s| format!(", SQL consumer {}", s["state_hash"]));
                 println!(
-                    "state hash at sequence {head}: sequencer {hash}, memory consumer {}, disk consumer {}",
-                    memory["state_hash"], disk["state_hash"]
+                    "state hash at sequence {head}: sequencer {hash}, memory consumer {}, disk consumer {}{}",
+                    memory["state_hash"],
+                    disk["state_hash"],
+                    sql_hash.unwrap_or_default()
                 );
-                if &memory["state_hash"] != hash || &disk["state_hash"] != hash {
+                if &memory["state_hash"] != hash
+                    || &disk["state_hash"] != hash
+                    || sql.as_ref().is_some_and(|s| &s["state_hash"] != hash)
+                {
                     bail!("consumer state hashes differ from the sequencer's");
                 }
                 if statuses.iter().any(|s| &s["state_hash"] != hash) {
                     bail!("the group members' state hashes differ");
                 }
+                let consumers = if with_sql { 3 } else { 2 };
                 match statuses.len() {
+                    1 if with_sql => println!("  all four match"),
                     1 => println!("  all three match"),
                     members => println!(
-                        "  all {} match ({members} sequencer group members and both consumers)",
-                        members + 2
+                        "  all {} match ({members} sequencer group members and the {consumers} consumers)",
+                        members + consumers
                     ),
                 }
                 return Ok(());

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod gateway;
 pub mod replay;
 pub mod sequencer;
+pub mod sql;
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::AtomicBool;

@@ -77,6 +77,7 @@ impl Cluster {
             snapshot_every: Some(20_000),
             log_level: "warn",
             replicas: Vec::new(),
+            sql: None,
         };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),

@@ -142,6 +142,10 @@ pub struct Addresses {
     pub disk_udp: SocketAddr,
     /// Disk consumer's `/status`.
     pub disk_http: SocketAddr,
+    /// SQL consumer's stream (used only if the cluster has one).
+    pub sql_udp: SocketAddr,
+    /// SQL consumer's `/status`.
+    pub sql_http: SocketAddr,
 }
 
 impl Addresses {
@@ -158,6 +162,8 @@ impl Addresses {
             memory_http: free_tcp()?,
             disk_udp: free_udp()?,
             disk_http: free_tcp()?,
+            sql_udp: free_udp()?,
+            sql_http: free_tcp()?,
         })
     }
 }
@@ -247,6 +253,8 @@ pub struct Cluster {
     pub log_level: &'static str,
     /// A replicated sequencer group's members (empty: one sequencer at `addresses`).
     pub replicas: Vec<MemberAddresses>,
+    /// A SQL consumer's database (`postgres://…`, `sqlite://…`), if the cluster has one.
+    pub sql: Option<String>,
 }
 
 fn s(value: impl ToString) -> String {
@@ -262,7 +270,19 @@ impl Cluster {
     /// Starts one `ledgerbus` child. It gets SIGTERM if this thread ends, so that a
     /// child never outlives its parent, even one killed with SIGKILL.
     pub fn spawn(&self, name: &'static str, args: &[String]) -> anyhow::Result<Service> {
+        self.spawn_with_env(name, args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables (settings that must
+    /// not show in the process list, such as a database URL with its password).
+    pub fn spawn_with_env(
+        &self,
+        name: &'static str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         let mut command = Command::new(&self.exe);
+        command.envs(env.iter().copied());
         // SAFETY: prctl is async-signal-safe and touches only the child being started.
         unsafe {
             use std::os::unix::process::CommandExt;
@@ -349,7 +369,10 @@ impl Cluster {
             s("--metrics-listen"),
             s(own.status),
             s("--subscribers"),
-            format!("{},{}", a.memory_udp, a.disk_udp),
+            match self.sql {
+                Some(_) => format!("{},{},{}", a.memory_udp, a.disk_udp, a.sql_udp),
+                None => format!("{},{}", a.memory_udp, a.disk_udp),
+            },
             s("--durability"),
             s(self.durability),
         ];
@@ -387,11 +410,13 @@ impl Cluster {
             .map(|(_, index)| index)
     }
 
-    /// Starts the memory consumer (`memory`) or the disk consumer (`disk`).
+    /// Starts the memory consumer (`memory`), the disk consumer (`disk`) or the SQL
+    /// consumer (`sql`, writing to [`Cluster::sql`]).
     pub fn spawn_consumer(&self, kind: &str) -> anyhow::Result<Service> {
         let a = &self.addresses;
         let (name, udp, http, id) = match kind {
             "memory" => ("memory consumer", a.memory_udp, a.memory_http, 1),
+            "sql" => ("SQL consumer", a.sql_udp, a.sql_http, 3),
             _ => ("disk consumer", a.disk_udp, a.disk_http, 2),
         };
         let mut args = vec![
@@ -417,6 +442,10 @@ impl Cluster {
         }
         if let (Some(every), "disk") = (self.snapshot_every, kind) {
             args.extend([s("--snapshot-every"), s(every)]);
+        }
+        if kind == "sql" {
+            let url = self.sql.as_deref().context("the cluster has no SQL database")?;
+            return self.spawn_with_env(name, &args, &[("LEDGERBUS_SQL_DATABASE", url)]);
         }
         self.spawn(name, &args)
     }
@@ -461,6 +490,9 @@ impl Cluster {
         wait_until("sequencer group's leader", &mut services, || self.leader().is_some())?;
         services.push(self.spawn_consumer("memory")?);
         services.push(self.spawn_consumer("disk")?);
+        if self.sql.is_some() {
+            services.push(self.spawn_consumer("sql")?);
+        }
         services.push(self.spawn_gateway(a.gateway_http, a.gateway_tcp, &[])?);
         wait_until("gateway", &mut services, || {
             http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
@@ -468,6 +500,7 @@ impl Cluster {
         wait_until("consumers", &mut services, || {
             http_json(a.memory_http, "/status", None).is_some()
                 && http_json(a.disk_http, "/status", None).is_some()
+                && (self.sql.is_none() || http_json(a.sql_http, "/status", None).is_some())
         })?;
         // Ready is not enough: each child must still be the one serving its address.
         for service in services.iter_mut() {

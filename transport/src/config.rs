@@ -168,6 +168,10 @@ pub struct ReceiverConfig {
     pub reorder_datagrams_max: usize,
     /// Events past its position this receiver lets the sender run ahead (flow control).
     pub window_events: u32,
+    /// Whether this receiver's window holds the sender back. A receiver without flow
+    /// control reports a window of 0 (an observer): a slow one falls behind and
+    /// catches up by bulk replay instead of slowing the stream for everyone.
+    pub flow_control: bool,
     /// Period of status messages while the position moves.
     pub status_interval_us: u64,
     /// While the position stands still, the status period doubles up to this (it must
@@ -194,6 +198,7 @@ impl Default for ReceiverConfig {
             nak_events_max: 65_536,
             reorder_datagrams_max: 4_096,
             window_events: 65_536,
+            flow_control: true,
             status_interval_us: 1_000,
             status_interval_max_us: 100_000,
             rng_seed: 0x5EED,

@@ -331,7 +331,8 @@ impl Receiver {
                 self.status_position = self.highest_contiguous_sequence();
                 writer.push(&StatusMessage {
                     receiver_id: self.config.receiver_id.into(),
-                    window_events: self.config.window_events.into(),
+                    window_events: if self.config.flow_control { self.config.window_events } else { 0 }
+                        .into(),
                     highest_contiguous_sequence: self.status_position.into(),
                 })
             }
