@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -49,6 +51,7 @@ pub struct Cluster {
     pub memory_process: Option<Service>,
     pub disk_process: Option<Service>,
     pub gateway_process: Option<Service>,
+    pub sql_process: Option<Service>,
     launcher: ledgerbus_tools::cluster::Cluster,
 }
 
@@ -61,6 +64,11 @@ impl std::ops::Deref for Cluster {
 
 impl Cluster {
     pub fn start(dir: &Path) -> Cluster {
+        Cluster::start_with_sql(dir, None)
+    }
+
+    /// A cluster with a SQL consumer writing to `sql` as well, if given.
+    pub fn start_with_sql(dir: &Path, sql: Option<String>) -> Cluster {
         let addresses = ledgerbus_tools::cluster::Addresses::free(free_tcp(), free_tcp()).unwrap();
         let launcher = ledgerbus_tools::cluster::Cluster {
             exe: env!("CARGO_BIN_EXE_ledgerbus").into(),
@@ -77,7 +85,7 @@ impl Cluster {
             snapshot_every: Some(20_000),
             log_level: "warn",
             replicas: Vec::new(),
-            sql: None,
+            sql,
         };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
@@ -85,13 +93,17 @@ impl Cluster {
             memory_process: None,
             disk_process: None,
             gateway_process: None,
+            sql_process: None,
             launcher,
         };
         let mut services = cluster.launcher.start().expect("the cluster starts");
-        // `start` hands them back in stopping order: gateway, disk, memory, sequencer.
+        // `start` hands them back in stopping order: gateway, (SQL), disk, memory, sequencer.
         cluster.sequencer_process = services.pop();
         cluster.memory_process = services.pop();
         cluster.disk_process = services.pop();
+        if cluster.launcher.sql.is_some() {
+            cluster.sql_process = services.pop();
+        }
         cluster.gateway_process = services.pop();
         cluster
     }

@@ -182,22 +182,6 @@ impl RowBatch {
     }
 }
 
-/// A result code's name as the HTTP API spells it (`insufficient_funds`).
-pub fn result_name(code: ResultCode) -> String {
-    let mut name = String::new();
-    for (index, c) in code.name().chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if index > 0 {
-                name.push('_');
-            }
-            name.push(c.to_ascii_lowercase());
-        } else {
-            name.push(c);
-        }
-    }
-    name
-}
-
 /// Formats `value` in decimal into `buffer` without allocating.
 pub fn decimal(value: u128, buffer: &mut [u8; 40]) -> &str {
     let mut at = buffer.len();
@@ -223,13 +207,6 @@ mod tests {
         for value in [0, 7, 10, 1_000_000, u64::MAX as u128, u128::MAX] {
             assert_eq!(decimal(value, &mut buffer), value.to_string());
         }
-    }
-
-    #[test]
-    fn result_names_match_the_http_api() {
-        assert_eq!(result_name(ResultCode::Ok), "ok");
-        assert_eq!(result_name(ResultCode::InsufficientFunds), "insufficient_funds");
-        assert_eq!(result_name(ResultCode::PendingTransferNotFound), "pending_transfer_not_found");
     }
 
     #[test]

@@ -11,8 +11,6 @@
 
 use ledgerbus_codec::ResultCode;
 
-use super::rows::result_name;
-
 /// The schema version this consumer writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -252,7 +250,10 @@ fn views(d: Dialect) -> Vec<String> {
 /// Statements that (re)fill the `results` table with every code this version knows,
 /// run at every start so that codes added by a newer version appear.
 pub fn results_rows() -> Vec<(i32, String)> {
-    ResultCode::ALL.iter().map(|(code, _)| (i32::from(code.to_wire()), result_name(*code))).collect()
+    ResultCode::ALL
+        .iter()
+        .map(|(code, _)| (i32::from(code.to_wire()), code.snake_name().to_string()))
+        .collect()
 }
 
 /// The migrations in order: entry `n` takes a database from version `n` to `n + 1`.
