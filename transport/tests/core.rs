@@ -168,6 +168,30 @@ fn flow_control_follows_status_messages() {
 }
 
 #[test]
+fn a_receiver_without_flow_control_never_holds_the_sender_back() {
+    let mut sender = Sender::new(SenderConfig::default(), 1, us(0)).unwrap();
+    let config = |id, flow_control| ReceiverConfig {
+        receiver_id: id,
+        window_events: 100,
+        flow_control,
+        ..ReceiverConfig::default()
+    };
+    let mut observer = Receiver::new(config(1, false), 1, None, us(0)).unwrap();
+    let mut held = Receiver::new(config(2, true), 1, None, us(0)).unwrap();
+    observer.handle_timeout(us(1));
+    held.handle_timeout(us(1));
+    for datagram in control_out(&mut observer, us(1)) {
+        sender.handle_datagram(us(1), addr(RECEIVER), &datagram);
+    }
+    assert_eq!(sender.receivers().len(), 1, "the observer is known (it gets repairs)");
+    assert_eq!(sender.window_remaining(us(1)), u64::MAX, "but its window does not count");
+    for datagram in control_out(&mut held, us(1)) {
+        sender.handle_datagram(us(1), addr("198.18.0.3:4000"), &datagram);
+    }
+    assert_eq!(sender.window_remaining(us(1)), 100, "a flow-controlled receiver does");
+}
+
+#[test]
 fn publish_refuses_bad_frames_and_a_ring_full_of_unsent_data() {
     let mut sender =
         Sender::new(SenderConfig { ring_datagrams: 16, ..SenderConfig::default() }, 1, us(0)).unwrap();
