@@ -94,6 +94,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Failover(args)) => run::bench_failover::run(&args),
         Command::Bench(BenchCommand::Hops(args)) => run::bench::hops(&args),
         Command::Bench(BenchCommand::Plot(args)) => run::bench::plot(&args),
+        Command::Bench(BenchCommand::Sql(args)) => run::bench_sql::run(&args),
         Command::Replay(args) => run::replay::run(&args),
     }
 }

@@ -276,6 +276,17 @@ impl Command {
                 check(args.clients > 0, "clients", || "must be at least 1".into())
             }
             Command::Bench(BenchCommand::Plot(_)) => Ok(()),
+            Command::Bench(BenchCommand::Sql(args)) => {
+                database_url(&args.database, "database")?;
+                check(args.events > args.accounts * 2, "events", || {
+                    format!(
+                        "must exceed twice --accounts ({}): accounts and their funding come first",
+                        args.accounts
+                    )
+                })?;
+                check(args.accounts >= 2, "accounts", || "must be at least 2".into())?;
+                check(args.rate != Some(0), "rate", || "must be at least 1".into())
+            }
             Command::Replay(args) => args.validate(),
         }
     }

@@ -26,6 +26,10 @@ pub enum BenchCommand {
     /// server -> relay -> client over 127.0.0.1 TCP with blocking sockets and no work,
     /// the same hand-offs as client -> gateway -> sequencer and back.
     Hops(BenchHopsArgs),
+    /// The SQL consumer's apply rate into a database: N events decided in process
+    /// (the e2e mix), then written as the consumer writes them, batched; and, in the
+    /// same run, one event per transaction (how an ORM-based consumer writes).
+    Sql(BenchSqlArgs),
     /// Overlay the latency curves of several `.hgrm` files (from `bench e2e --hgrm` or
     /// any HdrHistogram tool) in one plot, to compare runs.
     Plot(BenchPlotArgs),
@@ -248,6 +252,42 @@ pub struct BenchE2eArgs {
     /// Write a latency-by-percentile plot, `.svg` or `.png` (text in a built-in font).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchSqlArgs {
+    /// The database to write to: `postgres://…` or `sqlite://PATH`. It must hold no
+    /// projection (or pass --replace); the benchmark's tables are dropped afterwards.
+    #[arg(long, env = "LEDGERBUS_SQL_DATABASE", hide_env_values = true, value_name = "URL")]
+    pub database: String,
+    /// Events to write (accounts, their funding, then transfers).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub events: u64,
+    /// Accounts the transfers move money between.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub accounts: u64,
+    /// Most events per transaction (the consumer's --batch-events).
+    #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
+    pub batch_events: u32,
+    /// Offer events at this rate (events/s) instead of all at once, and report the
+    /// lag (events applied but not yet committed, and not yet applied).
+    #[arg(long, value_name = "EVENTS_PER_SEC")]
+    pub rate: Option<u64>,
+    /// Percentage of two-phase transfers (pending, then posted or voided).
+    #[arg(long, default_value_t = 0, value_name = "PCT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub two_phase: u32,
+    /// Events written one per transaction for the comparison (0: skip it).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub per_event: u64,
+    /// Drop a projection the database already holds.
+    #[arg(long)]
+    pub replace: bool,
+    /// Keep the benchmark's tables afterwards (to query them).
+    #[arg(long)]
+    pub keep: bool,
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,

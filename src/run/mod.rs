@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_e2e;
 pub mod bench_failover;
 pub mod bench_sequencer;
+pub mod bench_sql;
 pub mod consumer;
 pub mod demo;
 pub mod gateway;

@@ -474,6 +474,20 @@ pub trait Database: Send {
     fn move_aside(&mut self, session: u64) -> Result<String, SqlError>;
     /// Drops the connection and opens a new one (after a failure).
     fn reconnect(&mut self) -> Result<(), SqlError>;
+    /// Runs statements that return nothing.
+    fn execute(&mut self, statements: &str) -> Result<(), SqlError>;
+}
+
+/// Deletes the projection's views and tables (for benchmarks, which need an empty
+/// database; the consumer itself never deletes, it moves aside).
+pub fn drop_projection(db: &mut dyn Database) -> Result<(), SqlError> {
+    for view in schema::VIEWS {
+        db.execute(&format!("DROP VIEW IF EXISTS {view}"))?;
+    }
+    for table in schema::TABLES.iter().chain(&["ledgerbus_schema"]) {
+        db.execute(&format!("DROP TABLE IF EXISTS {table}"))?;
+    }
+    Ok(())
 }
 
 /// Fills `batch` from concatenated frames, for tools that write events directly

@@ -421,4 +421,8 @@ impl Database for PostgresDatabase {
         self.client = Client::connect(&self.url, NoTls)?;
         Ok(())
     }
+
+    fn execute(&mut self, statements: &str) -> Result<(), SqlError> {
+        Ok(self.client.batch_execute(statements)?)
+    }
 }

@@ -76,6 +76,24 @@ impl Dialect {
         }
     }
 
+    /// The `sequence` primary key: in SQLite `INTEGER PRIMARY KEY` makes it the
+    /// rowid itself (one B-tree instead of a table and an index).
+    fn sequence_key(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "BIGINT PRIMARY KEY",
+            Dialect::Sqlite => "INTEGER PRIMARY KEY",
+        }
+    }
+
+    /// After a table keyed by something else than a sequence: in SQLite, stored in
+    /// the key's order (one B-tree instead of a table and an index).
+    fn clustered(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "",
+            Dialect::Sqlite => " WITHOUT ROWID",
+        }
+    }
+
     /// Type of a "when it happened" column with a default of now.
     fn now_column(self) -> &'static str {
         match self {
@@ -107,6 +125,7 @@ const MOVED_MONEY: &str = "result = 0 AND (flags & 10) = 0";
 pub fn version_1(d: Dialect) -> Vec<String> {
     let (wide, u64) = (d.u128(), d.u64());
     let zero = d.zero();
+    let (sequence_key, clustered) = (d.sequence_key(), d.clustered());
     let mut statements = vec![
         format!(
             "CREATE TABLE ledgerbus_position (
@@ -133,12 +152,12 @@ pub fn version_1(d: Dialect) -> Vec<String> {
                 user_data_64 {u64} NOT NULL,
                 user_data_32 BIGINT NOT NULL,
                 timestamp_ns BIGINT NOT NULL,
-                updated_sequence BIGINT NOT NULL)"
+                updated_sequence BIGINT NOT NULL){clustered}"
         ),
         "CREATE INDEX accounts_ledger_code ON accounts (ledger, code)".to_string(),
         format!(
             "CREATE TABLE account_events (
-                sequence BIGINT PRIMARY KEY,
+                sequence {sequence_key},
                 timestamp_ns BIGINT NOT NULL,
                 id {wide} NOT NULL,
                 ledger BIGINT NOT NULL,
@@ -151,7 +170,7 @@ pub fn version_1(d: Dialect) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE transfers (
-                sequence BIGINT PRIMARY KEY,
+                sequence {sequence_key},
                 timestamp_ns BIGINT NOT NULL,
                 id {wide} NOT NULL,
                 debit_account_id {wide} NOT NULL,
@@ -174,7 +193,7 @@ pub fn version_1(d: Dialect) -> Vec<String> {
         format!("CREATE INDEX transfers_pending ON transfers (pending_id) WHERE pending_id <> {zero}"),
         format!(
             "CREATE TABLE expirations (
-                sequence BIGINT PRIMARY KEY,
+                sequence {sequence_key},
                 timestamp_ns BIGINT NOT NULL,
                 pending_id {wide} NOT NULL,
                 debit_account_id {wide} NOT NULL,

@@ -128,7 +128,12 @@ pub struct SqlSink {
     progress: Arc<Progress>,
     metrics: Arc<SqlMetrics>,
     stop: Arc<AtomicBool>,
+    /// Hears (events, time to write and commit) of every transaction (benchmarks).
+    observer: Option<WriteObserver>,
 }
+
+/// See [`SqlSink::observe_writes`].
+type WriteObserver = Box<dyn FnMut(u64, Duration) + Send>;
 
 /// Connects, waiting (with back-off, saying so) while the database cannot be reached.
 fn connect_retrying(url: &DatabaseUrl, stop: &AtomicBool) -> Result<Box<dyn Database>, SqlError> {
@@ -187,7 +192,14 @@ impl SqlSink {
             progress,
             metrics,
             stop,
+            observer: None,
         })
+    }
+
+    /// Calls `observer` with the events and the write-and-commit time of every
+    /// transaction from now on.
+    pub fn observe_writes(&mut self, observer: impl FnMut(u64, Duration) + Send + 'static) {
+        self.observer = Some(Box::new(observer));
     }
 
     /// What the database holds.
@@ -235,6 +247,9 @@ impl SqlSink {
             }
         }
         self.metrics.record(&self.batch, started.elapsed());
+        if let Some(observer) = &mut self.observer {
+            observer(self.batch.events, started.elapsed());
+        }
         self.committed = to;
         self.progress.state_hash.store(to.state_hash, Ordering::Relaxed);
         self.batch.clear();
@@ -299,9 +314,10 @@ impl Sink for SqlSink {
             let row = EventRow::from_frame(frame)?;
             self.replica.apply(frame, TransferIds::Skip)?;
             self.batch.push(row);
-        }
-        if !self.batch.is_empty() {
             self.batch_started.get_or_insert_with(Instant::now);
+            if self.batch.events as usize >= self.config.batch_events_max {
+                self.write_batch()?;
+            }
         }
         Ok(())
     }

@@ -20,6 +20,9 @@ use super::rows::{decimal, RowBatch};
 use super::schema::{self, Dialect, SCHEMA_VERSION};
 use super::{events_query, Database, Position, RawAccount, RawEvent, SqlError, ACCOUNT_COLUMNS};
 
+/// The page cache of a connection, in KiB.
+const CACHE_KIB: u32 = 256 << 10;
+
 /// A SQLite database file holding the projection.
 pub struct SqliteDatabase {
     path: PathBuf,
@@ -43,6 +46,10 @@ impl SqliteDatabase {
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Index pages of five indexes are touched at random: a page cache far larger
+        // than the default 2 MiB keeps them from being spilled and read back on
+        // every batch (measured: most of the write time with the default).
+        connection.pragma_update(None, "cache_size", -(CACHE_KIB as i64))?;
         register_decimal_sum(&connection)?;
         Ok(SqliteDatabase { path: path.to_path_buf(), connection })
     }
@@ -416,6 +423,10 @@ impl Database for SqliteDatabase {
     fn reconnect(&mut self) -> Result<(), SqlError> {
         *self = SqliteDatabase::open(&self.path)?;
         Ok(())
+    }
+
+    fn execute(&mut self, statements: &str) -> Result<(), SqlError> {
+        Ok(self.connection.execute_batch(statements)?)
     }
 }
 
