@@ -97,6 +97,9 @@ pub enum SqlError {
         /// The version this consumer writes.
         supported: i64,
     },
+    /// The database holds none of the projection's tables.
+    #[error("the database holds no ledgerbus projection (no ledgerbus_schema table)")]
+    NoProjection,
     /// The rows do not say what the stored position says.
     #[error("the projection drifted: {0}")]
     Drift(String),
@@ -142,6 +145,11 @@ impl DatabaseUrl {
     /// Parses `postgres://…`, `postgresql://…` or `sqlite://PATH` (`sqlite:PATH`).
     pub fn parse(url: &str) -> Result<DatabaseUrl, SqlError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<::postgres::Config>().map_err(|e| SqlError::Url(format!("{}: {e}", redact(url))))?;
+            return Ok(DatabaseUrl::Postgres(url.to_string()));
+        }
+        if !url.contains("://") && url.contains('=') {
+            // libpq's key=value form: `host=/var/run/postgresql dbname=ledger user=…`.
             url.parse::<::postgres::Config>().map_err(|e| SqlError::Url(format!("{}: {e}", redact(url))))?;
             return Ok(DatabaseUrl::Postgres(url.to_string()));
         }
@@ -528,6 +536,9 @@ mod tests {
         );
         assert_eq!(DatabaseUrl::parse("sqlite:/tmp/a.db").unwrap(), DatabaseUrl::Sqlite("/tmp/a.db".into()));
         assert_eq!(DatabaseUrl::parse("postgres://u@h/d").unwrap().dialect(), Dialect::Postgres);
+        let socket = DatabaseUrl::parse("host=/var/run/postgresql dbname=ledger password=pw").unwrap();
+        assert_eq!(socket.dialect(), Dialect::Postgres);
+        assert!(!socket.to_string().contains("pw"));
         for bad in ["mysql://u:secretpw@h/d", "sqlite://", "ledger.db", "postgres://u:secretpw@h:notaport/d"]
         {
             let error = DatabaseUrl::parse(bad).unwrap_err().to_string();
