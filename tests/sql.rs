@@ -342,6 +342,10 @@ fn a_sql_consumer_started_after_100000_events_catches_up() {
     let url = format!("sqlite://{}", db.path().join("late.db").display());
     let mut cluster = Cluster::start_with_sql(dir.path(), Some(url.clone()));
     cluster.sql_process.take().unwrap().kill_now();
+    // It starts from nothing: no file, no position, no session known.
+    for entry in std::fs::read_dir(db.path()).unwrap().flatten() {
+        std::fs::remove_file(entry.path()).unwrap();
+    }
     let sent = Arc::new(AtomicU64::new(0));
     let gateway = cluster.gateway_tcp;
     stream(gateway, Arc::clone(&sent), 1_000, Duration::ZERO);
@@ -352,4 +356,9 @@ fn a_sql_consumer_started_after_100000_events_catches_up() {
     let (caught_up, sql_hash, sequencer_hash) = cluster.converge(cluster.sql_http);
     assert_eq!((caught_up, &sql_hash), (head, &sequencer_hash));
     assert_exactly_once(&url, head, &sequencer_hash);
+    let aside: Vec<_> = std::fs::read_dir(db.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(
+        aside.iter().all(|name| !name.to_string_lossy().contains("previous")),
+        "the same log's projection is never moved aside: {aside:?}"
+    );
 }

@@ -291,7 +291,9 @@ impl Sink for SqlSink {
         if held == session {
             return Ok(());
         }
-        if held != 0 || self.committed.sequence != 0 {
+        // Held 0: the events so far were replayed as "the current log" before its
+        // session was known; they are this session's.
+        if held != 0 {
             // A new log: keep what the old one's projection holds, aside, and start over.
             self.flush()?;
             let aside = self.db.move_aside(held)?;
