@@ -362,3 +362,69 @@ fn a_sql_consumer_started_after_100000_events_catches_up() {
         "the same log's projection is never moved aside: {aside:?}"
     );
 }
+
+/// The sequencer starts a new log: the old projection is kept aside, the new one
+/// follows the new log from its first event.
+fn a_new_log_moves_the_old_projection_aside(url: String) -> (Cluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with_sql(dir.path(), Some(url.clone()));
+    let http = cluster.gateway_http;
+    let accounts = r#"[{"id":"1","ledger":1,"code":1,"allow_negative":true},{"id":"2","ledger":1,"code":1}]"#;
+    assert_eq!(post(http, "/accounts", accounts).status, 200);
+    let moved = r#"{"id":"5","debit_account_id":"1","credit_account_id":"2","amount":9,"ledger":1,"code":1}"#;
+    assert_eq!(post(http, "/transfers", moved).status, 201);
+    let (_, old_hash, _) = cluster.converge(cluster.sql_http);
+
+    cluster.sequencer_process.as_mut().unwrap().kill_now();
+    std::fs::remove_dir_all(dir.path().join("sequencer")).unwrap();
+    cluster.sequencer_process = Some(cluster.spawn_sequencer());
+    wait_until("gateway to reconnect", || get(http, "/health", None).is_some_and(|r| r.status == 200));
+    let accounts = r#"[{"id":"7","ledger":1,"code":1,"allow_negative":true},{"id":"8","ledger":1,"code":1}]"#;
+    assert_eq!(post(http, "/accounts", accounts).status, 200);
+    let (sequence, sql_hash, sequencer_hash) = cluster.converge(cluster.sql_http);
+    assert_eq!((sequence, &sql_hash), (2, &sequencer_hash), "the new log's two events");
+    assert_ne!(sql_hash, old_hash);
+    let accounts = read_accounts(&url);
+    assert_eq!(accounts.keys().copied().collect::<std::collections::BTreeSet<_>>(), [7, 8].into());
+    let (ok, text) = verify(&url, &sequencer_hash);
+    assert!(ok, "{text}");
+    (cluster, dir)
+}
+
+#[test]
+fn sqlite_keeps_the_old_log_aside() {
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("ledger.db");
+    let _cluster = a_new_log_moves_the_old_projection_aside(format!("sqlite://{}", path.display()));
+    let aside: Vec<_> = std::fs::read_dir(db.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.to_string_lossy().ends_with(".db.previous-") || p.to_string_lossy().contains(".db.previous-")
+        })
+        .filter(|p| !p.to_string_lossy().ends_with("-wal") && !p.to_string_lossy().ends_with("-shm"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let old = rusqlite::Connection::open(&aside[0]).unwrap();
+    let transfers: i64 = old.query_row("SELECT count(*) FROM transfers", [], |r| r.get(0)).unwrap();
+    assert_eq!(transfers, 1, "the old log's rows are kept");
+}
+
+#[test]
+fn postgres_keeps_the_old_log_aside() {
+    let Some(server) = PostgresServer::start() else { return };
+    let url = server.create_database("ledger");
+    let _cluster = a_new_log_moves_the_old_projection_aside(url.clone());
+    let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let schemas: Vec<String> = client
+        .query("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'ledgerbus_previous_%'", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(schemas.len(), 1, "{schemas:?}");
+    let transfers: i64 =
+        client.query_one(&format!("SELECT count(*) FROM {}.transfers", schemas[0]), &[]).unwrap().get(0);
+    assert_eq!(transfers, 1, "the old log's rows are kept");
+}
