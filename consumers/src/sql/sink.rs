@@ -16,7 +16,7 @@ use super::rows::{EventRow, RowBatch};
 use super::verify::replay_rows;
 use super::{Database, DatabaseUrl, Position, SqlError};
 use crate::error::SinkError;
-use crate::follow::{follow, split_frames, FollowConfig, FollowError, Progress, Sink};
+use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
 
 /// Settings of the SQL consumer.
 #[derive(Debug, Clone)]
@@ -312,7 +312,8 @@ impl Sink for SqlSink {
     }
 
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError> {
-        for frame in split_frames(frames) {
+        for frame in ledgerbus_codec::Frames::new(frames) {
+            let frame = frame.map_err(|error| SqlError::Event(format!("undecodable frame: {error}")))?;
             let row = EventRow::from_frame(frame)?;
             self.replica.apply(frame, TransferIds::Skip)?;
             self.batch.push(row);
