@@ -458,7 +458,8 @@ pub struct ConsumerArgs {
     )]
     pub sequencer_replay: Vec<SocketAddr>,
 
-    /// This consumer's id in status messages and NAKs.
+    /// This consumer's id in status messages and NAKs (and, for `sql`, the id it keeps
+    /// its database's projection under).
     #[arg(long, env = "LEDGERBUS_CONSUMER_ID", default_value_t = 1, value_name = "ID")]
     pub consumer_id: u32,
 
@@ -487,7 +488,7 @@ pub struct ConsumerArgs {
     #[arg(long, env = "LEDGERBUS_SNAPSHOT_EVERY", default_value_t = 1_000_000, value_name = "EVENTS")]
     pub snapshot_every: u64,
 
-    /// HTTP address of the query API (memory) or status endpoint (disk).
+    /// HTTP address of the query API (memory) or of `/status` and `/metrics` (disk, sql).
     #[arg(
         long,
         env = "LEDGERBUS_CONSUMER_HTTP_LISTEN",
