@@ -428,3 +428,39 @@ fn postgres_keeps_the_old_log_aside() {
         client.query_one(&format!("SELECT count(*) FROM {}.transfers", schemas[0]), &[]).unwrap().get(0);
     assert_eq!(transfers, 1, "the old log's rows are kept");
 }
+
+#[test]
+fn postgres_over_tls_only_with_its_ca() {
+    let Some(server) = PostgresServer::start_tls() else { return };
+    let url = server.create_database("ledger");
+    let bench = |database: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledgerbus"))
+            .args([
+                "--log-level",
+                "warn",
+                "bench",
+                "sql",
+                "--events",
+                "3000",
+                "--accounts",
+                "10",
+                "--per-event",
+                "0",
+            ])
+            .env("LEDGERBUS_SQL_DATABASE", database)
+            .output()
+            .unwrap()
+    };
+    let tls = format!("{url}?sslmode=require&sslrootcert={}", server.ca().display());
+    let out = bench(&tls);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("3000 events"), "{text}");
+    assert!(!text.contains(server.password()), "{text}");
+    // Plain TCP is refused by the server; a CA that did not sign its certificate, by us.
+    for refused in [url.clone(), format!("{url}?sslrootcert={}", server.other_ca().display())] {
+        let out = bench(&refused);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{refused}: {text}");
+        assert!(!text.contains(server.password()), "{text}");
+    }
+}

@@ -38,6 +38,16 @@ impl PostgresServer {
     /// A running server, or `None` (the reason printed) where none can run here.
     /// With `LEDGERBUS_REQUIRE_POSTGRES=1` (CI) a missing server fails instead.
     pub fn start() -> Option<PostgresServer> {
+        PostgresServer::start_with(false)
+    }
+
+    /// A server that accepts TCP connections over TLS only (a certificate for
+    /// 127.0.0.1 signed by [`ca`](Self::ca)); plain TCP is refused.
+    pub fn start_tls() -> Option<PostgresServer> {
+        PostgresServer::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<PostgresServer> {
         let required = std::env::var("LEDGERBUS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
         let skip = |reason: String| {
             assert!(!required, "Postgres is required (LEDGERBUS_REQUIRE_POSTGRES=1) but {reason}");
@@ -92,10 +102,46 @@ impl PostgresServer {
         if !initdb.status.success() {
             return skip(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr)));
         }
+        let mut tls_options = String::new();
+        if tls {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ledgerbus test database CA");
+            let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            std::fs::write(server.ca(), ca.pem()).unwrap();
+            let other_key = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(
+                server.dir.path().join("other-ca.pem"),
+                ca_params.self_signed(&other_key).unwrap().pem(),
+            )
+            .unwrap();
+            let (cert_file, key_file) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&cert_file, cert.pem()).unwrap();
+            std::fs::write(&key_file, key.serialize_pem()).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some(user) = &server.run_as {
+                let (uid, gid) = (id_of(user, "-u").unwrap(), id_of(user, "-g").unwrap());
+                for file in [&cert_file, &key_file] {
+                    std::os::unix::fs::chown(file, Some(uid), Some(gid)).unwrap();
+                }
+            }
+            // Unix socket for the test's own set-up; TCP only with TLS.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .unwrap();
+            tls_options = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        }
         for _attempt in 0..3 {
             server.port = ledgerbus_tools::cluster::free_tcp().unwrap().port();
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                "-p {} -k {} -c listen_addresses=127.0.0.1{tls_options}",
                 server.port,
                 server.dir.path().display()
             );
@@ -145,9 +191,25 @@ impl PostgresServer {
         format!("postgres://ledgerbus:{}@127.0.0.1:{}/{database}", self.password, self.port)
     }
 
-    /// Creates `database` and returns its URL.
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A CA that signed nothing of this server's.
+    pub fn other_ca(&self) -> PathBuf {
+        self.dir.path().join("other-ca.pem")
+    }
+
+    /// Creates `database` (through the Unix socket) and returns its TCP URL.
     pub fn create_database(&self, database: &str) -> String {
-        let mut client = ::postgres::Client::connect(&self.url("postgres"), ::postgres::NoTls).unwrap();
+        let socket = format!(
+            "host={} port={} user=ledgerbus password={} dbname=postgres",
+            self.dir.path().display(),
+            self.port,
+            self.password
+        );
+        let mut client = ::postgres::Client::connect(&socket, ::postgres::NoTls).unwrap();
         client.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
         self.url(database)
     }

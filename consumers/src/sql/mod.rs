@@ -144,13 +144,10 @@ pub enum DatabaseUrl {
 impl DatabaseUrl {
     /// Parses `postgres://…`, `postgresql://…` or `sqlite://PATH` (`sqlite:PATH`).
     pub fn parse(url: &str) -> Result<DatabaseUrl, SqlError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.parse::<::postgres::Config>().map_err(|e| SqlError::Url(format!("{}: {e}", redact(url))))?;
-            return Ok(DatabaseUrl::Postgres(url.to_string()));
-        }
-        if !url.contains("://") && url.contains('=') {
-            // libpq's key=value form: `host=/var/run/postgresql dbname=ledger user=…`.
-            url.parse::<::postgres::Config>().map_err(|e| SqlError::Url(format!("{}: {e}", redact(url))))?;
+        // A URL, or libpq's key=value form: `host=/var/run/postgresql dbname=ledger …`.
+        let key_value = !url.contains("://") && url.contains('=');
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") || key_value {
+            postgres::check_url(url)?;
             return Ok(DatabaseUrl::Postgres(url.to_string()));
         }
         if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
@@ -539,6 +536,9 @@ mod tests {
         let socket = DatabaseUrl::parse("host=/var/run/postgresql dbname=ledger password=pw").unwrap();
         assert_eq!(socket.dialect(), Dialect::Postgres);
         assert!(!socket.to_string().contains("pw"));
+        let error = DatabaseUrl::parse("postgres://u:secretpw@h/d?sslmode=require").unwrap_err().to_string();
+        assert!(error.contains("sslrootcert") && !error.contains("secretpw"), "{error}");
+        assert!(DatabaseUrl::parse("postgres://u@h/d?sslrootcert=/nonexistent/ca.pem").is_err());
         for bad in ["mysql://u:secretpw@h/d", "sqlite://", "ledger.db", "postgres://u:secretpw@h:notaport/d"]
         {
             let error = DatabaseUrl::parse(bad).unwrap_err().to_string();

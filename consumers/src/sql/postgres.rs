@@ -3,9 +3,16 @@
 //! `INSERT … ON CONFLICT` per batch, the position with a prepared compare-and-set,
 //! all in one transaction committed synchronously.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::config::SslMode;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Transaction};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::numeric::Numeric;
 use super::rows::RowBatch;
@@ -21,9 +28,87 @@ pub struct PostgresDatabase {
 impl PostgresDatabase {
     /// Connects to `url` (a `postgres://` URL or key=value string).
     pub fn connect(url: &str) -> Result<PostgresDatabase, SqlError> {
-        let client = Client::connect(url, NoTls)?;
-        Ok(PostgresDatabase { url: url.to_string(), client })
+        Ok(PostgresDatabase { url: url.to_string(), client: open(url)? })
     }
+}
+
+/// `url` without its `sslrootcert` parameter (libpq's name for the CA file, which the
+/// Rust client does not know), and that file. libpq's `sslmode=verify-full` and
+/// `verify-ca` become `require`: with a CA, the certificate and the host name are
+/// always verified.
+pub fn split_root_cert(url: &str) -> (String, Option<PathBuf>) {
+    let url_form = url.contains("://");
+    let (head, params, separator) = match url_form {
+        true => match url.split_once('?') {
+            Some((head, query)) => (head.to_string(), query.split('&').collect::<Vec<_>>(), '&'),
+            None => return (url.to_string(), None),
+        },
+        false => (String::new(), url.split_whitespace().collect(), ' '),
+    };
+    let mut ca = None;
+    let mut kept = Vec::new();
+    for param in params {
+        match param.split_once('=') {
+            Some(("sslrootcert", path)) => ca = Some(PathBuf::from(path)),
+            Some(("sslmode", "verify-full" | "verify-ca")) => kept.push("sslmode=require".to_string()),
+            _ => kept.push(param.to_string()),
+        }
+    }
+    let rest = kept.join(&separator.to_string());
+    let clean = match (url_form, rest.is_empty()) {
+        (true, true) => head,
+        (true, false) => format!("{head}?{rest}"),
+        (false, _) => rest,
+    };
+    (clean, ca)
+}
+
+/// The client configuration that trusts the certificates in the PEM file `ca`.
+fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, SqlError> {
+    let bad = |what: String| SqlError::Url(format!("sslrootcert {}: {what}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Checks `url` as [`open`] will read it, without connecting.
+pub fn check_url(url: &str) -> Result<(), SqlError> {
+    let (clean, ca) = split_root_cert(url);
+    let config: postgres::Config =
+        clean.parse().map_err(|e| SqlError::Url(format!("{}: {e}", super::redact(url))))?;
+    match ca {
+        Some(ca) => tls_config(&ca).map(|_| ()),
+        None if config.get_ssl_mode() == SslMode::Require => Err(SqlError::Url(
+            "sslmode=require needs sslrootcert=FILE: the CA that signed the server's certificate".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Opens a connection: TLS (verified against `sslrootcert`, required) when the URL
+/// names a CA, otherwise plain.
+fn open(url: &str) -> Result<Client, SqlError> {
+    check_url(url)?;
+    let (clean, ca) = split_root_cert(url);
+    let mut config: postgres::Config =
+        clean.parse().map_err(|e| SqlError::Url(format!("{}: {e}", super::redact(url))))?;
+    Ok(match ca {
+        Some(ca) => {
+            // A CA means TLS or nothing: never fall back to a plain connection.
+            config.ssl_mode(SslMode::Require);
+            config.connect(MakeRustlsConnect::new(tls_config(&ca)?))?
+        }
+        None => config.connect(NoTls)?,
+    })
 }
 
 fn big(value: u64, column: &str) -> Result<i64, SqlError> {
@@ -418,11 +503,29 @@ impl Database for PostgresDatabase {
     }
 
     fn reconnect(&mut self) -> Result<(), SqlError> {
-        self.client = Client::connect(&self.url, NoTls)?;
+        self.client = open(&self.url)?;
         Ok(())
     }
 
     fn execute(&mut self, statements: &str) -> Result<(), SqlError> {
         Ok(self.client.batch_execute(statements)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_file_is_taken_out_of_the_url() {
+        let (clean, ca) = split_root_cert(
+            "postgres://u:p@db/ledger?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
+        );
+        assert_eq!(clean, "postgres://u:p@db/ledger?sslmode=require&application_name=x");
+        assert_eq!(ca, Some(PathBuf::from("/etc/ca.pem")));
+        let (clean, ca) = split_root_cert("host=db sslrootcert=/etc/ca.pem dbname=ledger");
+        assert_eq!((clean.as_str(), ca), ("host=db dbname=ledger", Some(PathBuf::from("/etc/ca.pem"))));
+        assert_eq!(split_root_cert("postgres://db/ledger"), ("postgres://db/ledger".to_string(), None));
+        assert_eq!(split_root_cert("postgres://db/l?sslrootcert=c").0, "postgres://db/l");
     }
 }
