@@ -300,6 +300,8 @@ fn component_settings_have_their_own_environment_names() {
         "LEDGERBUS_DURABILITY",
         "LEDGERBUS_TRANSFER_CAPACITY",
         "LEDGERBUS_BENCH_DURATION",
+        // The SQL projection's database: its consumer and `sql verify` (read only).
+        "LEDGERBUS_SQL_DATABASE",
     ];
     for (name, uses) in seen {
         assert!(

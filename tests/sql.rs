@@ -447,7 +447,7 @@ fn postgres_over_tls_only_with_its_ca() {
                 "--per-event",
                 "0",
             ])
-            .env("LEDGERBUS_SQL_DATABASE", database)
+            .env("LEDGERBUS_BENCH_SQL_DATABASE", database)
             .output()
             .unwrap()
     };

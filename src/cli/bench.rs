@@ -261,7 +261,7 @@ pub struct BenchE2eArgs {
 pub struct BenchSqlArgs {
     /// The database to write to: `postgres://…` or `sqlite://PATH`. It must hold no
     /// projection (or pass --replace); the benchmark's tables are dropped afterwards.
-    #[arg(long, env = "LEDGERBUS_SQL_DATABASE", hide_env_values = true, value_name = "URL")]
+    #[arg(long, env = "LEDGERBUS_BENCH_SQL_DATABASE", hide_env_values = true, value_name = "URL")]
     pub database: String,
     /// Events to write (accounts, their funding, then transfers).
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
@@ -272,6 +272,10 @@ pub struct BenchSqlArgs {
     /// Most events per transaction (the consumer's --batch-events).
     #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
     pub batch_events: u32,
+    /// Longest an applied event waits for its transaction, in milliseconds (the
+    /// consumer's --batch-delay-ms).
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub batch_delay_ms: u64,
     /// Offer events at this rate (events/s) instead of all at once, and report the
     /// lag (events applied but not yet committed, and not yet applied).
     #[arg(long, value_name = "EVENTS_PER_SEC")]

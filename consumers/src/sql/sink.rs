@@ -325,8 +325,11 @@ impl Sink for SqlSink {
         Ok(())
     }
 
+    /// Catching up, batches grow to `batch_events_max` (the events are old already;
+    /// large transactions write each index page once for many rows); live, the
+    /// follower's [`tick`](Sink::tick) bounds how long an event waits.
     fn commit(&mut self) -> Result<(), SinkError> {
-        if self.batch_due() {
+        if self.batch.events as usize >= self.config.batch_events_max {
             self.write_batch()?;
         }
         Ok(())
@@ -337,7 +340,10 @@ impl Sink for SqlSink {
     }
 
     fn tick(&mut self) -> Result<(), SinkError> {
-        self.commit()
+        if self.batch_due() {
+            self.write_batch()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
