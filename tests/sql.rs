@@ -464,3 +464,44 @@ fn postgres_over_tls_only_with_its_ca() {
         assert!(!text.contains(server.password()), "{text}");
     }
 }
+
+/// A database that stops answering holds back its own consumer only: the sequencer
+/// and the memory consumer go on at full speed; the SQL consumer retries, then
+/// catches up, with every event once.
+#[test]
+fn a_stalled_database_holds_back_only_its_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("ledger.db");
+    let url = format!("sqlite://{}", path.display());
+    let cluster = Cluster::start_with_sql(dir.path(), Some(url.clone()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let gateway = cluster.gateway_tcp;
+    cluster.converge(cluster.sql_http);
+
+    // Another process takes the database's write lock and keeps it.
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked = std::time::Instant::now();
+    let counter = Arc::clone(&sent);
+    stream(gateway, counter, 1_000, Duration::ZERO);
+    let (head, memory_hash, sequencer_hash) = cluster.converge(cluster.memory_http);
+    assert_eq!((head, &memory_hash), (TRANSFERS + 10, &sequencer_hash), "the rest of the system went on");
+    let status = get(cluster.sql_http, "/status", None).unwrap().json;
+    assert!(status["last_sequence"].as_u64().unwrap() < head, "the SQL consumer waits: {status}");
+
+    // Longer than the consumer's busy timeout (5 s): its write fails and is retried.
+    std::thread::sleep(Duration::from_millis(6_500).saturating_sub(locked.elapsed()));
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    let (caught_up, sql_hash, _) = cluster.converge(cluster.sql_http);
+    assert_eq!((caught_up, &sql_hash), (head, &sequencer_hash));
+    assert_exactly_once(&url, head, &sequencer_hash);
+    let metrics = get(cluster.sql_http, "/metrics", None).unwrap().body;
+    let retries: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ledgerbus_sql_write_retries_total{consumer=\"sql\"} "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no retry counter in {metrics}"));
+    assert!(retries > 0, "it retried while the database was locked");
+}

@@ -43,8 +43,16 @@ impl SqliteDatabase {
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         }
         // The ledger's data: created 0600, before SQLite creates it with the umask's
-        // mode (its -wal and -shm files take the database file's mode).
-        OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| io_error(path, e))?;
+        // mode (its -wal and -shm files take the database file's mode). Only ever
+        // `create_new`: opening and closing an existing database file outside SQLite
+        // would drop every POSIX lock this process holds on it, including those of a
+        // connection still open (a reconnect), and let another process delete the
+        // WAL under it — committed transactions lost.
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(io_error(path, error)),
+        }
         let connection = Connection::open(path)?;
         connection.busy_timeout(Duration::from_secs(5))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
