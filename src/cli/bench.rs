@@ -270,7 +270,7 @@ pub struct BenchSqlArgs {
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub accounts: u64,
     /// Most events per transaction (the consumer's --batch-events).
-    #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
+    #[arg(long, default_value_t = 50_000, value_name = "EVENTS")]
     pub batch_events: u32,
     /// Longest an applied event waits for its transaction, in milliseconds (the
     /// consumer's --batch-delay-ms).

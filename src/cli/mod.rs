@@ -504,7 +504,7 @@ pub struct ConsumerArgs {
     pub database: Option<String>,
 
     /// SQL consumer: most events written in one database transaction.
-    #[arg(long, env = "LEDGERBUS_SQL_BATCH_EVENTS", default_value_t = 10_000, value_name = "EVENTS",
+    #[arg(long, env = "LEDGERBUS_SQL_BATCH_EVENTS", default_value_t = 50_000, value_name = "EVENTS",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch_events: u32,
 
