@@ -93,6 +93,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::E2e(args)) => run::bench_e2e::run(&args),
         Command::Bench(BenchCommand::Failover(args)) => run::bench_failover::run(&args),
         Command::Bench(BenchCommand::Hops(args)) => run::bench::hops(&args),
+        Command::Bench(BenchCommand::Floor(args)) => run::bench::floor(&args),
         Command::Bench(BenchCommand::Plot(args)) => run::bench::plot(&args),
         Command::Bench(BenchCommand::Sql(args)) => run::bench_sql::run(&args),
         Command::Replay(args) => run::replay::run(&args),

@@ -266,6 +266,10 @@ impl Command {
             Command::Bench(BenchCommand::Transport(args)) => args.validate(),
             Command::Bench(BenchCommand::Sequencer(args)) => positive_seconds(args.duration, "duration"),
             Command::Bench(BenchCommand::E2e(args)) => args.validate(),
+            Command::Bench(BenchCommand::Floor(args)) => {
+                positive_seconds(args.duration, "duration")?;
+                check(args.rate > 0, "rate", || "must be at least 1".into())
+            }
             Command::Bench(BenchCommand::Hops(args)) => {
                 positive_seconds(args.duration, "duration")?;
                 check(args.rate > 0, "rate", || "must be at least 1".into())

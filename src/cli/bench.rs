@@ -30,6 +30,10 @@ pub enum BenchCommand {
     /// (the e2e mix), then written as the consumer writes them, batched; and, in the
     /// same run, one event per transaction (how an ORM-based consumer writes).
     Sql(BenchSqlArgs),
+    /// The raw UDP round trip on this host (a paced client, an echo thread) with each
+    /// idle strategy: the floor under any request latency, and what waiting differently
+    /// buys, measured in one run.
+    Floor(BenchFloorArgs),
     /// Overlay the latency curves of several `.hgrm` files (from `bench e2e --hgrm` or
     /// any HdrHistogram tool) in one plot, to compare runs.
     Plot(BenchPlotArgs),
@@ -292,6 +296,25 @@ pub struct BenchSqlArgs {
     /// Keep the benchmark's tables afterwards (to query them).
     #[arg(long)]
     pub keep: bool,
+    /// Print a last line of JSON with the results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchFloorArgs {
+    /// Round trips per second (open loop: measured from each one's intended send time).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub rate: u64,
+    /// Seconds per strategy.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub duration: f64,
+    /// How the echo thread and the client's receiving thread wait: block (blocking
+    /// recv), backoff (spin 10, yield 5, then park 1 µs doubling to 1 ms: Aeron's
+    /// defaults), spin (never sleep), or all (each in turn, in one run).
+    #[arg(long, default_value = "all", value_name = "STRATEGY",
+          value_parser = ["block", "backoff", "spin", "all"])]
+    pub idle_strategy: String,
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,

@@ -245,6 +245,42 @@ pub fn hops(args: &crate::cli::BenchHopsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ledgerbus bench floor`: the raw UDP round trip with each idle strategy.
+pub fn floor(args: &crate::cli::BenchFloorArgs) -> anyhow::Result<()> {
+    use ledgerbus_tools::floor;
+    let strategies: Vec<&str> = match args.idle_strategy.as_str() {
+        "all" => vec!["block", "backoff", "spin"],
+        one => vec![one],
+    };
+    println!(
+        "UDP round trip on 127.0.0.1, 64 bytes, {}/s for {} s per strategy, latency from the intended send time:",
+        args.rate, args.duration
+    );
+    let mut reports = Vec::new();
+    for strategy in strategies {
+        let report = floor::run(floor::FloorOptions {
+            rate: args.rate,
+            duration: Duration::from_secs_f64(args.duration),
+            idle: strategy.parse().map_err(anyhow::Error::msg)?,
+        })?;
+        println!(
+            "  {:<8} p50 {:>5} µs   p99 {:>6} µs   p99.9 {:>6} µs   max {:>6} µs   lost {}   CPU {:.0}% of a core",
+            report.strategy,
+            report.p50_us,
+            report.p99_us,
+            report.p999_us,
+            report.max_us,
+            report.lost,
+            report.cpu_percent
+        );
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&reports)?);
+    }
+    Ok(())
+}
+
 /// `ledgerbus bench plot`: several `.hgrm` files as curves of one plot.
 pub fn plot(args: &crate::cli::BenchPlotArgs) -> anyhow::Result<()> {
     use anyhow::Context;

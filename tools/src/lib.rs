@@ -17,6 +17,7 @@
 pub mod bench_transport;
 pub mod cluster;
 pub mod filter;
+pub mod floor;
 pub mod format;
 pub mod histogram;
 pub mod hops;

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod idle;
 pub mod receiver;
 pub mod reorder;
 pub mod ring;

@@ -1,0 +1,165 @@
+//! How a thread waits when it has nothing to do, in Aeron's vocabulary: `block` (sleep
+//! in the kernel until something arrives: no CPU while idle, but the wake-up costs tens
+//! of microseconds on a VM), `spin` (never sleep: the lowest latency, a whole core
+//! always), and `backoff` (spin a little, then yield, then park for a time that doubles
+//! from `park_min` to `park_max`: close to spinning under load, close to nothing when
+//! idle). A thread that polls calls [`Idler::idle`] after a turn that found no work and
+//! [`Idler::reset`] after one that did.
+
+use std::time::Duration;
+
+/// Which way to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleStrategy {
+    /// Sleep in a blocking system call until work arrives.
+    Block,
+    /// Spin, yield, then park with a growing period.
+    Backoff(Backoff),
+    /// Never sleep.
+    Spin,
+}
+
+/// The `backoff` strategy's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Empty turns spent spinning before yielding.
+    pub spins: u32,
+    /// Empty turns spent yielding the core before parking.
+    pub yields: u32,
+    /// First park.
+    pub park_min: Duration,
+    /// Longest park (the park doubles up to it).
+    pub park_max: Duration,
+}
+
+impl Default for Backoff {
+    /// Aeron's `BackoffIdleStrategy` defaults: 10 spins, 5 yields, parks of 1 µs
+    /// growing to 1 ms.
+    fn default() -> Self {
+        Backoff {
+            spins: 10,
+            yields: 5,
+            park_min: Duration::from_micros(1),
+            park_max: Duration::from_millis(1),
+        }
+    }
+}
+
+impl std::str::FromStr for IdleStrategy {
+    type Err = String;
+
+    /// `block`, `spin`, or `backoff` (default steps).
+    fn from_str(text: &str) -> Result<IdleStrategy, String> {
+        match text {
+            "block" => Ok(IdleStrategy::Block),
+            "spin" => Ok(IdleStrategy::Spin),
+            "backoff" => Ok(IdleStrategy::Backoff(Backoff::default())),
+            other => Err(format!("{other}: block, backoff or spin")),
+        }
+    }
+}
+
+impl std::fmt::Display for IdleStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdleStrategy::Block => "block",
+            IdleStrategy::Backoff(_) => "backoff",
+            IdleStrategy::Spin => "spin",
+        })
+    }
+}
+
+/// What the next empty turn does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Tell the CPU we are spinning and poll again.
+    Spin,
+    /// Give the core to another thread, then poll again.
+    Yield,
+    /// Sleep this long, then poll again.
+    Park(Duration),
+}
+
+/// The state of a polling thread's waiting (for `spin` and `backoff`; a `block`
+/// thread waits in its system call instead).
+#[derive(Debug, Clone)]
+pub struct Idler {
+    backoff: Backoff,
+    spin_only: bool,
+    empty_turns: u64,
+    park: Duration,
+}
+
+impl Idler {
+    /// An idler for `strategy` (`block` idles like `backoff`: used where a thread
+    /// cannot block on its input).
+    pub fn new(strategy: IdleStrategy) -> Idler {
+        let (backoff, spin_only) = match strategy {
+            IdleStrategy::Backoff(backoff) => (backoff, false),
+            IdleStrategy::Block => (Backoff::default(), false),
+            IdleStrategy::Spin => (Backoff::default(), true),
+        };
+        Idler { backoff, spin_only, empty_turns: 0, park: backoff.park_min }
+    }
+
+    /// The step after one more empty turn (pure: tests follow the progression).
+    pub fn next_step(&mut self) -> Step {
+        self.empty_turns += 1;
+        let spins = u64::from(self.backoff.spins);
+        if self.spin_only || self.empty_turns <= spins {
+            return Step::Spin;
+        }
+        if self.empty_turns <= spins + u64::from(self.backoff.yields) {
+            return Step::Yield;
+        }
+        let park = self.park;
+        self.park = (self.park * 2).min(self.backoff.park_max);
+        Step::Park(park)
+    }
+
+    /// Waits as the strategy says after a turn that found no work.
+    pub fn idle(&mut self) {
+        match self.next_step() {
+            Step::Spin => std::hint::spin_loop(),
+            Step::Yield => std::thread::yield_now(),
+            Step::Park(duration) => std::thread::sleep(duration),
+        }
+    }
+
+    /// A turn found work: the next wait starts over from spinning.
+    pub fn reset(&mut self) {
+        self.empty_turns = 0;
+        self.park = self.backoff.park_min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_spins_then_yields_then_parks_doubling_to_the_cap() {
+        let backoff = Backoff {
+            spins: 2,
+            yields: 1,
+            park_min: Duration::from_micros(10),
+            park_max: Duration::from_micros(35),
+        };
+        let mut idler = Idler::new(IdleStrategy::Backoff(backoff));
+        let steps: Vec<Step> = (0..7).map(|_| idler.next_step()).collect();
+        let park = |us| Step::Park(Duration::from_micros(us));
+        assert_eq!(steps, [Step::Spin, Step::Spin, Step::Yield, park(10), park(20), park(35), park(35)]);
+        idler.reset();
+        assert_eq!(idler.next_step(), Step::Spin, "work found: back to spinning");
+    }
+
+    #[test]
+    fn spin_never_sleeps_and_names_parse() {
+        let mut idler = Idler::new(IdleStrategy::Spin);
+        assert!((0..1_000).all(|_| idler.next_step() == Step::Spin));
+        for name in ["block", "backoff", "spin"] {
+            assert_eq!(name.parse::<IdleStrategy>().unwrap().to_string(), name);
+        }
+        assert!("busy".parse::<IdleStrategy>().is_err());
+    }
+}
