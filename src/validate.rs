@@ -268,6 +268,11 @@ impl Command {
             Command::Bench(BenchCommand::E2e(args)) => args.validate(),
             Command::Bench(BenchCommand::Floor(args)) => {
                 positive_seconds(args.duration, "duration")?;
+                check(
+                    args.backoff.backoff_park_min_us <= args.backoff.backoff_park_max_us,
+                    "backoff-park-min-us",
+                    || "must not exceed --backoff-park-max-us".into(),
+                )?;
                 check(args.rate > 0, "rate", || "must be at least 1".into())
             }
             Command::Bench(BenchCommand::Hops(args)) => {

@@ -315,7 +315,40 @@ pub struct BenchFloorArgs {
     #[arg(long, default_value = "all", value_name = "STRATEGY",
           value_parser = ["block", "backoff", "spin", "all"])]
     pub idle_strategy: String,
+    #[command(flatten)]
+    pub backoff: BackoffArgs,
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The steps of the `backoff` idle strategy.
+#[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "Backoff idle strategy")]
+pub struct BackoffArgs {
+    /// Empty turns spent spinning before yielding.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub backoff_spins: u32,
+    /// Empty turns spent yielding the core before parking.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub backoff_yields: u32,
+    /// First park, in microseconds; each further empty turn doubles it.
+    #[arg(long, default_value_t = 1, value_name = "US")]
+    pub backoff_park_min_us: u64,
+    /// Longest park, in microseconds: also the most a message can wait for a parked
+    /// thread, so keep it below the latency you want.
+    #[arg(long, default_value_t = 1_000, value_name = "US")]
+    pub backoff_park_max_us: u64,
+}
+
+impl BackoffArgs {
+    /// The strategy these flags describe.
+    pub fn backoff(&self) -> ledgerbus_transport::idle::Backoff {
+        ledgerbus_transport::idle::Backoff {
+            spins: self.backoff_spins,
+            yields: self.backoff_yields,
+            park_min: std::time::Duration::from_micros(self.backoff_park_min_us),
+            park_max: std::time::Duration::from_micros(self.backoff_park_max_us),
+        }
+    }
 }

@@ -261,7 +261,12 @@ pub fn floor(args: &crate::cli::BenchFloorArgs) -> anyhow::Result<()> {
         let report = floor::run(floor::FloorOptions {
             rate: args.rate,
             duration: Duration::from_secs_f64(args.duration),
-            idle: strategy.parse().map_err(anyhow::Error::msg)?,
+            idle: match strategy.parse().map_err(anyhow::Error::msg)? {
+                ledgerbus_transport::idle::IdleStrategy::Backoff(_) => {
+                    ledgerbus_transport::idle::IdleStrategy::Backoff(args.backoff.backoff())
+                }
+                other => other,
+            },
         })?;
         println!(
             "  {:<8} p50 {:>5} µs   p99 {:>6} µs   p99.9 {:>6} µs   max {:>6} µs   lost {}   CPU {:.0}% of a core",
