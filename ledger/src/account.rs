@@ -166,3 +166,14 @@ pub struct PendingTransfer {
     /// Its user data.
     pub user_data_32: u32,
 }
+
+impl PendingTransfer {
+    /// Its user data as the side map keeps it.
+    pub fn user_data(&self) -> UserData {
+        UserData {
+            user_data_128: self.user_data_128,
+            user_data_64: self.user_data_64,
+            user_data_32: self.user_data_32,
+        }
+    }
+}

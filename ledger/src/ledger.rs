@@ -787,11 +787,7 @@ impl Ledger {
                 user_data_64: command.user_data_64.get(),
                 user_data_32: command.user_data_32.get(),
             };
-            let user_data = UserData {
-                user_data_128: record.user_data_128,
-                user_data_64: record.user_data_64,
-                user_data_32: record.user_data_32,
-            };
+            let user_data = record.user_data();
             if !user_data.is_empty() {
                 self.pending_user_data.insert(key(id), user_data);
             }
@@ -968,11 +964,7 @@ impl Ledger {
         if pending.state == PendingState::Pending && pending.expires_at_ns != 0 {
             self.expiries.insert((pending.expires_at_ns, id));
         }
-        let user_data = UserData {
-            user_data_128: pending.user_data_128,
-            user_data_64: pending.user_data_64,
-            user_data_32: pending.user_data_32,
-        };
+        let user_data = pending.user_data();
         if !user_data.is_empty() {
             self.pending_user_data.insert(key(id), user_data);
         }
