@@ -3,16 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-/// Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by
-/// default) to batch wake-ups; for a pacing thread every µs of that would count as
-/// request latency. Sets the calling thread's slack to 1 ns.
-pub fn tighten_timer_slack() {
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
-}
+/// A pacing thread's timer must fire on time: every µs of Linux's timer slack would
+/// count as request latency. The transport's idle strategy needs the same.
+pub use ledgerbus_transport::idle::tighten_timer_slack;
 
 /// When an open-loop connection sends.
 #[derive(Debug, Clone, Copy)]

@@ -94,7 +94,8 @@ pub struct Idler {
 
 /// Linux lets a sleeping thread's timer fire up to its "slack" late (50 µs by default)
 /// to merge wake-ups, which turns a 1 µs park into a ~55 µs one (measured with
-/// `bench floor`). Sets the calling thread's slack to 1 ns.
+/// `bench floor`) and adds as much to a pacing thread's sends. Sets the calling
+/// thread's slack to 1 ns.
 pub fn tighten_timer_slack() {
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes the calling thread's timer slack.
     #[cfg(target_os = "linux")]
