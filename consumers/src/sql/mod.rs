@@ -271,6 +271,42 @@ pub struct RawEvent {
     pub result: i64,
 }
 
+/// A sequence, time stamp or other u64 for a signed 64-bit column (`BIGINT`, SQLite's
+/// `INTEGER`); beyond 2^63 the event cannot be stored as it is.
+fn big(value: u64, column: &str) -> Result<i64, SqlError> {
+    i64::try_from(value)
+        .map_err(|_| SqlError::Event(format!("{column} {value} does not fit a signed 64-bit column")))
+}
+
+fn parse_hex(table: &'static str, column: &str, text: &str) -> Result<u64, SqlError> {
+    u64::from_str_radix(text, 16).map_err(|_| SqlError::BadRow {
+        table,
+        key: "the position".into(),
+        what: format!("{column} {text:?} is not hexadecimal"),
+    })
+}
+
+/// A position row's columns as stored.
+fn position_of(
+    session: &str,
+    sequence: i64,
+    state_hash: &str,
+    timestamp_ns: i64,
+) -> Result<Position, SqlError> {
+    let table = "ledgerbus_position";
+    let bad = |column: &str, value: i64| SqlError::BadRow {
+        table,
+        key: "the position".into(),
+        what: format!("{column} = {value} is negative"),
+    };
+    Ok(Position {
+        session: parse_hex(table, "session", session)?,
+        sequence: u64::try_from(sequence).map_err(|_| bad("sequence", sequence))?,
+        state_hash: parse_hex(table, "state_hash", state_hash)?,
+        timestamp_ns: u64::try_from(timestamp_ns).map_err(|_| bad("timestamp_ns", timestamp_ns))?,
+    })
+}
+
 /// The query that reads every event in log order, for `dialect`.
 pub fn events_query(dialect: Dialect) -> String {
     let z = dialect.zero();
@@ -307,10 +343,14 @@ fn narrow<T: TryFrom<V>, V: Copy + std::fmt::Display>(
 }
 
 impl RawEvent {
+    /// The table an event row of `kind` comes from (for errors).
+    pub fn table(kind: i64) -> &'static str {
+        ["account_events", "transfers", "expirations"].get(kind as usize).copied().unwrap_or("?")
+    }
+
     /// The event these columns describe, refusing values no event can carry.
     pub fn into_row(self) -> Result<EventRow, SqlError> {
-        let table =
-            ["account_events", "transfers", "expirations"].get(self.kind as usize).copied().unwrap_or("?");
+        let table = RawEvent::table(self.kind);
         let s = self.sequence;
         let u64_of = |column: &str, value: u128| narrow::<u64, u128>(table, s, column, value);
         let sequence: u64 = narrow(table, s, "sequence", self.sequence)?;

@@ -17,7 +17,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::numeric::Numeric;
 use super::rows::RowBatch;
 use super::schema::{self, Dialect, SCHEMA_VERSION, TABLES, VIEWS};
-use super::{events_query, Database, Position, RawAccount, RawEvent, SqlError, ACCOUNT_COLUMNS};
+use super::{
+    big, events_query, position_of, Database, Position, RawAccount, RawEvent, SqlError, ACCOUNT_COLUMNS,
+};
 
 /// A connection to the projection's Postgres database.
 pub struct PostgresDatabase {
@@ -109,10 +111,6 @@ fn open(url: &str) -> Result<Client, SqlError> {
         }
         None => config.connect(NoTls)?,
     })
-}
-
-fn big(value: u64, column: &str) -> Result<i64, SqlError> {
-    i64::try_from(value).map_err(|_| SqlError::Event(format!("{column} {value} does not fit a BIGINT")))
 }
 
 /// Column types of a COPY, in order.
@@ -285,35 +283,6 @@ fn write_rows(tx: &mut Transaction<'_>, batch: &RowBatch) -> Result<(), SqlError
         )?;
     }
     Ok(())
-}
-
-fn parse_hex(table: &'static str, column: &str, text: &str) -> Result<u64, SqlError> {
-    u64::from_str_radix(text, 16).map_err(|_| SqlError::BadRow {
-        table,
-        key: "the position".into(),
-        what: format!("{column} {text:?} is not hexadecimal"),
-    })
-}
-
-/// A position row's columns as stored.
-pub fn position_of(
-    session: &str,
-    sequence: i64,
-    state_hash: &str,
-    timestamp_ns: i64,
-) -> Result<Position, SqlError> {
-    let table = "ledgerbus_position";
-    let bad = |column: &str, value: i64| SqlError::BadRow {
-        table,
-        key: "the position".into(),
-        what: format!("{column} = {value} is negative"),
-    };
-    Ok(Position {
-        session: parse_hex(table, "session", session)?,
-        sequence: u64::try_from(sequence).map_err(|_| bad("sequence", sequence))?,
-        state_hash: parse_hex(table, "state_hash", state_hash)?,
-        timestamp_ns: u64::try_from(timestamp_ns).map_err(|_| bad("timestamp_ns", timestamp_ns))?,
-    })
 }
 
 impl Database for PostgresDatabase {

@@ -13,7 +13,7 @@ use ledgerbus_telemetry::{Counter, Family, Histogram, Registry, U64Gauge};
 use serde_json::{json, Value};
 
 use super::rows::{EventRow, RowBatch};
-use super::verify::replay_rows;
+use super::verify::{check_position, replay_rows};
 use super::{Database, DatabaseUrl, Position, SqlError};
 use crate::error::SinkError;
 use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
@@ -261,20 +261,6 @@ impl SqlSink {
         self.batch.events as usize >= self.config.batch_events_max
             || self.batch_started.is_some_and(|at| at.elapsed() >= self.config.batch_delay)
     }
-}
-
-/// Refuses a replica rebuilt from rows that does not end where the position says.
-fn check_position(replica: &Replica, position: &Position) -> Result<(), SqlError> {
-    let last = replica.next_sequence() - 1;
-    if last != position.sequence || replica.log_hash() != position.state_hash {
-        return Err(SqlError::Drift(format!(
-            "the event rows end at {last} with hash {:016x}, the position says {} with {:016x}",
-            replica.log_hash(),
-            position.sequence,
-            position.state_hash
-        )));
-    }
-    Ok(())
 }
 
 impl Sink for SqlSink {

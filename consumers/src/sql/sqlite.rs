@@ -18,7 +18,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{decimal, RowBatch};
 use super::schema::{self, Dialect, SCHEMA_VERSION};
-use super::{events_query, Database, Position, RawAccount, RawEvent, SqlError, ACCOUNT_COLUMNS};
+use super::{
+    big, events_query, position_of, Database, Position, RawAccount, RawEvent, SqlError, ACCOUNT_COLUMNS,
+};
 
 /// The page cache of a connection, in KiB.
 const CACHE_KIB: u32 = 256 << 10;
@@ -116,10 +118,6 @@ impl Aggregate<i128, Option<String>> for DecimalSum {
 
 fn user_error(message: String) -> rusqlite::Error {
     rusqlite::Error::UserFunctionError(message.into())
-}
-
-fn big(value: u64, column: &str) -> Result<i64, SqlError> {
-    i64::try_from(value).map_err(|_| SqlError::Event(format!("{column} {value} does not fit an INTEGER")))
 }
 
 /// A decimal TEXT column read back.
@@ -305,7 +303,7 @@ impl Database for SqliteDatabase {
             )
             .optional()?;
         row.map(|(consumer, session, sequence, hash, timestamp)| {
-            Ok((consumer, super::postgres::position_of(&session, sequence, &hash, timestamp)?))
+            Ok((consumer, position_of(&session, sequence, &hash, timestamp)?))
         })
         .transpose()
     }
@@ -356,8 +354,7 @@ impl Database for SqliteDatabase {
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let kind: i64 = row.get(0)?;
-            let table =
-                ["account_events", "transfers", "expirations"].get(kind as usize).copied().unwrap_or("?");
+            let table = RawEvent::table(kind);
             each(RawEvent {
                 kind,
                 sequence: row.get(1)?,

@@ -32,6 +32,20 @@ pub fn replay_rows(db: &mut dyn Database, progress: &mut dyn FnMut(u64)) -> Resu
     Ok(replica)
 }
 
+/// Refuses a replica rebuilt from rows that does not end where the position says.
+pub(super) fn check_position(replica: &Replica, position: &Position) -> Result<(), SqlError> {
+    let last = replica.next_sequence() - 1;
+    if last != position.sequence || replica.log_hash() != position.state_hash {
+        return Err(SqlError::Drift(format!(
+            "the event rows end at {last} with hash {:016x}, the position says {} with {:016x}",
+            replica.log_hash(),
+            position.sequence,
+            position.state_hash
+        )));
+    }
+    Ok(())
+}
+
 /// What `ledgerbus sql verify` found.
 #[derive(Debug, Clone)]
 pub struct Verification {
@@ -64,13 +78,7 @@ pub fn verify(db: &mut dyn Database, progress: &mut dyn FnMut(u64)) -> Result<Ve
     let mut problems = Vec::new();
     let last_sequence = replica.next_sequence() - 1;
     match position {
-        Some(p) if p.sequence == last_sequence && p.state_hash == replica.log_hash() => {}
-        Some(p) => problems.push(format!(
-            "the position says sequence {} hash {:016x}; the event rows end at {last_sequence} with {:016x}",
-            p.sequence,
-            p.state_hash,
-            replica.log_hash()
-        )),
+        Some(p) => problems.extend(check_position(&replica, &p).err().map(|drift| drift.to_string())),
         None => problems.push("there is no position row".into()),
     }
 
