@@ -273,7 +273,8 @@ pub fn run(
     })
 }
 
-fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
+/// A plain transfer of ledger 1, code 1 (the benchmarks' workload).
+pub(super) fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Transfer {
     Transfer {
         correlation_id: 0.into(),
         id: id.into(),

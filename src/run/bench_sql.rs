@@ -14,13 +14,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use ledgerbus_codec::messages::{CreateAccount, Transfer};
+use ledgerbus_codec::messages::CreateAccount;
 use ledgerbus_codec::{account_flags, Frames};
 use ledgerbus_consumers::follow::{Progress, Sink};
 use ledgerbus_consumers::sql::sink::SqlMetrics;
 use ledgerbus_consumers::sql::{drop_projection, DatabaseUrl, SqlConfig, SqlSink};
 use ledgerbus_ledger::{Ledger, Replica};
 use ledgerbus_sequencer::core::{PendingBatch, SequencerCore};
+
+use super::bench_sequencer::transfer;
 
 use crate::cli::BenchSqlArgs;
 
@@ -42,15 +44,6 @@ fn generate(events: u64, accounts: u64, two_phase: u32) -> Vec<u8> {
     let drain = |batch: &mut PendingBatch, frames: &mut Vec<u8>| {
         frames.extend_from_slice(batch.event_bytes());
         batch.clear();
-    };
-    let transfer = |id: u128, debit: u128, credit: u128, amount: u64| Transfer {
-        id: id.into(),
-        debit_account_id: debit.into(),
-        credit_account_id: credit.into(),
-        amount: amount.into(),
-        ledger: 1.into(),
-        code: 1.into(),
-        ..Default::default()
     };
     for id in 1..=accounts as u128 {
         let flags = if id == 1 { account_flags::ALLOW_NEGATIVE } else { 0 };
