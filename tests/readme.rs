@@ -80,13 +80,18 @@ fn running_the_parts_yourself_works_as_written() {
     };
     assert_eq!(created.status, 201, "{}", created.body);
 
-    // Both consumers reach the sequencer's state.
-    let sequencer = get("127.0.0.1:7003".parse().unwrap(), "/status", None).unwrap().json;
+    // Both consumers reach the sequencer's state. The sequencer's own /status is read
+    // again each time: it may show the account's event a moment after the answer.
     for consumer in ["127.0.0.1:8081", "127.0.0.1:8082"] {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let sequencer = get("127.0.0.1:7003".parse().unwrap(), "/status", None).unwrap().json;
             let status = get(consumer.parse().unwrap(), "/status", None).map(|r| r.json);
-            if status.as_ref().is_some_and(|s| s["state_hash"] == sequencer["state_hash"]) {
+            if status.as_ref().is_some_and(|s| {
+                s["last_sequence"] == sequencer["last_sequence"]
+                    && s["last_sequence"].as_u64() >= Some(1)
+                    && s["state_hash"] == sequencer["state_hash"]
+            }) {
                 break;
             }
             assert!(Instant::now() < deadline, "{consumer} never caught up: {status:?} vs {sequencer}");
