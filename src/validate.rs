@@ -45,6 +45,13 @@ impl TransportArgs {
                 format!("{group} is not an IPv4 multicast address")
             })?;
         }
+        let backoff = &self.idle.backoff;
+        check(backoff.backoff_park_min_us <= backoff.backoff_park_max_us, "backoff-park-max-us", || {
+            format!(
+                "{} µs is shorter than --backoff-park-min-us ({} µs)",
+                backoff.backoff_park_max_us, backoff.backoff_park_min_us
+            )
+        })?;
         // Everything else is the transport library's own rule; this only says which
         // flag a setting is. The ring and reorder sizes are checked with the
         // component that sets them.

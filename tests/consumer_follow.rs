@@ -65,6 +65,9 @@ fn follow_config(
             ..ReceiverConfig::default()
         },
         socket: SocketOptions::default(),
+        // The other integration tests run the default (`block`); these follow with
+        // `backoff`, so its park-and-poll path meets loss, restarts and catch-up too.
+        idle: ledgerbus_transport::idle::IdleStrategy::Backoff(Default::default()),
     }
 }
 

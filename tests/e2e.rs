@@ -20,8 +20,11 @@ fn account_balance(cluster: &Cluster, id: u128) -> (String, String) {
 
 #[test]
 fn ledger_over_http_and_tcp() {
+    // With `backoff` (the other tests run the default, `block`), so that its polling
+    // hot thread and receive threads carry the whole API too.
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path());
+    let backoff = vec![("LEDGERBUS_IDLE_STRATEGY", "backoff".to_string())];
+    let cluster = Cluster::start_with(dir.path(), None, backoff);
     let http = cluster.gateway_http;
 
     // Accounts: created, idempotent retry, conflicting retry, batch.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ledgerbus_transport::driver::{MulticastOptions, SocketOptions, Subscriber};
+use ledgerbus_transport::idle::{IdleStrategy, Idler};
 use ledgerbus_transport::{ReceiverConfig, ReceiverEvent, ReplayKey};
 
 use crate::error::SinkError;
@@ -67,6 +68,8 @@ pub struct FollowConfig {
     pub receiver: ReceiverConfig,
     /// Socket buffers.
     pub socket: SocketOptions,
+    /// How the receive thread waits for datagrams.
+    pub idle: IdleStrategy,
 }
 
 /// The replay service of a sequencer, or those of a group's members (each serves
@@ -292,13 +295,27 @@ pub fn follow(
     )?;
     tracing::info!(listen = %config.listen, next = sink.next_sequence(), "following the live stream");
     let mut batch = Batch { frames: Vec::with_capacity(1 << 20), next: sink.next_sequence(), error: None };
+    let mut idler = Idler::new(config.idle);
+    // Longest wait in the kernel: the stop flag is seen at least this often.
+    const BLOCK_MOST: Duration = Duration::from_millis(50);
     while !stop.load(Ordering::Relaxed) {
         batch.frames.clear();
         batch.next = sink.next_sequence();
-        let event =
-            subscriber.poll(Duration::from_millis(50), &mut |sequence, frame| batch.push(sequence, frame))?;
+        let first_wait = if idler.strategy() == IdleStrategy::Block { BLOCK_MOST } else { Duration::ZERO };
+        let mut event = subscriber.poll(first_wait, &mut |sequence, frame| batch.push(sequence, frame))?;
+        if event.is_none() && batch.frames.is_empty() && first_wait.is_zero() {
+            // Nothing was ready: wait as the idle strategy says; a park or a block
+            // ends as soon as a datagram arrives.
+            idler.idle_on(|most| {
+                event = subscriber
+                    .poll(most.unwrap_or(BLOCK_MOST), &mut |sequence, frame| batch.push(sequence, frame))?;
+                Ok::<(), std::io::Error>(())
+            })?;
+        }
+        if !batch.frames.is_empty() {
+            idler.reset();
+        }
         // Drain whatever else is ready into the same batch.
-        let mut event = event;
         let mut rounds = 0;
         while event.is_none() && batch.frames.len() < (1 << 20) && rounds < 16 {
             let before = batch.frames.len();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ledgerbus_log::journal::{Durability, JournalError};
 use ledgerbus_protocol::auth;
 use ledgerbus_transport::driver::{SocketOptions, Targets};
+use ledgerbus_transport::idle::IdleStrategy;
 use ledgerbus_transport::{BusKey, BusKeys, BusSecurity, SenderConfig};
 
 /// Everything the sequencer needs to run.
@@ -46,6 +47,8 @@ pub struct SequencerConfig {
     pub transfer_capacity: usize,
     /// The replicated group this sequencer is a member of; `None`: a single sequencer.
     pub group: Option<GroupConfig>,
+    /// How the hot thread and the journal thread wait for work.
+    pub idle: IdleStrategy,
 }
 
 /// A member of a replicated sequencer group (docs/architecture.md, "Sequencer group").
@@ -124,6 +127,7 @@ impl SequencerConfig {
             batch_events_max: 65_536,
             transfer_capacity: TRANSFER_CAPACITY_DEFAULT,
             group: None,
+            idle: IdleStrategy::Block,
         }
     }
 }

@@ -3,9 +3,11 @@
 //! Everything a connection's bytes mean is in the sans-IO [`crate::intake`]; this
 //! file only moves bytes between sockets and it.
 //!
-//! The thread never spins: with nothing to do it sleeps in `ppoll` on the listener,
-//! every gateway connection and the bus socket, until one is ready or the
-//! transport's next timer is due (docs/architecture.md, "Performance").
+//! With nothing to do it waits as its idle strategy says (`--idle-strategy`): `block`
+//! sleeps in `ppoll` on the listener, every gateway connection, the bus socket and
+//! the journal's wake-up descriptor until one is ready or the transport's next timer
+//! is due; `backoff` polls them again for a while first, then parks in the same
+//! `ppoll` for short times, then blocks (docs/architecture.md, "Performance").
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ledgerbus_log::archive::Archive;
 use ledgerbus_log::LogHead;
 use ledgerbus_transport::driver::Publisher;
+use ledgerbus_transport::idle::{IdleStrategy, Idler};
 
 use crate::config::{io_err, SequencerConfig, SequencerError};
 use crate::core::{PendingBatch, Reply, SequencerCore};
@@ -44,6 +47,7 @@ pub(crate) struct HotLoop {
     last_metrics_refresh: Instant,
     /// Answers NAKs older than the retransmit ring from the journal, off this thread.
     archive: Archive,
+    idle: IdleStrategy,
 }
 
 /// Queues each reply for its gateway and sends them; returns how many were
@@ -116,30 +120,34 @@ impl HotLoop {
             session_id,
             last_metrics_refresh: Instant::now(),
             archive,
+            idle: config.idle,
         }
     }
 
     pub(crate) fn run(mut self) -> Result<(), SequencerError> {
+        let mut idler = Idler::new(self.idle);
         loop {
             if self.shutdown.load(Ordering::Acquire) {
                 return self.drain();
             }
             self.gateways.accept();
             let decided = self.read_and_decide();
-            self.release_completed()?;
+            let mut released = self.release_completed()?;
             self.submit_if_idle();
             if self.pipeline.is_ready() {
                 // `os` durability commits inline: answer now, not on the next turn.
-                self.release_completed()?;
+                released |= self.release_completed()?;
             }
             self.publisher.service().map_err(io_err("bus socket"))?;
             self.serve_archive();
             self.gateways.flush();
             self.refresh_metrics();
-            if decided == 0 && !self.pipeline.is_ready() {
-                // Sleep until a socket is ready or the journal finishes a batch; while
+            if decided > 0 || released {
+                idler.reset();
+            } else if !self.pipeline.is_ready() {
+                // Wait until a socket is ready or the journal finishes a batch; while
                 // a sync runs, new commands are still read and decided.
-                self.idle_wait()?;
+                idler.idle_on(|most| self.idle_wait(most))?;
             }
         }
     }
@@ -147,13 +155,15 @@ impl HotLoop {
     /// Answers and publishes the batch the journal has finished, if any, after
     /// starting the next group commit: the journal syncs batch N+1 while this thread
     /// answers and publishes batch N.
-    fn release_completed(&mut self) -> Result<(), SequencerError> {
+    /// Returns whether it released one.
+    fn release_completed(&mut self) -> Result<bool, SequencerError> {
         if let Some(committed) = self.pipeline.try_complete() {
             let committed = committed?;
             self.submit_if_idle();
             self.release(committed)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Starts the group commit of what has been decided, unless one is running.
@@ -255,8 +265,8 @@ impl HotLoop {
         }
     }
 
-    /// Sleeps until a socket is ready or a timer is due; never spins.
-    fn idle_wait(&mut self) -> Result<(), SequencerError> {
+    /// Sleeps until a socket is ready or a timer is due, or at most `most` (a park).
+    fn idle_wait(&mut self, most: Option<Duration>) -> Result<(), SequencerError> {
         let mut fds = Vec::with_capacity(16);
         fds.push(libc::pollfd { fd: self.publisher.fd(), events: libc::POLLIN, revents: 0 });
         if let Some(fd) = self.pipeline.wake_fd() {
@@ -266,7 +276,9 @@ impl HotLoop {
         self.gateways.poll_fds(&mut fds, window_open);
         let until_timer = self.publisher.core().poll_timeout().nanos_since(self.publisher.now());
         // Wake at least every 50 ms to notice shutdown and handshake deadlines.
-        let timeout = Duration::from_nanos(until_timer).min(Duration::from_millis(50));
+        let timeout = Duration::from_nanos(until_timer)
+            .min(Duration::from_millis(50))
+            .min(most.unwrap_or(Duration::MAX));
         wait(&mut fds, timeout).map_err(|source| SequencerError::Io { what: "ppoll".into(), source })
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::{DurableBatch, PendingBatch};
 use ledgerbus_log::journal::{JournalError, JournalWriter};
+use ledgerbus_transport::idle::{IdleStrategy, Idler};
 
 /// A batch back from the journal thread.
 pub struct Committed {
@@ -52,14 +53,15 @@ enum Mode {
 }
 
 impl CommitPipeline {
-    /// Moves `journal` to its own thread.
-    pub fn start(mut journal: JournalWriter) -> std::io::Result<CommitPipeline> {
+    /// Moves `journal` to its own thread, which waits for batches as `idle` says.
+    pub fn start(mut journal: JournalWriter, idle: IdleStrategy) -> std::io::Result<CommitPipeline> {
         let (submit, batches) = sync_channel::<PendingBatch>(1);
         let (finished, done) = sync_channel(1);
         let (wake, mut signal) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         let thread = std::thread::Builder::new().name("journal".into()).spawn(move || {
-            while let Ok(batch) = batches.recv() {
+            let mut idler = Idler::new(idle);
+            while let Some(batch) = next_batch(&batches, &mut idler) {
                 let result = commit(&mut journal, batch);
                 let failed = result.is_err();
                 if finished.send(result).is_err() || failed {
@@ -154,6 +156,41 @@ impl CommitPipeline {
             self.in_flight = false;
         }
         result
+    }
+}
+
+/// The next batch for the journal thread, waited for as `idler` says; `None` when
+/// the hot thread has gone.
+fn next_batch(batches: &Receiver<PendingBatch>, idler: &mut Idler) -> Option<PendingBatch> {
+    if idler.strategy() == IdleStrategy::Block {
+        return batches.recv().ok();
+    }
+    loop {
+        match batches.try_recv() {
+            Ok(batch) => {
+                idler.reset();
+                return Some(batch);
+            }
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let mut received = None;
+        let waited = idler.idle_on(|most| {
+            received = Some(match most {
+                Some(park) => batches.recv_timeout(park).map_err(|e| e == RecvTimeoutError::Disconnected),
+                None => batches.recv().map_err(|_| true),
+            });
+            Ok::<(), ()>(())
+        });
+        debug_assert!(waited.is_ok());
+        match received {
+            Some(Ok(batch)) => {
+                idler.reset();
+                return Some(batch);
+            }
+            Some(Err(true)) => return None,
+            Some(Err(false)) | None => {}
+        }
     }
 }
 

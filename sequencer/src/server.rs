@@ -269,7 +269,7 @@ pub fn spawn(
     // fsync takes ~100 µs or more: overlap it with deciding on a journal thread. A
     // page-cache write takes a few: do it inline and save two thread hand-offs.
     let pipeline = match config.durability {
-        Durability::Fsync => CommitPipeline::start(journal).map_err(io_err("journal thread"))?,
+        Durability::Fsync => CommitPipeline::start(journal, config.idle).map_err(io_err("journal thread"))?,
         Durability::Os => CommitPipeline::inline(journal),
     };
     let hot = HotLoop::new(
@@ -372,6 +372,7 @@ fn start_group(config: SequencerConfig, group: GroupConfig) -> Result<RunningSeq
         session_id: session,
         tick: group.tick,
         batch_events_max: config.batch_events_max,
+        idle: config.idle,
     };
     let thread = std::thread::Builder::new()
         .name("sequencer-hot".into())

@@ -17,7 +17,7 @@ pub enum BenchCommand {
     /// The sequencer in-process: decide, stamp, journal, encode, publish.
     Sequencer(BenchSequencerArgs),
     /// End-to-end latency histogram against a gateway.
-    E2e(BenchE2eArgs),
+    E2e(Box<BenchE2eArgs>),
     /// A replicated sequencer group under load, its leader killed (SIGKILL) again and
     /// again: time without answers per kill, and acknowledged transfers lost or
     /// applied twice (both must be 0).
@@ -259,6 +259,8 @@ pub struct BenchE2eArgs {
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub idle: IdleArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -320,35 +322,4 @@ pub struct BenchFloorArgs {
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The steps of the `backoff` idle strategy.
-#[derive(Debug, Clone, Copy, Args)]
-#[command(next_help_heading = "Backoff idle strategy")]
-pub struct BackoffArgs {
-    /// Empty turns spent spinning before yielding.
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    pub backoff_spins: u32,
-    /// Empty turns spent yielding the core before parking.
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    pub backoff_yields: u32,
-    /// First park, in microseconds; each further empty turn doubles it.
-    #[arg(long, default_value_t = 1, value_name = "US")]
-    pub backoff_park_min_us: u64,
-    /// Longest park, in microseconds: also the most a message can wait for a parked
-    /// thread, so keep it below the latency you want.
-    #[arg(long, default_value_t = 1_000, value_name = "US")]
-    pub backoff_park_max_us: u64,
-}
-
-impl BackoffArgs {
-    /// The strategy these flags describe.
-    pub fn backoff(&self) -> ledgerbus_transport::idle::Backoff {
-        ledgerbus_transport::idle::Backoff {
-            spins: self.backoff_spins,
-            yields: self.backoff_yields,
-            park_min: std::time::Duration::from_micros(self.backoff_park_min_us),
-            park_max: std::time::Duration::from_micros(self.backoff_park_max_us),
-        }
-    }
 }

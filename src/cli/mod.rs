@@ -162,6 +162,88 @@ pub struct TransportArgs {
 
     #[command(flatten)]
     pub bus: BusArgs,
+
+    #[command(flatten)]
+    pub idle: IdleArgs,
+}
+
+/// How the threads on the request path wait for work: the sequencer's hot and
+/// journal threads, the consumers' receive threads (see the README, "Idle strategies").
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Idle strategy")]
+pub struct IdleArgs {
+    /// `block`: sleep in the kernel until input (no CPU when idle; a wake-up costs
+    /// tens of µs on a VM). `backoff`: after work, spin, then yield, then park on the
+    /// input for 1 µs doubling to --backoff-park-max-us, then block: lower latency
+    /// when there is a core to spare. `spin`: never sleep (a core per thread, always).
+    #[arg(long, env = "LEDGERBUS_IDLE_STRATEGY", default_value = "block", value_name = "STRATEGY",
+          value_parser = ["block", "backoff", "spin"])]
+    pub idle_strategy: String,
+    #[command(flatten)]
+    pub backoff: BackoffArgs,
+}
+
+impl IdleArgs {
+    /// The strategy these flags describe.
+    pub fn strategy(&self) -> ledgerbus_transport::idle::IdleStrategy {
+        use ledgerbus_transport::idle::IdleStrategy;
+        match self.idle_strategy.as_str() {
+            "backoff" => IdleStrategy::Backoff(self.backoff.backoff()),
+            "spin" => IdleStrategy::Spin,
+            _ => IdleStrategy::Block,
+        }
+    }
+
+    /// The same settings as environment variables, for child processes.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let b = &self.backoff;
+        vec![
+            ("LEDGERBUS_IDLE_STRATEGY", self.idle_strategy.clone()),
+            ("LEDGERBUS_BACKOFF_SPINS", b.backoff_spins.to_string()),
+            ("LEDGERBUS_BACKOFF_YIELDS", b.backoff_yields.to_string()),
+            ("LEDGERBUS_BACKOFF_PARK_MIN_US", b.backoff_park_min_us.to_string()),
+            ("LEDGERBUS_BACKOFF_PARK_MAX_US", b.backoff_park_max_us.to_string()),
+            ("LEDGERBUS_BACKOFF_BLOCK_AFTER_US", b.backoff_block_after_us.to_string()),
+        ]
+    }
+}
+
+/// The steps of the `backoff` idle strategy.
+#[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "Backoff idle strategy")]
+pub struct BackoffArgs {
+    /// Empty turns spent spinning before yielding.
+    #[arg(long, env = "LEDGERBUS_BACKOFF_SPINS", default_value_t = 10, value_name = "N")]
+    pub backoff_spins: u32,
+    /// Empty turns spent yielding the core before parking.
+    #[arg(long, env = "LEDGERBUS_BACKOFF_YIELDS", default_value_t = 5, value_name = "N")]
+    pub backoff_yields: u32,
+    /// First park, in microseconds; each further empty turn doubles it.
+    #[arg(long, env = "LEDGERBUS_BACKOFF_PARK_MIN_US", default_value_t = 1, value_name = "US",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub backoff_park_min_us: u64,
+    /// Longest park, in microseconds: also the most a message can wait for a parked
+    /// thread, so keep it below the latency you want.
+    #[arg(long, env = "LEDGERBUS_BACKOFF_PARK_MAX_US", default_value_t = 1_000, value_name = "US",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub backoff_park_max_us: u64,
+    /// After parking this long (in microseconds) without work, block until input
+    /// like `block`: what keeps an idle system near zero CPU.
+    #[arg(long, env = "LEDGERBUS_BACKOFF_BLOCK_AFTER_US", default_value_t = 10_000, value_name = "US")]
+    pub backoff_block_after_us: u64,
+}
+
+impl BackoffArgs {
+    /// The strategy these flags describe.
+    pub fn backoff(&self) -> ledgerbus_transport::idle::Backoff {
+        ledgerbus_transport::idle::Backoff {
+            spins: self.backoff_spins,
+            yields: self.backoff_yields,
+            park_min: std::time::Duration::from_micros(self.backoff_park_min_us),
+            park_max: std::time::Duration::from_micros(self.backoff_park_max_us),
+            block_after: std::time::Duration::from_micros(self.backoff_block_after_us),
+        }
+    }
 }
 
 /// How the bus is secured: the keys every member holds.
@@ -237,6 +319,8 @@ pub struct DemoArgs {
     #[arg(long, env = "LEDGERBUS_DEMO_REPLICAS", default_value_t = 1, value_name = "N",
           value_parser = parse_replicas)]
     pub replicas: usize,
+    #[command(flatten)]
+    pub idle: IdleArgs,
 }
 
 /// 1, 3 or 5.

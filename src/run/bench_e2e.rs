@@ -34,6 +34,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
                 bus_security: args.bus_security,
                 replicas: args.replicas,
                 sql: None,
+                idle: args.idle.env(),
             },
         )?)
     } else {

@@ -178,6 +178,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
             bus_security: BusSecurityMode::Aes256Gcm,
             replicas: args.replicas,
             sql: None,
+            idle: Vec::new(),
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

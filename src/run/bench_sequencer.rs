@@ -181,7 +181,7 @@ pub fn run(
     let mut commits = 0u64;
     let mut group_max = 0u64;
     let mut rejected = 0u64;
-    let mut pipeline = CommitPipeline::start(journal)?;
+    let mut pipeline = CommitPipeline::start(journal, ledgerbus_transport::idle::IdleStrategy::Block)?;
     let mut spare = Some(PendingBatch::with_capacity(65_536));
     let start = Instant::now();
     while start.elapsed() < duration || pipeline.in_flight() {

@@ -28,6 +28,7 @@ pub fn follow_config(args: &ConsumerArgs) -> anyhow::Result<FollowConfig> {
         replay_key: args.transport.bus.keys()?.replay_key(),
         receiver: args.transport.receiver_config(args.consumer_id, args.reorder_datagrams_max as usize)?,
         socket: args.transport.socket_options(),
+        idle: args.transport.idle.strategy(),
     })
 }
 

@@ -56,6 +56,9 @@ pub struct Shape {
     pub replicas: usize,
     /// A SQL consumer's database, if the system has one.
     pub sql: Option<String>,
+    /// The idle strategy's settings for every process, as environment variables
+    /// (empty: their defaults).
+    pub idle: Vec<(&'static str, String)>,
 }
 
 /// A whole ledgerbus started as child processes; stopped when dropped.
@@ -101,7 +104,7 @@ impl System {
         api_key: Option<String>,
         shape: Shape,
     ) -> anyhow::Result<System> {
-        let Shape { transfer_capacity, bus_security, replicas, sql } = shape;
+        let Shape { transfer_capacity, bus_security, replicas, sql, idle } = shape;
         let (temp, data) = match data {
             Some(dir) => (None, dir),
             None => {
@@ -145,6 +148,7 @@ impl System {
                 log_level: "warn",
                 replicas: members,
                 sql: sql.clone(),
+                idle: idle.clone(),
             };
             match cluster.start() {
                 Ok(services) => break (addresses, services, cluster),
@@ -220,6 +224,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             bus_security: BusSecurityMode::Aes256Gcm,
             replicas: args.replicas,
             sql: args.sql.clone(),
+            idle: args.idle.env(),
         },
     )?;
     let addresses = &system.addresses;

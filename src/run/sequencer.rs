@@ -27,6 +27,7 @@ pub fn config(args: &SequencerArgs) -> anyhow::Result<SequencerConfig> {
         batch_events_max: 65_536,
         transfer_capacity: args.transfer_capacity,
         group: group(args)?,
+        idle: args.transport.idle.strategy(),
     })
 }
 

@@ -69,6 +69,12 @@ impl Cluster {
 
     /// A cluster with a SQL consumer writing to `sql` as well, if given.
     pub fn start_with_sql(dir: &Path, sql: Option<String>) -> Cluster {
+        Cluster::start_with(dir, sql, Vec::new())
+    }
+
+    /// A cluster whose processes wait with the idle strategy `idle` says
+    /// (`LEDGERBUS_IDLE_STRATEGY`, …; empty: the default).
+    pub fn start_with(dir: &Path, sql: Option<String>, idle: Vec<(&'static str, String)>) -> Cluster {
         let addresses = ledgerbus_tools::cluster::Addresses::free(free_tcp(), free_tcp()).unwrap();
         let launcher = ledgerbus_tools::cluster::Cluster {
             exe: env!("CARGO_BIN_EXE_ledgerbus").into(),
@@ -86,6 +92,7 @@ impl Cluster {
             log_level: "warn",
             replicas: Vec::new(),
             sql,
+            idle,
         };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),

@@ -255,6 +255,9 @@ pub struct Cluster {
     pub replicas: Vec<MemberAddresses>,
     /// A SQL consumer's database (`postgres://…`, `sqlite://…`), if the cluster has one.
     pub sql: Option<String>,
+    /// The idle strategy's settings (`LEDGERBUS_IDLE_STRATEGY`, …) for every child;
+    /// empty: each child's default (or what this process's environment says).
+    pub idle: Vec<(&'static str, String)>,
 }
 
 fn s(value: impl ToString) -> String {
@@ -282,6 +285,7 @@ impl Cluster {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Service> {
         let mut command = Command::new(&self.exe);
+        command.envs(self.idle.iter().map(|(name, value)| (name, value)));
         command.envs(env.iter().copied());
         // SAFETY: prctl is async-signal-safe and touches only the child being started.
         unsafe {

@@ -2,17 +2,20 @@
 //! request latency. A paced client sends 64-byte datagrams at a fixed rate (open
 //! loop, measured from each datagram's intended send time) to an echo thread, and the
 //! two receiving threads wait with the chosen idle strategy (`block`: blocking
-//! `recv`; `spin`/`backoff`: non-blocking `recv` and [`Idler`]). Run with every
+//! `recv`; `spin`/`backoff`: non-blocking `recv` and [`Idler`], parking in `ppoll` on
+//! the socket as the system's threads do). Run with every
 //! strategy in one invocation, the ratios between them are what a request path can
 //! gain from how its threads wait.
 
 use std::io::ErrorKind;
 use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ledgerbus_transport::driver::mmsg::wait_readable;
 use ledgerbus_transport::idle::{IdleStrategy, Idler};
 
 /// What to run.
@@ -77,7 +80,14 @@ fn receive(
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 if idle != IdleStrategy::Block {
-                    idler.idle();
+                    // Blocks last at most 100 ms, to notice `stop`.
+                    let waited = idler.idle_on(|most| {
+                        let most = most.unwrap_or(Duration::from_millis(100));
+                        wait_readable(socket.as_raw_fd(), Some(most)).map(drop)
+                    });
+                    if waited.is_err() {
+                        return None;
+                    }
                 }
             }
             Err(_) => return None,

@@ -3,9 +3,9 @@
 //! a batch, proposes it, and answers and publishes what Raft commits; a follower
 //! tells gateways who leads and only keeps its log and ledger current.
 //!
-//! Like the single sequencer's loop it never spins: with nothing to do it sleeps in
-//! `ppoll` on the gateway sockets, the bus socket and the links' wake-up descriptor,
-//! at most until the next tick.
+//! Like the single sequencer's loop it waits as its idle strategy says: in `ppoll` on
+//! the gateway sockets, the bus socket and the links' wake-up descriptor, at most
+//! until the next tick (`block`), after polling again for a while (`backoff`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use ledgerbus_log::archive::Archive;
 use ledgerbus_log::LogHead;
 use ledgerbus_protocol::auth;
 use ledgerbus_transport::driver::Publisher;
+use ledgerbus_transport::idle::{IdleStrategy, Idler};
 
 use super::journal_disk::JournalDisk;
 use super::member::{Member, Output, Proposed, RoleChange};
@@ -38,6 +39,7 @@ pub(crate) struct GroupLoop {
     pub(crate) session_id: u64,
     pub(crate) tick: Duration,
     pub(crate) batch_events_max: usize,
+    pub(crate) idle: IdleStrategy,
 }
 
 impl GroupLoop {
@@ -47,6 +49,7 @@ impl GroupLoop {
         let mut next_tick = Instant::now() + self.tick;
         let mut last_status = Instant::now() - Duration::from_secs(1);
         let mut leading = false;
+        let mut idler = Idler::new(self.idle);
         let mut head = LogHead { session: self.session_id, ..LogHead::default() };
         loop {
             if self.shutdown.load(Ordering::Acquire) {
@@ -102,8 +105,10 @@ impl GroupLoop {
             }
             let busy = decided > 0 || !out.is_empty();
             out.clear();
-            if !busy && !self.member.has_work() {
-                self.idle_wait(leading, next_tick)?;
+            if busy {
+                idler.reset();
+            } else if !self.member.has_work() {
+                idler.idle_on(|most| self.idle_wait(leading, next_tick, most))?;
             }
         }
     }
@@ -159,7 +164,13 @@ impl GroupLoop {
         Ok(())
     }
 
-    fn idle_wait(&mut self, leading: bool, next_tick: Instant) -> Result<(), SequencerError> {
+    /// Sleeps until input, the next tick or timer, or at most `most` (a park).
+    fn idle_wait(
+        &mut self,
+        leading: bool,
+        next_tick: Instant,
+        most: Option<Duration>,
+    ) -> Result<(), SequencerError> {
         let mut fds = Vec::with_capacity(16);
         fds.push(libc::pollfd { fd: self.peers.wake_fd(), events: libc::POLLIN, revents: 0 });
         let mut timeout = next_tick.saturating_duration_since(Instant::now());
@@ -168,6 +179,7 @@ impl GroupLoop {
             let until_timer = self.publisher.core().poll_timeout().nanos_since(self.publisher.now());
             timeout = timeout.min(Duration::from_nanos(until_timer));
         }
+        timeout = timeout.min(most.unwrap_or(Duration::MAX));
         let window_open = leading && self.publisher.window_remaining() > 0 && self.member.can_decide();
         self.gateways.poll_fds(&mut fds, window_open);
         wait(&mut fds, timeout).map_err(|source| SequencerError::Io { what: "ppoll".into(), source })
