@@ -41,6 +41,7 @@
 
 pub mod command;
 pub mod connection;
+pub mod idle;
 pub mod records;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -176,6 +176,7 @@ impl Incoming {
             Ok(0) => Ok(Filled::Closed),
             Ok(n) => {
                 self.end += n;
+                crate::idle::touch();
                 Ok(Filled::Bytes)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::Nothing),

@@ -142,6 +142,7 @@ async fn record_duration(
     next: Next,
 ) -> Response {
     let started = std::time::Instant::now();
+    ledgerbus_client::idle::touch();
     let route = format!("{} {}", request.method(), path.as_str());
     let response = next.run(request).await;
     state.upstream.metrics.record_http(&route, response.status().as_u16(), started.elapsed());

@@ -168,14 +168,16 @@ pub struct TransportArgs {
 }
 
 /// How the threads on the request path wait for work: the sequencer's hot and
-/// journal threads, the consumers' receive threads (see the README, "Idle strategies").
+/// journal threads, the consumers' receive threads, the gateway's and the load
+/// generator's runtimes (see the README, "Idle strategies").
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Idle strategy")]
 pub struct IdleArgs {
     /// `block`: sleep in the kernel until input (no CPU when idle; a wake-up costs
     /// tens of µs on a VM). `backoff`: after work, spin, then yield, then park on the
-    /// input for 1 µs doubling to --backoff-park-max-us, then block: lower latency
-    /// when there is a core to spare. `spin`: never sleep (a core per thread, always).
+    /// input for 1 µs doubling to --backoff-park-max-us, then block: lower tail
+    /// latency at moderate load for more CPU. `spin`: never sleep (a core per thread,
+    /// always). With `backoff` or `spin` a gateway runs on one thread.
     #[arg(long, env = "LEDGERBUS_IDLE_STRATEGY", default_value = "block", value_name = "STRATEGY",
           value_parser = ["block", "backoff", "spin"])]
     pub idle_strategy: String,
@@ -503,6 +505,9 @@ pub struct GatewayArgs {
     /// chain longer than this is always busy).
     #[arg(long, env = "LEDGERBUS_QUEUE_MAX", default_value_t = 65_536, value_name = "COUNT")]
     pub queue_max: u32,
+
+    #[command(flatten)]
+    pub idle: IdleArgs,
 }
 
 /// Which consumer to run.

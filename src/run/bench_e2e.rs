@@ -87,7 +87,9 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {elapsed}/{duration} {msg}").expect("valid template"),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let idle = args.idle.strategy();
+    let runtime = ledgerbus_client::idle::runtime(idle, 2)?;
+    runtime.spawn(ledgerbus_client::idle::keep_warm(idle));
     let (report, histogram) = runtime.block_on(loadgen::run(&options, |counters, elapsed| {
         let decided = counters.accepted.load(std::sync::atomic::Ordering::Relaxed)
             + counters.rejected.load(std::sync::atomic::Ordering::Relaxed);

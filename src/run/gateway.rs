@@ -36,7 +36,9 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         },
     };
     let stop = super::shutdown_on_signal()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let idle = args.idle.strategy();
+    let runtime = ledgerbus_client::idle::runtime(idle, 2)?;
+    runtime.spawn(ledgerbus_client::idle::keep_warm(idle));
     runtime.block_on(async move {
         let (bound, _addresses) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(ledgerbus_gateway::run(config, bound));
