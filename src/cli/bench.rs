@@ -259,6 +259,15 @@ pub struct BenchE2eArgs {
     /// Print a last line of JSON with the results.
     #[arg(long)]
     pub json: bool,
+    /// Mix reads into the load: `GET /accounts/{id}` on the gateway's HTTP API for the
+    /// run's accounts, at this rate per second (open loop, from intended send times)
+    /// or `max` (each --query-connections asks again as soon as answered); their
+    /// percentiles are reported beside the writes'.
+    #[arg(long, value_name = "N|max")]
+    pub queries: Option<String>,
+    /// Connections the reads use (with `--queries max`, one query in flight on each).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub query_connections: u32,
     #[command(flatten)]
     pub idle: IdleArgs,
 }

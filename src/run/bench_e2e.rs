@@ -70,6 +70,22 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         accounts: args.accounts,
         two_phase: args.two_phase,
         in_flight: args.in_flight,
+        queries: match args.queries.as_deref() {
+            None => None,
+            Some("max") => Some(ledgerbus_tools::queries::QueryOptions {
+                rate: None,
+                connections: args.query_connections,
+            }),
+            Some(rate) => Some(ledgerbus_tools::queries::QueryOptions {
+                rate: Some(
+                    rate.parse::<u64>()
+                        .ok()
+                        .filter(|r| *r > 0)
+                        .context("--queries: a positive rate or max")?,
+                ),
+                connections: args.query_connections,
+            }),
+        },
         tls: match &args.tls_ca {
             None => None,
             Some(ca) => {
@@ -117,6 +133,12 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         "  all accepted      p50 {} µs, p99 {} µs;  with a rejection  p50 {} µs, p99 {} µs",
         report.accepted_p50_us, report.accepted_p99_us, report.rejected_p50_us, report.rejected_p99_us
     );
+    if let Some(reads) = &report.queries {
+        println!(
+            "  reads (GET /accounts/{{id}} over HTTP):  {:.0}/s answered, {} errors;  p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            reads.per_second, reads.errors, reads.p50_us, reads.p90_us, reads.p99_us, reads.p999_us, reads.max_us
+        );
+    }
     if let Some(path) = &args.hgrm {
         std::fs::write(path, histogram::hgrm(&histogram, 5))
             .with_context(|| format!("writing {}", path.display()))?;

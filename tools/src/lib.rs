@@ -24,5 +24,6 @@ pub mod hops;
 pub mod latency;
 pub mod loadgen;
 pub mod pacing;
+pub mod queries;
 pub mod replay;
 pub mod two_phase;

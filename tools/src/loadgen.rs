@@ -60,6 +60,8 @@ pub struct E2eOptions {
     pub in_flight: Option<u32>,
     /// TLS to the gateway's TCP API (it runs with `--tls-cert`).
     pub tls: Option<ledgerbus_client::TlsClient>,
+    /// Reads to mix into the writes, if any (see [`crate::queries`]).
+    pub queries: Option<crate::queries::QueryOptions>,
 }
 
 /// What it measured.
@@ -101,6 +103,8 @@ pub struct E2eReport {
     pub protocol: String,
     /// Requested rate, 0 = max.
     pub rate: u64,
+    /// What the reads mixed in saw, if there were any.
+    pub queries: Option<crate::queries::QueryReport>,
 }
 
 /// Shared counters of a run.
@@ -340,6 +344,14 @@ pub async fn run(
     let prefix = run_prefix();
     let start = Instant::now();
     let deadline = start + options.duration;
+    let reads = options.queries.map(|queries| {
+        let (gateway_http, api_key) = (options.gateway_http, options.api_key.clone());
+        // Spread over the run's accounts, every one of which exists by now.
+        let account = move |k: u64| accounts.user(k.wrapping_mul(0x9E37_79B9));
+        tokio::spawn(
+            async move { crate::queries::run(gateway_http, &api_key, queries, deadline, account).await },
+        )
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..options.connections {
         let sender = Arc::new(match options.protocol {
@@ -403,6 +415,10 @@ pub async fn run(
         }
     }
     let elapsed_sec = start.elapsed().as_secs_f64();
+    let queries = match reads {
+        Some(reads) => Some(reads.await.context("query task")?),
+        None => None,
+    };
     let latency = histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| Latency::new());
     let histogram = latency.all.clone();
     let (accepted, rejected, errors) = (
@@ -429,6 +445,7 @@ pub async fn run(
         elapsed_sec,
         protocol: format!("{:?}", options.protocol).to_lowercase(),
         rate: options.rate.unwrap_or(0),
+        queries,
     };
     Ok((report, histogram))
 }
