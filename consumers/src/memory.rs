@@ -1,7 +1,9 @@
 //! `ledgerbus consumer memory`: the read model behind the HTTP query API.
 //!
-//! The follower thread applies events in batches under a write lock and never holds
-//! it while waiting for the network; HTTP handlers take the read lock. A request may
+//! The follower thread applies events under a write lock, in slices of at most
+//! [`APPLY_SLICE_EVENTS`] however large the batch it received (a catch-up or a write
+//! burst brings megabytes at once), and never holds it while waiting for the network;
+//! HTTP handlers take the read lock, so a query waits at most one slice. A request may
 //! carry `X-Min-Sequence` (the gateway sends the highest sequence it acknowledged):
 //! the handler waits, bounded, until the model has applied it, which is what makes
 //! a GET after a 201 see that write.
@@ -24,6 +26,12 @@ use crate::error::SinkError;
 use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
 use crate::readmodel::{Direction, HistoryFilter, ReadModel, RefFilter, TransferRecord};
 use ledgerbus_codec::{account_flags, transfer_flags};
+
+/// Most events applied under one hold of the write lock (about a millisecond at the
+/// model's apply rate): what a query can wait behind. After each slice the applied
+/// sequence is published, so queries waiting for `X-Min-Sequence` go as soon as it
+/// is reached, not when the whole batch is.
+pub const APPLY_SLICE_EVENTS: usize = 2_048;
 
 /// How long a query waits for the model to reach `X-Min-Sequence`.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
@@ -74,17 +82,40 @@ impl Sink for MemorySink {
     }
 
     fn apply_batch(&mut self, frames: &[u8]) -> Result<(), SinkError> {
-        let mut model = self.model.write().map_err(|_| SinkError::Poisoned)?;
-        let applied = model.apply_batch(frames);
-        self.next = model.next_sequence();
-        self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
-        applied
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let (slice, tail) = rest.split_at(slice_end(rest, APPLY_SLICE_EVENTS));
+            {
+                let mut model = self.model.write().map_err(|_| SinkError::Poisoned)?;
+                let applied = model.apply_batch(slice);
+                self.next = model.next_sequence();
+                self.progress.state_hash.store(model.state_hash(), Ordering::Relaxed);
+                applied?;
+            }
+            self.applied.send_replace(self.next - 1);
+            rest = tail;
+        }
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), SinkError> {
         self.applied.send_replace(self.next - 1);
         Ok(())
     }
+}
+
+/// Where the first `events` frames of `frames` end; all of it if there are fewer, or
+/// if a frame is malformed (applying it then reports the error).
+fn slice_end(frames: &[u8], events: usize) -> usize {
+    let mut iter = ledgerbus_codec::Frames::new(frames);
+    for _ in 0..events {
+        match iter.next() {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return frames.len(),
+            None => break,
+        }
+    }
+    frames.len() - iter.remainder().len()
 }
 
 /// Runs the memory consumer: the query API on `http` and the follower on this thread,

@@ -252,12 +252,14 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
     submit_and_answer(&state, sent, is_array, local).await
 }
 
-/// Forwards a query to the memory consumer, asking it to have applied everything
-/// this gateway acknowledged.
+/// Forwards a query to the memory consumer, asking it to have applied what this
+/// gateway acknowledged that the query is about (read-your-writes; see
+/// [`crate::write_marks`]).
 async fn proxy(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let target = format!("http://{}{}", state.query.upstream, path);
-    let min_sequence = state.upstream.highest_sequence.load(Ordering::Acquire);
+    let everything = state.upstream.highest_sequence.load(Ordering::Acquire);
+    let min_sequence = state.upstream.write_marks.read_after_path(uri.path(), everything);
     let mut request = axum::http::Request::get(target)
         .header("x-min-sequence", min_sequence.to_string())
         .header("authorization", &*state.query.authorization);

@@ -23,6 +23,7 @@ pub mod serve;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
+pub mod write_marks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -38,6 +38,8 @@ use tokio::sync::{oneshot, Notify};
 
 use ledgerbus_client::wire::{drain, whole_frames, Filled, Incoming, Outgoing, Stream};
 
+use crate::write_marks::WriteMarks;
+
 /// Why a submission got no results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -76,9 +78,10 @@ pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
 struct Waiting {
     /// Its commands' frames, back to back, to send again after a reconnection.
     frames: Vec<u8>,
-    /// Commands in it.
-    count: usize,
+    /// Commands in it not answered yet.
     remaining: usize,
+    /// Bytes of `frames` whose commands are answered.
+    answered_bytes: usize,
     /// What each result said (`None`: a frame that did not read as a result).
     gathered: Vec<Option<Decided>>,
     reply: ReplyTo,
@@ -97,13 +100,27 @@ struct LinkState {
 impl Waiting {
     /// The frames of the commands not answered yet.
     fn unanswered(&self) -> &[u8] {
-        let answered = self.count - self.remaining;
-        let offset: usize = ledgerbus_codec::Frames::new(&self.frames)
-            .take(answered)
-            .map_while(Result::ok)
-            .map(<[u8]>::len)
-            .sum();
-        &self.frames[offset..]
+        &self.frames[self.answered_bytes..]
+    }
+
+    /// The next results answer the commands after `answered_bytes`: records what each
+    /// wrote at its sequence, and moves past them. Returns their highest sequence.
+    fn mark_answered(&mut self, results: &[u8], marks: &WriteMarks) -> Option<u64> {
+        let mut highest = None;
+        let mut commands = ledgerbus_codec::Frames::new(&self.frames[self.answered_bytes..]);
+        for result in results.chunks_exact(REPLY_FRAME_SIZE) {
+            let command = match commands.next() {
+                Some(Ok(command)) => command,
+                // Our own frames, checked when they were split into commands.
+                _ => &[][..],
+            };
+            if let Some(decided) = Decided::read(result) {
+                marks.record(command, decided.sequence);
+                highest = highest.max(Some(decided.sequence));
+            }
+            self.answered_bytes += command.len();
+        }
+        highest
     }
 }
 
@@ -128,8 +145,12 @@ pub struct Upstream {
     /// Commands submitted and not yet answered.
     outstanding: Arc<AtomicUsize>,
     queue_max: usize,
-    /// Highest sequence of any result seen (for read-your-writes on queries).
+    /// Highest sequence of any result seen (for read-your-writes on queries that
+    /// are not about one id).
     pub highest_sequence: Arc<AtomicU64>,
+    /// Per id, the last acknowledged write (read-your-writes on queries of one
+    /// account or transfer).
+    pub write_marks: Arc<WriteMarks>,
     /// Whether the link is currently connected.
     pub connected: Arc<AtomicBool>,
     /// The sequencer's session, once connected.
@@ -154,6 +175,7 @@ impl Upstream {
             outstanding: Arc::new(AtomicUsize::new(0)),
             queue_max,
             highest_sequence: Arc::new(AtomicU64::new(0)),
+            write_marks: Arc::default(),
             connected: Arc::new(AtomicBool::new(false)),
             session: Arc::new(AtomicU64::new(0)),
             metrics: Arc::default(),
@@ -217,8 +239,8 @@ impl Upstream {
         };
         state.waiting.push_back(Waiting {
             frames: frames.to_vec(),
-            count,
             remaining: count,
+            answered_bytes: 0,
             gathered,
             reply,
         });
@@ -237,9 +259,6 @@ impl Upstream {
         if bytes.len() % REPLY_FRAME_SIZE != 0 {
             return Err(LinkError::UnexpectedSize);
         }
-        // Each result is read once, here: for the read-your-writes position, and for
-        // the HTTP API, which gets what it says rather than the frame.
-        let mut highest = None;
         let mut state = self.link.lock();
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -248,17 +267,16 @@ impl Upstream {
             };
             let count = front.remaining.min(rest.len() / REPLY_FRAME_SIZE);
             let (results, after) = rest.split_at(count * REPLY_FRAME_SIZE);
+            // Before anyone hears of them: a read after the answer must wait for them.
+            if let Some(highest) = front.mark_answered(results, &self.write_marks) {
+                self.highest_sequence.fetch_max(highest, Ordering::AcqRel);
+            }
             match &front.reply {
                 ReplyTo::Gather(_) => {
-                    for frame in results.chunks_exact(REPLY_FRAME_SIZE) {
-                        let decided = Decided::read(frame);
-                        highest = highest.max(decided.map(|d| d.sequence));
-                        front.gathered.push(decided);
-                    }
+                    // The HTTP API gets what each result says rather than the frame.
+                    front.gathered.extend(results.chunks_exact(REPLY_FRAME_SIZE).map(Decided::read));
                 }
                 ReplyTo::Sink(sink) => {
-                    let sequences = results.chunks_exact(REPLY_FRAME_SIZE).filter_map(Decided::read);
-                    highest = highest.max(sequences.map(|d| d.sequence).max());
                     sink.deliver(results, count);
                     if !touched.last().is_some_and(|last| Arc::ptr_eq(last, sink)) {
                         touched.push(Arc::clone(sink));
@@ -276,9 +294,6 @@ impl Upstream {
             rest = after;
         }
         drop(state);
-        if let Some(highest) = highest {
-            self.highest_sequence.fetch_max(highest, Ordering::AcqRel);
-        }
         Ok(())
     }
 
@@ -355,8 +370,9 @@ async fn run_link(sequencers: Vec<SocketAddr>, secret: Vec<u8>, gateway_id: u32,
                         previous = format_args!("{previous:#018x}"),
                         "the sequencer started a new log"
                     );
-                    link.highest_sequence
-                        .store(welcome.next_sequence.get().saturating_sub(1), Ordering::Release);
+                    let last = welcome.next_sequence.get().saturating_sub(1);
+                    link.highest_sequence.store(last, Ordering::Release);
+                    link.write_marks.start_over(last);
                 }
                 let resent = link.reconnected(&stream);
                 if resent > 0 {

@@ -399,8 +399,8 @@ fn lookup_at(bytes: &[u8]) -> Option<(Lookup, usize)> {
 }
 
 /// Answers one lookup in its place: once everything before it on the connection is
-/// answered, asks the read model (having applied all this gateway acknowledged) and
-/// writes the record.
+/// answered, asks the read model (having applied what this gateway acknowledged
+/// about the id looked up) and writes the record.
 async fn answer_lookup(
     outbox: Arc<Outbox>,
     token: u64,
@@ -412,21 +412,21 @@ async fn answer_lookup(
         return;
     }
     let started = std::time::Instant::now();
-    let min_sequence = upstream.highest_sequence.load(std::sync::atomic::Ordering::Acquire);
+    let marks = &upstream.write_marks;
     let record = match lookup {
         Lookup::Account { correlation_id, id } => {
-            let looked = query.get(&format!("/accounts/{id}"), min_sequence).await;
+            let looked = query.get(&format!("/accounts/{id}"), marks.read_after(id)).await;
             crate::query::account_record(correlation_id, id, &looked)
         }
         Lookup::Transfer { correlation_id, id } => {
-            let looked = query.get(&format!("/transfers/{id}"), min_sequence).await;
+            let looked = query.get(&format!("/transfers/{id}"), marks.read_after(id)).await;
             crate::query::transfer_record(correlation_id, id, &looked)
         }
         Lookup::History { correlation_id, account, after, limit } => {
             let limit = limit.clamp(1, crate::query::HISTORY_LIMIT_MAX);
             let after = if after == 0 { String::new() } else { format!("&after=c{after:x}") };
             let path = format!("/accounts/{account}/transfers?limit={limit}{after}");
-            let looked = query.get(&path, min_sequence).await;
+            let looked = query.get(&path, marks.read_after(account)).await;
             crate::query::history_page(correlation_id, &looked)
         }
     };
