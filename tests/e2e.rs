@@ -355,6 +355,10 @@ fn ledger_over_http_and_tcp() {
         let applied = samples.iter().find(|(series, _)| *series == applied).map(|(_, v)| *v as u64);
         assert_eq!(applied, Some(sequence), "{role} consumer's applied sequence");
     }
+    // The read model times its queries by route, and the read-your-writes waits apart.
+    let queries = scrape(cluster.memory_http, &["ledgerbus_query_read_your_writes_wait_seconds_bucket"]);
+    let reads = r#"ledgerbus_query_duration_seconds_count{route="/accounts/{id}"}"#;
+    assert!(queries.iter().any(|(series, value)| series == reads && *value >= 1.0), "{reads}");
 
     // The OpenAPI document is served, is the file in the repo, and every documented
     // path is routed (no 404/405 for the documented method).

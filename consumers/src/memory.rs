@@ -26,6 +26,7 @@ use crate::error::SinkError;
 use crate::follow::{follow, FollowConfig, FollowError, Progress, Sink};
 use crate::readmodel::{Direction, HistoryFilter, ReadModel, RefFilter, TransferRecord};
 use ledgerbus_codec::{account_flags, transfer_flags};
+use ledgerbus_telemetry::{Family, Histogram};
 
 /// Most events applied under one hold of the write lock (about a millisecond at the
 /// model's apply rate): what a query can wait behind. After each slice the applied
@@ -47,6 +48,25 @@ pub struct Shared {
     /// Keys accepted on the query routes (`Authorization: Bearer <key>`): the
     /// gateway presents one of its own; nothing answers a bare GET with data.
     api_keys: Arc<HashSet<String>>,
+    metrics: Arc<QueryMetrics>,
+}
+
+/// How long queries take, by route, and how much of it is waiting for
+/// `X-Min-Sequence` (read-your-writes) rather than reading.
+struct QueryMetrics {
+    durations: Family<[(&'static str, String); 1], Histogram>,
+    read_your_writes_waits: Histogram,
+}
+
+impl Default for QueryMetrics {
+    fn default() -> Self {
+        QueryMetrics {
+            durations: Family::new_with_constructor(
+                || Histogram::new(ledgerbus_telemetry::latency_buckets()),
+            ),
+            read_your_writes_waits: Histogram::new(ledgerbus_telemetry::latency_buckets()),
+        }
+    }
 }
 
 struct MemorySink {
@@ -135,6 +155,7 @@ pub fn run(
         progress: Arc::clone(&progress),
         applied: applied_rx,
         api_keys: Arc::new(api_keys.into_iter().collect()),
+        metrics: Arc::default(),
     };
     ledgerbus_telemetry::serve_router(http, router(shared), "query-http")?;
     let mut sink = MemorySink {
@@ -158,9 +179,35 @@ pub fn router(shared: Shared) -> Router {
         .route("/accounts/{id}/balances", get(get_balances))
         .route("/transfers", get(get_transfers))
         .route("/transfers/{id}", get(get_transfer))
-        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_api_key));
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_api_key))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), record_duration));
     let progress = Arc::clone(&shared.progress);
-    progress.routes().merge(data).with_state(shared)
+    let mut registry = progress.registry();
+    registry.register(
+        "ledgerbus_query_duration_seconds",
+        "Time to answer a query, by route (read-your-writes wait included).",
+        shared.metrics.durations.clone(),
+    );
+    registry.register(
+        "ledgerbus_query_read_your_writes_wait_seconds",
+        "Time queries waited for the model to reach their X-Min-Sequence.",
+        shared.metrics.read_your_writes_waits.clone(),
+    );
+    progress.routes_with(registry, || Value::Null).merge(data).with_state(shared)
+}
+
+/// Observes each query's time under its route.
+async fn record_duration(
+    State(shared): State<Shared>,
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = path.as_str().to_string();
+    let response = next.run(request).await;
+    shared.metrics.durations.get_or_create(&[("route", route)]).observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// 401 unless `Authorization: Bearer <key>` names a configured key.
@@ -241,7 +288,12 @@ async fn read_your_writes(shared: &Shared, headers: &HeaderMap) -> Result<(), Re
         return Err(Box::new((StatusCode::BAD_REQUEST, "X-Min-Sequence must be a u64".into())));
     };
     let mut applied = shared.applied.clone();
+    if *applied.borrow() >= min {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
     let reached = tokio::time::timeout(READ_YOUR_WRITES_WAIT, applied.wait_for(|&seq| seq >= min)).await;
+    shared.metrics.read_your_writes_waits.observe(started.elapsed().as_secs_f64());
     match reached {
         Ok(Ok(_)) => Ok(()),
         _ => Err(Box::new((
