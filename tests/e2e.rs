@@ -534,3 +534,85 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
     }
     samples
 }
+
+/// A gateway with two read models, one of which is not there (then the real one is
+/// killed and restarted): reads keep being answered by whichever answers, and a read
+/// after a write sees it.
+#[test]
+fn reads_go_to_a_read_model_that_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    let (http, tcp) = (free_tcp(), free_tcp());
+    let nobody = free_tcp().to_string();
+    // The launcher names the real memory consumer; the flag adds one nobody serves.
+    let _gateway = cluster.spawn_gateway(http, tcp, &["--query-upstream", &nobody]);
+    wait_until("gateway", || get(http, "/health", None).is_some_and(|r| r.status == 200));
+    let accounts = r#"[{"id":"1","ledger":1,"code":1,"allow_negative":true},{"id":"2","ledger":1,"code":1}]"#;
+    assert_eq!(post(http, "/accounts", accounts).status, 200);
+    for id in 1..=20u64 {
+        let transfer = format!(
+            r#"{{"id":"{id}","debit_account_id":"1","credit_account_id":"2","amount":1,"ledger":1,"code":1}}"#
+        );
+        assert_eq!(post(http, "/transfers", &transfer).status, 201);
+        let account = get(http, "/accounts/2", Some(API_KEY)).unwrap();
+        assert_eq!(account.status, 200, "{}", account.body);
+        assert_eq!(account.json["credits_posted"], id.to_string(), "read after write #{id}");
+    }
+
+    // The only real read model goes away: reads fail clearly, and come back with it.
+    cluster.memory_process.as_mut().unwrap().kill_now();
+    let gone = get(http, "/accounts/2", Some(API_KEY)).unwrap();
+    assert_eq!(gone.status, 503, "{}", gone.body);
+    cluster.memory_process = Some(cluster.spawn_consumer("memory"));
+    wait_until("reads again", || {
+        get(http, "/accounts/2", Some(API_KEY))
+            .is_some_and(|r| r.status == 200 && r.json["credits_posted"] == "20")
+    });
+}
+
+/// Two memory consumers behind the gateway: reads are spread over both, keep being
+/// answered (and see the writes before them) while one is killed and restarted, and
+/// the restarted one catches up.
+#[test]
+fn reads_keep_working_while_one_of_two_read_models_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_shaped(dir.path(), None, Vec::new(), 2);
+    let http = cluster.gateway_http;
+    let second = cluster.launcher.extra_memory[0].1;
+    let accounts = r#"[{"id":"1","ledger":1,"code":1,"allow_negative":true},{"id":"2","ledger":1,"code":1}]"#;
+    assert_eq!(post(http, "/accounts", accounts).status, 200);
+    let mut sent = 0u64;
+    let mut write_then_read = |cluster: &Cluster, rounds: u64| {
+        for _ in 0..rounds {
+            sent += 1;
+            let transfer = format!(
+                r#"{{"id":"{sent}","debit_account_id":"1","credit_account_id":"2","amount":1,"ledger":1,"code":1}}"#
+            );
+            assert_eq!(post(cluster.gateway_http, "/transfers", &transfer).status, 201);
+            let account = get(cluster.gateway_http, "/accounts/2", Some(API_KEY)).unwrap();
+            assert_eq!(account.status, 200, "{}", account.body);
+            assert_eq!(account.json["credits_posted"], sent.to_string(), "read after write #{sent}");
+        }
+    };
+    write_then_read(&cluster, 20);
+    let queries = |address| {
+        let metrics = get(address, "/metrics", None).unwrap().body;
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(r#"ledgerbus_query_duration_seconds_count{route="/accounts/{id}"}"#)
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(queries(cluster.memory_http) >= 1.0 && queries(second) >= 1.0, "reads go to both");
+
+    cluster.memory_process.as_mut().unwrap().kill_now();
+    write_then_read(&cluster, 20);
+    cluster.memory_process = Some(cluster.spawn_consumer("memory"));
+    write_then_read(&cluster, 20);
+    for read_model in [cluster.memory_http, second] {
+        let (sequence, hash, sequencer) = cluster.converge(read_model);
+        assert_eq!(hash, sequencer, "read model at {read_model}, sequence {sequence}");
+    }
+}

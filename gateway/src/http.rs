@@ -4,7 +4,6 @@
 //! acknowledged, so a GET after a 201 sees that write.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -42,15 +41,10 @@ pub struct AppState {
 
 impl AppState {
     /// State for a gateway in front of `upstream`.
-    pub fn new(
-        upstream: Upstream,
-        api_keys: Vec<String>,
-        query_upstream: SocketAddr,
-        query_key: String,
-    ) -> AppState {
+    pub fn new(upstream: Upstream, api_keys: Vec<String>, query: QueryLink) -> AppState {
         AppState {
             api_keys: Arc::new(api_keys.into_iter().collect()),
-            query: QueryLink::new(query_upstream, &query_key),
+            query,
             registry: Arc::new(crate::metrics::registry(&upstream)),
             upstream,
         }
@@ -257,24 +251,16 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
 /// [`crate::write_marks`]).
 async fn proxy(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("http://{}{}", state.query.upstream, path);
     let everything = state.upstream.highest_sequence.load(Ordering::Acquire);
     let min_sequence = state.upstream.write_marks.read_after_path(uri.path(), everything);
-    let mut request = axum::http::Request::get(target)
-        .header("x-min-sequence", min_sequence.to_string())
-        .header("authorization", &*state.query.authorization);
-    if let Some(accept) = headers.get("accept") {
-        request = request.header("accept", accept);
-    }
-    let Ok(request) = request.body(Body::empty()) else { return error(StatusCode::BAD_REQUEST, "bad path") };
-    match state.query.client.request(request).await {
-        Ok(response) => {
+    match state.query.request(path, min_sequence, headers.get("accept")).await {
+        Some(response) => {
             let (parts, body) = response.into_parts();
             match body.collect().await {
                 Ok(collected) => Response::from_parts(parts, Body::from(collected.to_bytes())),
                 Err(_) => error(StatusCode::BAD_GATEWAY, "query service closed the response"),
             }
         }
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "query service (memory consumer) unavailable"),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "query service (memory consumer) unavailable"),
     }
 }

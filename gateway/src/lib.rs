@@ -41,8 +41,11 @@ pub struct GatewayConfig {
     pub secret: Vec<u8>,
     /// Accepted client API keys.
     pub api_keys: Vec<String>,
-    /// The memory consumer's query API.
-    pub query_upstream: SocketAddr,
+    /// The memory consumers' query APIs (reads are spread over them).
+    pub query_upstream: Vec<SocketAddr>,
+    /// A memory consumer lagging more events than this gets reads only when no other
+    /// can take them.
+    pub query_lag_max: u64,
     /// The key this gateway presents there (`Authorization: Bearer`).
     pub query_key: String,
     /// Commands waiting for results before clients get 503/busy.
@@ -83,12 +86,9 @@ pub async fn run(
         config.gateway_id,
         config.queue_max,
     );
-    let state = http::AppState::new(
-        upstream.clone(),
-        config.api_keys.clone(),
-        config.query_upstream,
-        config.query_key.clone(),
-    );
+    let query = query::QueryLink::new(&config.query_upstream, &config.query_key, config.query_lag_max);
+    query.start_health_checks();
+    let state = http::AppState::new(upstream.clone(), config.api_keys.clone(), query);
     let keys = Arc::clone(&state.api_keys);
     tokio::spawn(tcp::serve(tcp, upstream, state.query.clone(), keys, config.tcp_limits.clone()));
     let _ = bound.send(addresses);

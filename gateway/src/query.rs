@@ -1,10 +1,20 @@
-//! The gateway's link to the read model (the memory consumer's query API): pooled
-//! HTTP with the gateway's own credential, asking the read model to have applied a
-//! given sequence first, so a read after a write sees it. Used by the HTTP proxy's
+//! The gateway's link to the read models (memory consumers' query APIs): pooled HTTP
+//! with the gateway's own credential, asking the read model to have applied a given
+//! sequence first, so a read after a write sees it. Used by the HTTP proxy's
 //! helpers, the originals of idempotent retries, and the TCP API's lookups.
+//!
+//! With several memory consumers (`--query-upstream A,B,…`) reads are spread over
+//! them: each is health-checked (`/status` every [`HEALTH_EVERY`]: up, the sequence
+//! it has applied, its lag), and a read goes, round-robin, to one that is up, not
+//! lagging beyond `lag_max`, and has already applied the read's `X-Min-Sequence`; if
+//! none has, to the most advanced (which waits for it); one that does not answer is
+//! marked down and the read tried on the next. Read-your-writes holds whichever
+//! answers: each waits for the sequence before answering.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::BodyExt;
@@ -15,11 +25,56 @@ use ledgerbus_codec::messages::{AccountRecord, HistoryEnd, TransferRecord};
 use ledgerbus_codec::{encode, Message, ResultCode};
 use serde_json::Value;
 
-/// How to reach the read model.
+/// How often each read model's `/status` is asked.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(100);
+
+/// A read model as its last health check (or failed read) saw it.
+#[derive(Debug)]
+pub struct Replica {
+    /// Its query API.
+    pub address: SocketAddr,
+    up: AtomicBool,
+    applied: AtomicU64,
+    lag: AtomicU64,
+}
+
+impl Replica {
+    fn new(address: SocketAddr) -> Replica {
+        // Up until shown otherwise: the first reads need not wait for a check.
+        Replica { address, up: AtomicBool::new(true), applied: AtomicU64::new(0), lag: AtomicU64::new(0) }
+    }
+
+    /// What the last check saw: up, applied sequence, lag (events).
+    pub fn seen(&self) -> (bool, u64, u64) {
+        (
+            self.up.load(Ordering::Acquire),
+            self.applied.load(Ordering::Acquire),
+            self.lag.load(Ordering::Acquire),
+        )
+    }
+
+    fn record(&self, seen: Option<(u64, u64)>) {
+        match seen {
+            Some((applied, lag)) => {
+                self.applied.store(applied, Ordering::Release);
+                self.lag.store(lag, Ordering::Release);
+                self.up.store(true, Ordering::Release);
+            }
+            None => self.up.store(false, Ordering::Release),
+        }
+    }
+}
+
+/// How to reach the read models.
 #[derive(Clone)]
 pub struct QueryLink {
-    /// The memory consumer's query API.
-    pub upstream: SocketAddr,
+    /// The memory consumers' query APIs.
+    pub replicas: Arc<[Replica]>,
+    /// Round-robin position.
+    next: Arc<AtomicUsize>,
+    /// A read model further behind than this (events, by its own count) gets reads
+    /// only when no other can take them.
+    lag_max: u64,
     /// `Bearer <key>`, the gateway's own credential there (never a client's).
     pub authorization: Arc<str>,
     /// Pooled HTTP client.
@@ -36,24 +91,108 @@ pub enum Looked {
     Unavailable,
 }
 
+/// The order in which to try read models for a read that needs `min_sequence`:
+/// round-robin (from `start`) over those up, within `lag_max` and already at
+/// `min_sequence`; then the others up and within `lag_max`, most advanced first;
+/// then the rest (a health check can be stale). Pure, for the tests.
+pub fn try_order(seen: &[(bool, u64, u64)], min_sequence: u64, lag_max: u64, start: usize) -> Vec<usize> {
+    let healthy = |&(up, _, lag): &(bool, u64, u64)| up && lag <= lag_max;
+    let count = seen.len();
+    let mut order: Vec<usize> = (0..count)
+        .map(|k| (start + k) % count.max(1))
+        .filter(|&i| healthy(&seen[i]) && seen[i].1 >= min_sequence)
+        .collect();
+    let mut behind: Vec<usize> =
+        (0..count).filter(|&i| healthy(&seen[i]) && seen[i].1 < min_sequence).collect();
+    behind.sort_by_key(|&i| std::cmp::Reverse(seen[i].1));
+    order.extend(behind);
+    order.extend((0..count).filter(|&i| !healthy(&seen[i])));
+    order
+}
+
 impl QueryLink {
-    /// A link to the query API at `upstream`, presenting `query_key`.
-    pub fn new(upstream: SocketAddr, query_key: &str) -> QueryLink {
+    /// A link to the query APIs at `upstreams` (at least one), presenting `query_key`.
+    pub fn new(upstreams: &[SocketAddr], query_key: &str, lag_max: u64) -> QueryLink {
+        assert!(!upstreams.is_empty(), "at least one read model");
         QueryLink {
-            upstream,
+            replicas: upstreams.iter().copied().map(Replica::new).collect(),
+            next: Arc::default(),
+            lag_max,
             authorization: format!("Bearer {query_key}").into(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
+    /// Checks every read model's `/status` every [`HEALTH_EVERY`], for as long as
+    /// the runtime runs (only worth it with more than one).
+    pub fn start_health_checks(&self) {
+        if self.replicas.len() < 2 {
+            return;
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEALTH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                for replica in link.replicas.iter() {
+                    let seen = tokio::time::timeout(HEALTH_EVERY * 5, link.status(replica.address)).await;
+                    let seen = seen.ok().flatten();
+                    if seen.is_none() && replica.seen().0 {
+                        tracing::warn!(upstream = %replica.address, "read model not answering; reads go to the others");
+                    }
+                    replica.record(seen);
+                }
+            }
+        });
+    }
+
+    /// A read model's applied sequence and lag, from its `/status`.
+    async fn status(&self, address: SocketAddr) -> Option<(u64, u64)> {
+        let request =
+            axum::http::Request::get(format!("http://{address}/status")).body(Body::empty()).ok()?;
+        let response = self.client.request(request).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let status: Value = serde_json::from_slice(&body).ok()?;
+        Some((status.get("last_sequence")?.as_u64()?, status.get("lag").and_then(Value::as_u64).unwrap_or(0)))
+    }
+
+    /// `GET path` from a read model that has applied `min_sequence` (or will wait for
+    /// it), trying the next on a connection failure. `None`: none answered.
+    pub async fn request(
+        &self,
+        path: &str,
+        min_sequence: u64,
+        accept: Option<&axum::http::HeaderValue>,
+    ) -> Option<axum::http::Response<hyper::body::Incoming>> {
+        let seen: Vec<_> = self.replicas.iter().map(Replica::seen).collect();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for index in try_order(&seen, min_sequence, self.lag_max, start) {
+            let replica = &self.replicas[index];
+            let mut request = axum::http::Request::get(format!("http://{}{}", replica.address, path))
+                .header("x-min-sequence", min_sequence.to_string())
+                .header("authorization", &*self.authorization);
+            if let Some(accept) = accept {
+                request = request.header("accept", accept);
+            }
+            let Ok(request) = request.body(Body::empty()) else { return None };
+            match self.client.request(request).await {
+                Ok(response) => return Some(response),
+                Err(error) => {
+                    tracing::debug!(upstream = %replica.address, %error, "read model unreachable; trying the next");
+                    replica.record(None);
+                }
+            }
+        }
+        None
+    }
+
     /// `GET path` once the read model has applied `min_sequence`.
     pub async fn get(&self, path: &str, min_sequence: u64) -> Looked {
-        let request = axum::http::Request::get(format!("http://{}{}", self.upstream, path))
-            .header("x-min-sequence", min_sequence.to_string())
-            .header("authorization", &*self.authorization)
-            .body(Body::empty());
-        let Ok(request) = request else { return Looked::Unavailable };
-        let Ok(response) = self.client.request(request).await else { return Looked::Unavailable };
+        let Some(response) = self.request(path, min_sequence, None).await else { return Looked::Unavailable };
         let status = response.status();
         if status == axum::http::StatusCode::NOT_FOUND {
             return Looked::Missing;
@@ -208,4 +347,20 @@ pub fn history_page(correlation_id: u64, looked: &Looked) -> Vec<u8> {
     encode(&end, &mut frame).expect("sized");
     frames.extend(frame);
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::try_order;
+
+    #[test]
+    fn reads_go_round_robin_to_read_models_that_have_the_sequence_then_the_most_advanced() {
+        // (up, applied, lag)
+        let seen = [(true, 100, 0), (true, 90, 0), (true, 120, 0), (false, 500, 0), (true, 130, 9_999)];
+        assert_eq!(try_order(&seen, 95, 1_000, 0), [0, 2, 1, 3, 4]);
+        assert_eq!(try_order(&seen, 95, 1_000, 1), [2, 0, 1, 3, 4], "round-robin among those ready");
+        assert_eq!(try_order(&seen, 125, 1_000, 0), [2, 0, 1, 3, 4], "none ready: most advanced first");
+        assert_eq!(try_order(&seen, 0, 100_000, 3), [4, 0, 1, 2, 3], "a lag bound that lets the last in");
+        assert!(try_order(&[], 1, 1, 0).is_empty());
+    }
 }

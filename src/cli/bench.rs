@@ -268,6 +268,9 @@ pub struct BenchE2eArgs {
     /// Connections the reads use (with `--queries max`, one query in flight on each).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub query_connections: u32,
+    /// With --spawn: memory consumers (1 to 8); the gateway spreads reads over them.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub memory_consumers: u8,
     #[command(flatten)]
     pub idle: IdleArgs,
 }

@@ -321,6 +321,12 @@ pub struct DemoArgs {
     #[arg(long, env = "LEDGERBUS_DEMO_REPLICAS", default_value_t = 1, value_name = "N",
           value_parser = parse_replicas)]
     pub replicas: usize,
+
+    /// Memory consumers (read models), 1 to 8: the gateway spreads reads over them and
+    /// skips one that is down or behind.
+    #[arg(long, env = "LEDGERBUS_DEMO_MEMORY_CONSUMERS", default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub memory_consumers: u8,
     #[command(flatten)]
     pub idle: IdleArgs,
 }
@@ -449,9 +455,22 @@ pub struct GatewayArgs {
     )]
     pub sequencer: Vec<SocketAddr>,
 
-    /// The memory consumer's query API, to which GET requests are proxied.
-    #[arg(long, env = "LEDGERBUS_QUERY_UPSTREAM", default_value = "127.0.0.1:8081", value_name = "ADDR")]
-    pub query_upstream: SocketAddr,
+    /// The memory consumers' query APIs, comma-separated, to which reads are proxied:
+    /// spread round-robin over those up and already at the read's sequence
+    /// (health-checked every 100 ms; one that does not answer is skipped).
+    #[arg(
+        long,
+        env = "LEDGERBUS_QUERY_UPSTREAM",
+        default_value = "127.0.0.1:8081",
+        value_delimiter = ',',
+        value_name = "ADDR,..."
+    )]
+    pub query_upstream: Vec<SocketAddr>,
+
+    /// A memory consumer that reports more events of lag than this gets reads only
+    /// when no other can take them.
+    #[arg(long, env = "LEDGERBUS_QUERY_LAG_MAX", default_value_t = 100_000, value_name = "EVENTS")]
+    pub query_lag_max: u64,
 
     /// Shared secret for the sequencer handshake.
     #[arg(long, env = "LEDGERBUS_SEQUENCER_SECRET", hide_env_values = true, value_name = "SECRET")]

@@ -35,6 +35,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
                 replicas: args.replicas,
                 sql: None,
                 idle: args.idle.env(),
+                memory_consumers: usize::from(args.memory_consumers),
             },
         )?)
     } else {
@@ -155,9 +156,10 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     }
     // What the load did must be what every replica holds: once the consumers have
     // caught up, their state hashes must equal the sequencer's.
-    let verified = system
-        .as_ref()
-        .map(|system| super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses(), false));
+    let verified = system.as_ref().map(|system| {
+        super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses(), false)?;
+        system.verify_extra_memory()
+    });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

@@ -179,6 +179,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
             replicas: args.replicas,
             sql: None,
             idle: Vec::new(),
+            memory_consumers: 1,
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

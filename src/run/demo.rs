@@ -59,6 +59,8 @@ pub struct Shape {
     /// The idle strategy's settings for every process, as environment variables
     /// (empty: their defaults).
     pub idle: Vec<(&'static str, String)>,
+    /// Memory consumers (at least 1); the gateway spreads reads over them.
+    pub memory_consumers: usize,
 }
 
 /// A whole ledgerbus started as child processes; stopped when dropped.
@@ -104,7 +106,7 @@ impl System {
         api_key: Option<String>,
         shape: Shape,
     ) -> anyhow::Result<System> {
-        let Shape { transfer_capacity, bus_security, replicas, sql, idle } = shape;
+        let Shape { transfer_capacity, bus_security, replicas, sql, idle, memory_consumers } = shape;
         let (temp, data) = match data {
             Some(dir) => (None, dir),
             None => {
@@ -149,6 +151,11 @@ impl System {
                 replicas: members,
                 sql: sql.clone(),
                 idle: idle.clone(),
+                extra_memory: (1..memory_consumers.max(1))
+                    .map(|_| {
+                        Ok((ledgerbus_tools::cluster::free_udp()?, ledgerbus_tools::cluster::free_tcp()?))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             };
             match cluster.start() {
                 Ok(services) => break (addresses, services, cluster),
@@ -166,6 +173,35 @@ impl System {
     /// Every sequencer's `/status` address (one, or each group member's).
     pub fn sequencer_statuses(&self) -> Vec<SocketAddr> {
         self.cluster.sequencer_statuses()
+    }
+
+    /// The memory consumers beyond the first (`--memory-consumers`) end on the
+    /// sequencer's state hash too (after [`verify_hashes`], which checks the first).
+    pub fn verify_extra_memory(&self) -> anyhow::Result<()> {
+        let extra = &self.cluster.extra_memory;
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let sequencer = self.addresses.sequencer_status;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let head = http_json(sequencer, "/status", None).map(|(_, v)| v);
+            let seen: Option<Vec<_>> =
+                extra.iter().map(|(_, http)| http_json(*http, "/status", None)).collect();
+            if let (Some(head), Some(seen)) = (head, seen) {
+                if seen.iter().all(|(_, s)| s["last_sequence"] == head["last_sequence"]) {
+                    if seen.iter().any(|(_, s)| s["state_hash"] != head["state_hash"]) {
+                        bail!("a memory consumer's state hash differs from the sequencer's");
+                    }
+                    println!("  and the {} other memory consumers match too", extra.len());
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the other memory consumers did not reach the sequencer's position within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A replicated group's members (empty: one sequencer).
@@ -225,6 +261,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             replicas: args.replicas,
             sql: args.sql.clone(),
             idle: args.idle.env(),
+            memory_consumers: usize::from(args.memory_consumers),
         },
     )?;
     let addresses = &system.addresses;
@@ -292,6 +329,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(workload(addresses.gateway_tcp, &key, args.payments))?;
         verify_hashes(addresses, &system.sequencer_statuses(), system.cluster.sql.is_some())?;
+        system.verify_extra_memory()?;
     }
     let deadline = args.duration.map(|secs| Instant::now() + Duration::from_secs_f64(secs));
     match deadline {

@@ -10,13 +10,18 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(ledgerbus_gateway::tls::acceptor(cert, key)?),
         _ => None,
     };
+    anyhow::ensure!(
+        !args.query_upstream.is_empty(),
+        "--query-upstream: at least one memory consumer's address"
+    );
     let config = GatewayConfig {
         http_listen: args.http_listen,
         tcp_listen: args.tcp_listen,
         sequencers: args.sequencer.clone(),
         secret: args.secret.clone().unwrap_or_default().into_bytes(),
         api_keys: args.api_keys.clone(),
-        query_upstream: args.query_upstream,
+        query_upstream: args.query_upstream.clone(),
+        query_lag_max: args.query_lag_max,
         query_key: match &args.query_key {
             Some(key) => key.clone(),
             None => args.api_keys.first().cloned().unwrap_or_default(),

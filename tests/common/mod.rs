@@ -49,10 +49,12 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub sequencer_process: Option<Service>,
     pub memory_process: Option<Service>,
+    /// Memory consumers beyond the first ([`Cluster::start_shaped`]).
+    pub other_memory_processes: Vec<Service>,
     pub disk_process: Option<Service>,
     pub gateway_process: Option<Service>,
     pub sql_process: Option<Service>,
-    launcher: ledgerbus_tools::cluster::Cluster,
+    pub launcher: ledgerbus_tools::cluster::Cluster,
 }
 
 impl std::ops::Deref for Cluster {
@@ -75,6 +77,17 @@ impl Cluster {
     /// A cluster whose processes wait with the idle strategy `idle` says
     /// (`LEDGERBUS_IDLE_STRATEGY`, …; empty: the default).
     pub fn start_with(dir: &Path, sql: Option<String>, idle: Vec<(&'static str, String)>) -> Cluster {
+        Cluster::start_shaped(dir, sql, idle, 1)
+    }
+
+    /// A cluster with `memory_consumers` memory consumers (the gateway spreads reads
+    /// over them), the others as [`start_with`](Self::start_with).
+    pub fn start_shaped(
+        dir: &Path,
+        sql: Option<String>,
+        idle: Vec<(&'static str, String)>,
+        memory_consumers: usize,
+    ) -> Cluster {
         let addresses = ledgerbus_tools::cluster::Addresses::free(free_tcp(), free_tcp()).unwrap();
         let launcher = ledgerbus_tools::cluster::Cluster {
             exe: env!("CARGO_BIN_EXE_ledgerbus").into(),
@@ -93,20 +106,26 @@ impl Cluster {
             replicas: Vec::new(),
             sql,
             idle,
+            extra_memory: (1..memory_consumers).map(|_| (free_udp(), free_tcp())).collect(),
         };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             sequencer_process: None,
             memory_process: None,
+            other_memory_processes: Vec::new(),
             disk_process: None,
             gateway_process: None,
             sql_process: None,
             launcher,
         };
         let mut services = cluster.launcher.start().expect("the cluster starts");
-        // `start` hands them back in stopping order: gateway, (SQL), disk, memory, sequencer.
+        // `start` hands them back in stopping order: gateway, (SQL), disk, other memory
+        // consumers, memory, sequencer.
         cluster.sequencer_process = services.pop();
         cluster.memory_process = services.pop();
+        for _ in 1..memory_consumers {
+            cluster.other_memory_processes.extend(services.pop());
+        }
         cluster.disk_process = services.pop();
         if cluster.launcher.sql.is_some() {
             cluster.sql_process = services.pop();

@@ -211,6 +211,18 @@ impl MemberAddresses {
     }
 }
 
+/// Names of memory consumers' processes, for messages.
+pub const MEMORY_NAMES: [&str; 8] = [
+    "memory consumer",
+    "memory consumer 2",
+    "memory consumer 3",
+    "memory consumer 4",
+    "memory consumer 5",
+    "memory consumer 6",
+    "memory consumer 7",
+    "memory consumer 8",
+];
+
 /// Names of group members' processes, for messages.
 pub const MEMBER_NAMES: [&str; 5] =
     ["sequencer 1", "sequencer 2", "sequencer 3", "sequencer 4", "sequencer 5"];
@@ -255,6 +267,9 @@ pub struct Cluster {
     pub replicas: Vec<MemberAddresses>,
     /// A SQL consumer's database (`postgres://…`, `sqlite://…`), if the cluster has one.
     pub sql: Option<String>,
+    /// Memory consumers beyond the first: each one's (stream, query API) addresses.
+    /// The sequencer publishes to them too and the gateway spreads reads over all.
+    pub extra_memory: Vec<(SocketAddr, SocketAddr)>,
     /// The idle strategy's settings (`LEDGERBUS_IDLE_STRATEGY`, …) for every child;
     /// empty: each child's default (or what this process's environment says).
     pub idle: Vec<(&'static str, String)>,
@@ -373,10 +388,12 @@ impl Cluster {
             s("--metrics-listen"),
             s(own.status),
             s("--subscribers"),
-            match self.sql {
-                Some(_) => format!("{},{},{}", a.memory_udp, a.disk_udp, a.sql_udp),
-                None => format!("{},{}", a.memory_udp, a.disk_udp),
-            },
+            list(
+                [a.memory_udp, a.disk_udp]
+                    .into_iter()
+                    .chain(self.sql.as_ref().map(|_| a.sql_udp))
+                    .chain(self.extra_memory.iter().map(|(udp, _)| *udp)),
+            ),
             s("--durability"),
             s(self.durability),
         ];
@@ -414,6 +431,27 @@ impl Cluster {
             .map(|(_, index)| index)
     }
 
+    /// Every memory consumer's query API, the first one's first.
+    pub fn memory_https(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addresses.memory_http)
+            .chain(self.extra_memory.iter().map(|(_, http)| *http))
+            .collect()
+    }
+
+    /// Starts memory consumer `index` (0-based: 0 is [`Addresses::memory_http`]'s,
+    /// the others [`Cluster::extra_memory`]'s).
+    pub fn spawn_memory(&self, index: usize) -> anyhow::Result<Service> {
+        if index == 0 {
+            return self.spawn_consumer("memory");
+        }
+        let (udp, http) =
+            *self.extra_memory.get(index - 1).with_context(|| format!("no memory consumer {}", index + 1))?;
+        // Consumer ids 1 (memory), 2 (disk) and 3 (SQL) are taken.
+        let id = 10 + index as u32;
+        let name = MEMORY_NAMES.get(index).copied().unwrap_or("memory consumer");
+        self.spawn_consumer_at("memory", name, udp, http, id)
+    }
+
     /// Starts the memory consumer (`memory`), the disk consumer (`disk`) or the SQL
     /// consumer (`sql`, writing to [`Cluster::sql`]).
     pub fn spawn_consumer(&self, kind: &str) -> anyhow::Result<Service> {
@@ -423,6 +461,18 @@ impl Cluster {
             "sql" => ("SQL consumer", a.sql_udp, a.sql_http, 3),
             _ => ("disk consumer", a.disk_udp, a.disk_http, 2),
         };
+        self.spawn_consumer_at(kind, name, udp, http, id)
+    }
+
+    fn spawn_consumer_at(
+        &self,
+        kind: &str,
+        name: &'static str,
+        udp: SocketAddr,
+        http: SocketAddr,
+        id: u32,
+    ) -> anyhow::Result<Service> {
+        let a = &self.addresses;
         let mut args = vec![
             s("consumer"),
             s(kind),
@@ -455,14 +505,13 @@ impl Cluster {
     }
 
     /// Starts a gateway on `http` and `tcp` in front of this cluster's sequencer and
-    /// memory consumer, with `extra` flags.
+    /// memory consumers, with `extra` flags.
     pub fn spawn_gateway(
         &self,
         http: SocketAddr,
         tcp: SocketAddr,
         extra: &[&str],
     ) -> anyhow::Result<Service> {
-        let a = &self.addresses;
         let mut args = vec![
             s("gateway"),
             s("--http-listen"),
@@ -472,7 +521,7 @@ impl Cluster {
             s("--sequencer"),
             list(self.sequencer_gateways().into_iter()),
             s("--query-upstream"),
-            s(a.memory_http),
+            list(self.memory_https().into_iter()),
         ];
         args.extend(extra.iter().map(s));
         self.spawn("gateway", &args)
@@ -493,6 +542,9 @@ impl Cluster {
         })?;
         wait_until("sequencer group's leader", &mut services, || self.leader().is_some())?;
         services.push(self.spawn_consumer("memory")?);
+        for index in 1..=self.extra_memory.len() {
+            services.push(self.spawn_memory(index)?);
+        }
         services.push(self.spawn_consumer("disk")?);
         if self.sql.is_some() {
             services.push(self.spawn_consumer("sql")?);
@@ -502,7 +554,7 @@ impl Cluster {
             http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
         })?;
         wait_until("consumers", &mut services, || {
-            http_json(a.memory_http, "/status", None).is_some()
+            self.memory_https().iter().all(|http| http_json(*http, "/status", None).is_some())
                 && http_json(a.disk_http, "/status", None).is_some()
                 && (self.sql.is_none() || http_json(a.sql_http, "/status", None).is_some())
         })?;
