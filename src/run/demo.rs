@@ -193,7 +193,10 @@ impl System {
                     if seen.iter().any(|(_, s)| s["state_hash"] != head["state_hash"]) {
                         bail!("a memory consumer's state hash differs from the sequencer's");
                     }
-                    println!("  and the {} other memory consumers match too", extra.len());
+                    match extra.len() {
+                        1 => println!("  and so does the second memory consumer"),
+                        others => println!("  and so do the {others} other memory consumers"),
+                    }
                     return Ok(());
                 }
             }
