@@ -93,8 +93,9 @@ pub enum Looked {
 
 /// The order in which to try read models for a read that needs `min_sequence`:
 /// round-robin (from `start`) over those up, within `lag_max` and already at
-/// `min_sequence`; then the others up and within `lag_max`, most advanced first;
-/// then the rest (a health check can be stale). Pure, for the tests.
+/// `min_sequence`; then the others up and within `lag_max`, most advanced first
+/// (round-robin among equals: right after a write every check is behind it); then
+/// the rest (a health check can be stale). Pure, for the tests.
 pub fn try_order(seen: &[(bool, u64, u64)], min_sequence: u64, lag_max: u64, start: usize) -> Vec<usize> {
     let healthy = |&(up, _, lag): &(bool, u64, u64)| up && lag <= lag_max;
     let count = seen.len();
@@ -104,7 +105,7 @@ pub fn try_order(seen: &[(bool, u64, u64)], min_sequence: u64, lag_max: u64, sta
         .collect();
     let mut behind: Vec<usize> =
         (0..count).filter(|&i| healthy(&seen[i]) && seen[i].1 < min_sequence).collect();
-    behind.sort_by_key(|&i| std::cmp::Reverse(seen[i].1));
+    behind.sort_by_key(|&i| (std::cmp::Reverse(seen[i].1), (i + count - start % count.max(1)) % count));
     order.extend(behind);
     order.extend((0..count).filter(|&i| !healthy(&seen[i])));
     order
@@ -362,5 +363,9 @@ mod tests {
         assert_eq!(try_order(&seen, 125, 1_000, 0), [2, 0, 1, 3, 4], "none ready: most advanced first");
         assert_eq!(try_order(&seen, 0, 100_000, 3), [4, 0, 1, 2, 3], "a lag bound that lets the last in");
         assert!(try_order(&[], 1, 1, 0).is_empty());
+        let level = [(true, 50, 0), (true, 50, 0), (true, 40, 0)];
+        assert_eq!(try_order(&level, 60, 1_000, 0), [0, 1, 2]);
+        assert_eq!(try_order(&level, 60, 1_000, 1), [1, 0, 2], "equals take turns");
+        assert_eq!(try_order(&level, 60, 1_000, 2), [0, 1, 2]);
     }
 }
