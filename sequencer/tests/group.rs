@@ -18,8 +18,26 @@ use ledgerbus_transport::{BusKey, BusKeys, BusSecurity};
 
 const SECRET: &[u8] = b"a-test-secret-of-some-length";
 
+/// A port free now, chosen at random below the kernel's ephemeral range: one the
+/// kernel hands out (bind to port 0) can be taken by another test's outgoing
+/// connection before the member binds it.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1_000));
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    for attempt in 0u64..1_000 {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u64(attempt);
+        let candidate = SocketAddr::from(([127, 0, 0, 1], low + (random.finish() % u64::from(span)) as u16));
+        if TcpListener::bind(candidate).is_ok() {
+            return candidate;
+        }
+    }
+    panic!("no free port below {ephemeral_low}")
 }
 
 struct Group {
@@ -177,8 +195,17 @@ fn a_group_elects_replicates_fails_over_and_catches_a_member_up() {
     group.start(leader);
     let hashes = group.converge(73);
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    let status = group.running[leader].as_ref().unwrap().metrics.group.lock().unwrap().clone().unwrap();
-    assert_eq!(status.role, "follower");
+    // The role in the status is a snapshot refreshed every 100 ms, and a member that
+    // comes back may stand as a candidate until the leader's first heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = group.running[leader].as_ref().unwrap().metrics.group.lock().unwrap().clone().unwrap();
+        if status.role == "follower" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old leader is still a {} after 10 s", status.role);
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads everything the replication port sends until it closes.
