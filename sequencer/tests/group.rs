@@ -5,7 +5,7 @@
 //! is refused on the replication port.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use ledgerbus_codec::messages::{CreateAccount, Transfer};
@@ -18,26 +18,10 @@ use ledgerbus_transport::{BusKey, BusKeys, BusSecurity};
 
 const SECRET: &[u8] = b"a-test-secret-of-some-length";
 
-/// A port free now, chosen at random below the kernel's ephemeral range: one the
-/// kernel hands out (bind to port 0) can be taken by another test's outgoing
-/// connection before the member binds it.
+/// A port free now, chosen below the kernel's ephemeral range (one the kernel hands
+/// out can be taken by another test's outgoing connection before the member binds it).
 fn free_port() -> SocketAddr {
-    use std::hash::{BuildHasher, Hasher};
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let low = 10_000u16.min(ephemeral_low.saturating_sub(1_000));
-    let span = ephemeral_low.saturating_sub(low).max(1);
-    for attempt in 0u64..1_000 {
-        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
-        random.write_u64(attempt);
-        let candidate = SocketAddr::from(([127, 0, 0, 1], low + (random.finish() % u64::from(span)) as u16));
-        if TcpListener::bind(candidate).is_ok() {
-            return candidate;
-        }
-    }
-    panic!("no free port below {ephemeral_low}")
+    ledgerbus_tools::cluster::free_tcp().expect("a free port")
 }
 
 struct Group {
