@@ -53,6 +53,9 @@ impl AppState {
 
 /// The API.
 pub fn router(state: AppState) -> Router {
+    // Shared, not cloned: axum hands the state to the middleware and the handler of
+    // every request, and an `AppState` clone is a dozen reference counts.
+    let state = Arc::new(state);
     let authenticated = Router::new()
         .route("/accounts", post(create_accounts).get(proxy))
         .route("/transfers", post(create_transfers).get(proxy))
@@ -103,7 +106,7 @@ fn bad_request(BadRequest { param, message }: BadRequest) -> Response {
 }
 
 /// 401 unless `Authorization: Bearer <key>` names a configured key. Keys are never logged.
-async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get("authorization")
@@ -116,13 +119,13 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
     }
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+async fn health(State(state): State<Arc<AppState>>) -> Response {
     let connected = state.upstream.connected.load(Ordering::Acquire);
     let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "sequencer_connected": connected }))).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([("content-type", ledgerbus_telemetry::CONTENT_TYPE)], ledgerbus_telemetry::render(&state.registry))
         .into_response()
 }
@@ -130,7 +133,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Times every routed request (`METHOD /route/{param}`, never the raw path, so ids do
 /// not become label values).
 async fn record_duration(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     path: axum::extract::MatchedPath,
     request: Request,
     next: Next,
@@ -221,7 +224,7 @@ async fn submit_and_answer<C: Message + crate::original::Retried>(
     }
 }
 
-async fn create_accounts(State(state): State<AppState>, body: Bytes) -> Response {
+async fn create_accounts(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let parsed = json::items(&body)
         .and_then(|(objects, is_array)| Ok((json::accounts(&objects, is_array)?, is_array)));
     match parsed {
@@ -230,7 +233,7 @@ async fn create_accounts(State(state): State<AppState>, body: Bytes) -> Response
     }
 }
 
-async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Response {
+async fn create_transfers(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let parsed = json::items(&body)
         .and_then(|(objects, is_array)| Ok((json::transfers(&objects, is_array)?, is_array)));
     let (commands, is_array) = match parsed {
@@ -249,7 +252,7 @@ async fn create_transfers(State(state): State<AppState>, body: Bytes) -> Respons
 /// Forwards a query to the memory consumer, asking it to have applied what this
 /// gateway acknowledged that the query is about (read-your-writes; see
 /// [`crate::write_marks`]).
-async fn proxy(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+async fn proxy(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let everything = state.upstream.highest_sequence.load(Ordering::Acquire);
     let min_sequence = state.upstream.write_marks.read_after_path(uri.path(), everything);

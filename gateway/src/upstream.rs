@@ -74,6 +74,26 @@ pub enum ReplyTo {
 /// leader well within it) before they fail.
 pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
 
+/// When a submission's bytes go to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// At once, from the caller's task (the TCP API: its reads already batch).
+    Now,
+    /// With the others queued in the same turn of the scheduler (the HTTP API).
+    Coalesce,
+}
+
+/// The duty to write what coalescing submissions queued: done when dropped, so a
+/// request cancelled while it yields (its client went away) still sends the others.
+#[must_use = "dropping it writes the queued submissions"]
+struct Flush<'a>(&'a Upstream);
+
+impl Drop for Flush<'_> {
+    fn drop(&mut self) {
+        self.0.flush_queued();
+    }
+}
+
 /// A submission written to the sequencer and not fully answered.
 struct Waiting {
     /// Its commands' frames, back to back, to send again after a reconnection.
@@ -95,6 +115,8 @@ struct LinkState {
     waiting: VecDeque<Waiting>,
     /// Since when a link that was up has been down (submissions wait meanwhile).
     down_since: Option<Instant>,
+    /// A coalescing submitter holds a [`Flush`] for what `out` queued.
+    flush_due: bool,
 }
 
 impl Waiting {
@@ -205,9 +227,19 @@ impl Upstream {
     }
 
     /// Sends `count` encoded commands as one group and waits for their results.
+    ///
+    /// Groups submitted while the runtime is busy leave together: the first one queues
+    /// its bytes and yields to the runtime once; the requests that run meanwhile (other
+    /// HTTP connections' POSTs) queue theirs behind it; then one write carries them all,
+    /// and the sequencer reads, decides, journals and answers them as one batch. Under
+    /// load that is one system call here and one batch there for many requests instead
+    /// of one each; alone, a request waits for one turn of the scheduler.
     pub async fn submit(&self, frames: Vec<u8>, count: usize) -> Result<Vec<Option<Decided>>, SubmitError> {
         let (reply, results) = oneshot::channel();
-        self.submit_to(&frames, count, ReplyTo::Gather(reply))?;
+        if let Some(flush) = self.enqueue(&frames, count, ReplyTo::Gather(reply), Write::Coalesce)? {
+            tokio::task::yield_now().await;
+            drop(flush);
+        }
         results.await.unwrap_or(Err(SubmitError::Unavailable))
     }
 
@@ -215,6 +247,19 @@ impl Upstream {
     /// bytes the socket has not taken yet); its results go to `reply`. One caller's
     /// groups reach the sequencer in the order submitted. Nothing is sent on error.
     pub fn submit_to(&self, frames: &[u8], count: usize, reply: ReplyTo) -> Result<(), SubmitError> {
+        self.enqueue(frames, count, reply, Write::Now).map(|_| ())
+    }
+
+    /// Queues a group for its results and its bytes for the socket. With
+    /// [`Write::Coalesce`], returns the [`Flush`] the caller must drop (after letting
+    /// others queue) when no other caller is already about to write.
+    fn enqueue(
+        &self,
+        frames: &[u8],
+        count: usize,
+        reply: ReplyTo,
+        write: Write,
+    ) -> Result<Option<Flush<'_>>, SubmitError> {
         assert!(count > 0, "a submission holds at least one command");
         let before = self.outstanding.fetch_add(count, Ordering::AcqRel);
         if before + count > self.queue_max {
@@ -246,12 +291,32 @@ impl Upstream {
         });
         // A write error is noticed by the connection task when it drains, which ends
         // the connection; the submission is sent again on the next one.
-        if let Some(stream) = stream {
-            if !matches!(state.out.send(&stream, frames), Ok(false)) {
+        let Some(stream) = stream else { return Ok(None) };
+        match write {
+            Write::Now => {
+                if !matches!(state.out.send(&stream, frames), Ok(false)) {
+                    self.link.backlog.notify_one();
+                }
+                Ok(None)
+            }
+            Write::Coalesce => {
+                state.out.queue(frames);
+                let first = !std::mem::replace(&mut state.flush_due, true);
+                // Lazily: a `Flush` made and dropped here would lock the state held right now.
+                Ok(first.then(|| Flush(self)))
+            }
+        }
+    }
+
+    /// Writes what [`Write::Coalesce`] submissions queued.
+    fn flush_queued(&self) {
+        let mut state = self.link.lock();
+        state.flush_due = false;
+        if let Some(stream) = state.stream.clone() {
+            if !matches!(state.out.flush(&stream), Ok(true)) {
                 self.link.backlog.notify_one();
             }
         }
-        Ok(())
     }
 
     /// Hands `bytes` (whole result frames) to the waiting submissions in order.
@@ -529,4 +594,127 @@ async fn connect(
     }
     let (welcome, _) = decode::<Welcome>(&buf).map_err(|_| invalid("expected welcome"))?;
     Ok((stream, welcome.to_block()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledgerbus_codec::messages::{Transfer, TransferResult};
+    use std::future::Future;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// A sequencer stand-in: greets, then answers each transfer with `ok` at the next
+    /// sequence, and reports how many commands each of its reads carried.
+    async fn fake_sequencer(listener: TcpListener, reads: mpsc::UnboundedSender<usize>) {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut frame = vec![0u8; 256];
+        let size = encode(&Challenge { nonce: [7; 32] }, &mut frame).unwrap();
+        stream.write_all(&frame[..size]).await.unwrap();
+        let mut answer = [0u8; Authenticate::FRAME_SIZE];
+        stream.read_exact(&mut answer).await.unwrap();
+        let size = encode(&Welcome { session_id: 1.into(), next_sequence: 1.into() }, &mut frame).unwrap();
+        stream.write_all(&frame[..size]).await.unwrap();
+        let (mut pending, mut sequence) = (Vec::new(), 0u64);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let (whole, count) = whole_frames(&pending).unwrap();
+            let mut replies = Vec::new();
+            for command in ledgerbus_codec::Frames::new(&pending[..whole]) {
+                let (transfer, _) = decode::<Transfer>(command.unwrap()).unwrap();
+                sequence += 1;
+                let result = TransferResult {
+                    id: transfer.id,
+                    sequence: sequence.into(),
+                    timestamp_ns: sequence.into(),
+                    ..Default::default()
+                };
+                let size = encode(&result, &mut frame).unwrap();
+                replies.extend_from_slice(&frame[..size]);
+            }
+            pending.drain(..whole);
+            if count > 0 {
+                let _ = reads.send(count);
+                stream.write_all(&replies).await.unwrap();
+            }
+        }
+    }
+
+    fn transfer_frame(id: u128) -> Vec<u8> {
+        let mut frame = vec![0u8; Transfer::FRAME_SIZE];
+        let transfer = Transfer { id: id.into(), amount: 1.into(), ..Default::default() };
+        let size = encode(&transfer, &mut frame).unwrap();
+        frame.truncate(size);
+        frame
+    }
+
+    async fn connected_upstream() -> (Upstream, mpsc::UnboundedReceiver<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (reads, seen) = mpsc::unbounded_channel();
+        tokio::spawn(fake_sequencer(listener, reads));
+        let upstream = Upstream::start(vec![address], b"secret".to_vec(), 1, 1_000);
+        for _ in 0..500 {
+            if upstream.connected.load(Ordering::Acquire) {
+                return (upstream, seen);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the upstream did not connect to the stand-in sequencer");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn submissions_made_in_one_turn_leave_in_one_write_and_each_gets_its_own_result() {
+        let (upstream, mut seen) = connected_upstream().await;
+        let submissions = (1..=50u128).map(|id| {
+            let upstream = upstream.clone();
+            tokio::spawn(async move { (id, upstream.submit(transfer_frame(id), 1).await) })
+        });
+        let submissions: Vec<_> = submissions.collect();
+        for submission in submissions {
+            let (id, results) = submission.await.unwrap();
+            let results = results.expect("answered");
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0].expect("a result").id, id, "results matched to their submissions");
+        }
+        assert_eq!(
+            seen.recv().await,
+            Some(50),
+            "fifty submissions made in one turn reach the sequencer in one read"
+        );
+        assert_eq!(upstream.outstanding(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_submission_dropped_while_it_waits_to_write_still_writes_the_others() {
+        let (upstream, mut seen) = connected_upstream().await;
+        // The first submission of the turn takes the duty to write, then its client goes
+        // away (the request future is dropped at its first pending point).
+        let mut first = Box::pin(upstream.submit(transfer_frame(1), 1));
+        let pending =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx).is_pending())).await;
+        assert!(pending, "the first submission waits for its turn to write");
+        let second = tokio::spawn({
+            let upstream = upstream.clone();
+            async move { upstream.submit(transfer_frame(2), 1).await }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        let results = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second submission was written when the first was dropped")
+            .unwrap()
+            .unwrap();
+        assert_eq!(results[0].expect("a result").id, 2);
+        let mut commands = 0;
+        while commands < 2 {
+            commands += seen.recv().await.unwrap();
+        }
+        assert_eq!(commands, 2, "both reached the sequencer, each once");
+    }
 }
