@@ -252,7 +252,8 @@ fn count(counters: &Counters, results: impl Iterator<Item = Option<ResultCode>>)
 enum Sender {
     Tcp(Client),
     Http {
-        client: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        /// Boxed: a hyper client is several times the size of the TCP one.
+        client: Box<HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>,
         uri: String,
         key: String,
     },
@@ -359,7 +360,9 @@ pub async fn run(
                 Client::connect_with(options.gateway_tcp, &options.api_key, options.tls.clone()).await?,
             ),
             Protocol::Http => Sender::Http {
-                client: HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http(),
+                client: Box::new(
+                    HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http(),
+                ),
                 uri: format!("http://{}/transfers", options.gateway_http),
                 key: options.api_key.clone(),
             },
