@@ -14,7 +14,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::BodyExt;
 use ledgerbus_codec::{encode_compact, Message, ResultCode};
 use serde_json::{json, Value};
 
@@ -257,13 +256,7 @@ async fn proxy(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap)
     let everything = state.upstream.highest_sequence.load(Ordering::Acquire);
     let min_sequence = state.upstream.write_marks.read_after_path(uri.path(), everything);
     match state.query.request(path, min_sequence, headers.get("accept")).await {
-        Some(response) => {
-            let (parts, body) = response.into_parts();
-            match body.collect().await {
-                Ok(collected) => Response::from_parts(parts, Body::from(collected.to_bytes())),
-                Err(_) => error(StatusCode::BAD_GATEWAY, "query service closed the response"),
-            }
-        }
+        Some(response) => response.map(Body::from),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "query service (memory consumer) unavailable"),
     }
 }
