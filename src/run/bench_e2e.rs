@@ -156,10 +156,7 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
     }
     // What the load did must be what every replica holds: once the consumers have
     // caught up, their state hashes must equal the sequencer's.
-    let verified = system.as_ref().map(|system| {
-        super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses(), false)?;
-        system.verify_extra_memory()
-    });
+    let verified = system.as_ref().map(|system| system.verify_hashes());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

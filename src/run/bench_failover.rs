@@ -279,7 +279,7 @@ pub fn run(args: &BenchFailoverArgs) -> anyhow::Result<()> {
     for thread in http_threads {
         let _ = thread.join();
     }
-    let verified = super::demo::verify_hashes(&system.addresses, &system.sequencer_statuses(), false);
+    let verified = system.verify_hashes();
     let consumers_restarted =
         ["memory consumer", "disk consumer"].iter().filter(|name| system.exited(name)).count();
 

@@ -175,36 +175,25 @@ impl System {
         self.cluster.sequencer_statuses()
     }
 
-    /// The memory consumers beyond the first (`--memory-consumers`) end on the
-    /// sequencer's state hash too (after [`verify_hashes`], which checks the first).
-    pub fn verify_extra_memory(&self) -> anyhow::Result<()> {
-        let extra = &self.cluster.extra_memory;
-        if extra.is_empty() {
-            return Ok(());
+    /// Waits for every consumer (each memory consumer, the disk consumer, the SQL
+    /// consumer if there is one) and every group member to reach the sequencer's
+    /// position, and compares their state hashes with the sequencer's.
+    pub fn verify_hashes(&self) -> anyhow::Result<()> {
+        let mut consumers: Vec<(String, SocketAddr)> = Vec::new();
+        let memories = self.cluster.memory_https();
+        for (index, http) in memories.iter().enumerate() {
+            let name = if memories.len() == 1 {
+                "memory consumer".to_string()
+            } else {
+                format!("memory consumer {}", index + 1)
+            };
+            consumers.push((name, *http));
         }
-        let sequencer = self.addresses.sequencer_status;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let head = http_json(sequencer, "/status", None).map(|(_, v)| v);
-            let seen: Option<Vec<_>> =
-                extra.iter().map(|(_, http)| http_json(*http, "/status", None)).collect();
-            if let (Some(head), Some(seen)) = (head, seen) {
-                if seen.iter().all(|(_, s)| s["last_sequence"] == head["last_sequence"]) {
-                    if seen.iter().any(|(_, s)| s["state_hash"] != head["state_hash"]) {
-                        bail!("a memory consumer's state hash differs from the sequencer's");
-                    }
-                    match extra.len() {
-                        1 => println!("  and so does the second memory consumer"),
-                        others => println!("  and so do the {others} other memory consumers"),
-                    }
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the other memory consumers did not reach the sequencer's position within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        consumers.push(("disk consumer".to_string(), self.addresses.disk_http));
+        if self.cluster.sql.is_some() {
+            consumers.push(("SQL consumer".to_string(), self.addresses.sql_http));
         }
+        verify_hashes(&self.sequencer_statuses(), &consumers)
     }
 
     /// A replicated group's members (empty: one sequencer).
@@ -331,8 +320,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !args.no_workload {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(workload(addresses.gateway_tcp, &key, args.payments))?;
-        verify_hashes(addresses, &system.sequencer_statuses(), system.cluster.sql.is_some())?;
-        system.verify_extra_memory()?;
+        system.verify_hashes()?;
     }
     let deadline = args.duration.map(|secs| Instant::now() + Duration::from_secs_f64(secs));
     match deadline {
@@ -462,51 +450,48 @@ async fn workload(gateway: SocketAddr, key: &str, payments: u32) -> anyhow::Resu
     Ok(())
 }
 
-/// Waits for both consumers (and every group member) to reach the sequencer's
-/// position and compares hashes.
-pub fn verify_hashes(a: &Addresses, sequencers: &[SocketAddr], with_sql: bool) -> anyhow::Result<()> {
+/// Waits for every consumer in `consumers` (name, `/status` address) and every
+/// sequencer (one, or each group member) to reach the first sequencer's position, and
+/// compares their state hashes with its.
+pub fn verify_hashes(sequencers: &[SocketAddr], consumers: &[(String, SocketAddr)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let status = |address: SocketAddr| http_json(address, "/status", None).map(|(_, v)| v);
     loop {
-        let statuses: Option<Vec<_>> =
-            sequencers.iter().map(|s| http_json(*s, "/status", None).map(|(_, v)| v)).collect();
-        let memory = http_json(a.memory_http, "/status", None).map(|(_, v)| v);
-        let disk = http_json(a.disk_http, "/status", None).map(|(_, v)| v);
-        let sql = if with_sql { http_json(a.sql_http, "/status", None).map(|(_, v)| v) } else { None };
-        if let (Some(statuses), Some(memory), Some(disk)) = (statuses, memory, disk) {
+        let statuses: Option<Vec<_>> = sequencers.iter().map(|s| status(*s)).collect();
+        let seen: Option<Vec<_>> = consumers.iter().map(|(_, http)| status(*http)).collect();
+        if let (Some(statuses), Some(seen)) = (statuses, seen) {
             let sequencer = &statuses[0];
             let head = &sequencer["last_sequence"];
-            let members_there = statuses.iter().all(|s| &s["last_sequence"] == head);
-            let sql_there = !with_sql || sql.as_ref().is_some_and(|s| &s["last_sequence"] == head);
-            if members_there
-                && &memory["last_sequence"] == head
-                && &disk["last_sequence"] == head
-                && sql_there
-            {
+            let all_there = statuses.iter().chain(&seen).all(|s| &s["last_sequence"] == head);
+            if all_there {
                 let hash = &sequencer["state_hash"];
-                let sql_hash = sql.as_ref().map(|s| format!(", SQL consumer {}", s["state_hash"]));
-                println!(
-                    "state hash at sequence {head}: sequencer {hash}, memory consumer {}, disk consumer {}{}",
-                    memory["state_hash"],
-                    disk["state_hash"],
-                    sql_hash.unwrap_or_default()
-                );
-                if &memory["state_hash"] != hash
-                    || &disk["state_hash"] != hash
-                    || sql.as_ref().is_some_and(|s| &s["state_hash"] != hash)
-                {
-                    bail!("consumer state hashes differ from the sequencer's");
+                let each: Vec<String> = consumers
+                    .iter()
+                    .zip(&seen)
+                    .map(|((name, _), s)| format!("{name} {}", s["state_hash"]))
+                    .collect();
+                println!("state hash at sequence {head}: sequencer {hash}, {}", each.join(", "));
+                let differing: Vec<&str> = consumers
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(_, s)| &s["state_hash"] != hash)
+                    .map(|((name, _), _)| name.as_str())
+                    .collect();
+                if !differing.is_empty() {
+                    bail!("state hashes differ from the sequencer's: {}", differing.join(", "));
                 }
                 if statuses.iter().any(|s| &s["state_hash"] != hash) {
                     bail!("the group members' state hashes differ");
                 }
-                let consumers = if with_sql { 3 } else { 2 };
+                let all = count_in_words(statuses.len() + consumers.len());
                 match statuses.len() {
-                    1 if with_sql => println!("  all four match"),
-                    1 => println!("  all three match"),
-                    members => println!(
-                        "  all {} match ({members} sequencer group members and the {consumers} consumers)",
-                        members + consumers
-                    ),
+                    1 => println!("  all {all} match"),
+                    members => {
+                        println!(
+                            "  all {all} match ({members} sequencer group members and the {} consumers)",
+                            consumers.len()
+                        )
+                    }
                 }
                 return Ok(());
             }
@@ -516,4 +501,13 @@ pub fn verify_hashes(a: &Addresses, sequencers: &[SocketAddr], with_sql: bool) -
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// "three" for 3, up to twelve; digits beyond.
+fn count_in_words(n: usize) -> String {
+    const WORDS: [&str; 13] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+        "twelve",
+    ];
+    WORDS.get(n).map_or_else(|| n.to_string(), |word| word.to_string())
 }
