@@ -5,9 +5,10 @@
 //!
 //! With several memory consumers (`--query-upstream A,B,…`) reads are spread over
 //! them: each is health-checked (`/status` every [`HEALTH_EVERY`]: up, the sequence
-//! it has applied, its lag), and a read goes, round-robin, to one that is up, not
-//! lagging beyond `lag_max`, and has already applied the read's `X-Min-Sequence`; if
-//! none has, to the most advanced (which waits for it); one that does not answer is
+//! it has applied, its lag), and a read goes to one that is up, not lagging beyond
+//! `lag_max`, and has already applied the read's `X-Min-Sequence` (the one with the
+//! fewest reads in flight, in turns among equals); if none has, to the most advanced
+//! (which waits for it); one that does not answer is
 //! marked down and the read tried on the next. Read-your-writes holds whichever
 //! answers: each waits for the sequence before answering.
 
@@ -36,12 +37,20 @@ pub struct Replica {
     up: AtomicBool,
     applied: AtomicU64,
     lag: AtomicU64,
+    /// Reads sent to it and not answered yet.
+    in_flight: AtomicU64,
 }
 
 impl Replica {
     fn new(address: SocketAddr) -> Replica {
         // Up until shown otherwise: the first reads need not wait for a check.
-        Replica { address, up: AtomicBool::new(true), applied: AtomicU64::new(0), lag: AtomicU64::new(0) }
+        Replica {
+            address,
+            up: AtomicBool::new(true),
+            applied: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+        }
     }
 
     /// What the last check saw: up, applied sequence, lag (events).
@@ -99,24 +108,53 @@ pub enum Looked {
     Unavailable,
 }
 
-/// The order in which to try read models for a read that needs `min_sequence`:
-/// round-robin (from `start`) over those up, within `lag_max` and already at
-/// `min_sequence`; then the others up and within `lag_max`, most advanced first
-/// (round-robin among equals: right after a write every check is behind it); then
-/// the rest (a health check can be stale). Pure, for the tests.
-pub fn try_order(seen: &[(bool, u64, u64)], min_sequence: u64, lag_max: u64, start: usize) -> Vec<usize> {
+/// The order in which to try read models for a read that needs `min_sequence`: those
+/// up, within `lag_max` and already at `min_sequence`, the one with the fewest reads
+/// in flight first (round-robin from `start` among equals); then the others up and
+/// within `lag_max`, most advanced first (then fewest in flight, then round-robin:
+/// right after a write every check is behind it); then the rest (a health check can be
+/// stale). Fewest in flight rather than plain turns: a read model that answers slowly
+/// (descheduled, applying a large batch, on a busier host) keeps its reads in flight
+/// longer and so gets fewer new ones, instead of the same share until every
+/// connection waits on it. Pure, for the tests.
+pub fn try_order(
+    seen: &[(bool, u64, u64)],
+    in_flight: &[u64],
+    min_sequence: u64,
+    lag_max: u64,
+    start: usize,
+) -> Vec<usize> {
+    debug_assert_eq!(seen.len(), in_flight.len());
     let healthy = |&(up, _, lag): &(bool, u64, u64)| up && lag <= lag_max;
     let count = seen.len();
+    let turn = |i: usize| (i + count - start % count.max(1)) % count;
     let mut order: Vec<usize> = (0..count)
         .map(|k| (start + k) % count.max(1))
         .filter(|&i| healthy(&seen[i]) && seen[i].1 >= min_sequence)
         .collect();
+    order.sort_by_key(|&i| in_flight[i]); // stable: turns among equals
     let mut behind: Vec<usize> =
         (0..count).filter(|&i| healthy(&seen[i]) && seen[i].1 < min_sequence).collect();
-    behind.sort_by_key(|&i| (std::cmp::Reverse(seen[i].1), (i + count - start % count.max(1)) % count));
+    behind.sort_by_key(|&i| (std::cmp::Reverse(seen[i].1), in_flight[i], turn(i)));
     order.extend(behind);
     order.extend((0..count).filter(|&i| !healthy(&seen[i])));
     order
+}
+
+/// A read counted in its read model's [`Replica::in_flight`] until dropped.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn start(counter: &'a AtomicU64) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl QueryLink {
@@ -178,9 +216,11 @@ impl QueryLink {
         accept: Option<&axum::http::HeaderValue>,
     ) -> Option<axum::http::Response<Bytes>> {
         let seen: Vec<_> = self.replicas.iter().map(Replica::seen).collect();
+        let in_flight: Vec<u64> = self.replicas.iter().map(|r| r.in_flight.load(Ordering::Acquire)).collect();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for index in try_order(&seen, min_sequence, self.lag_max, start) {
+        for index in try_order(&seen, &in_flight, min_sequence, self.lag_max, start) {
             let replica = &self.replicas[index];
+            let _counted = InFlight::start(&replica.in_flight);
             let mut request = axum::http::Request::get(format!("http://{}{}", replica.address, path))
                 .header("x-min-sequence", min_sequence.to_string())
                 .header("authorization", &*self.authorization);
@@ -373,14 +413,37 @@ mod tests {
     fn reads_go_round_robin_to_read_models_that_have_the_sequence_then_the_most_advanced() {
         // (up, applied, lag)
         let seen = [(true, 100, 0), (true, 90, 0), (true, 120, 0), (false, 500, 0), (true, 130, 9_999)];
-        assert_eq!(try_order(&seen, 95, 1_000, 0), [0, 2, 1, 3, 4]);
-        assert_eq!(try_order(&seen, 95, 1_000, 1), [2, 0, 1, 3, 4], "round-robin among those ready");
-        assert_eq!(try_order(&seen, 125, 1_000, 0), [2, 0, 1, 3, 4], "none ready: most advanced first");
-        assert_eq!(try_order(&seen, 0, 100_000, 3), [4, 0, 1, 2, 3], "a lag bound that lets the last in");
-        assert!(try_order(&[], 1, 1, 0).is_empty());
+        let idle = [0; 5];
+        assert_eq!(try_order(&seen, &idle, 95, 1_000, 0), [0, 2, 1, 3, 4]);
+        assert_eq!(try_order(&seen, &idle, 95, 1_000, 1), [2, 0, 1, 3, 4], "round-robin among those ready");
+        assert_eq!(
+            try_order(&seen, &idle, 125, 1_000, 0),
+            [2, 0, 1, 3, 4],
+            "none ready: most advanced first"
+        );
+        assert_eq!(
+            try_order(&seen, &idle, 0, 100_000, 3),
+            [4, 0, 1, 2, 3],
+            "a lag bound that lets the last in"
+        );
+        assert!(try_order(&[], &[], 1, 1, 0).is_empty());
         let level = [(true, 50, 0), (true, 50, 0), (true, 40, 0)];
-        assert_eq!(try_order(&level, 60, 1_000, 0), [0, 1, 2]);
-        assert_eq!(try_order(&level, 60, 1_000, 1), [1, 0, 2], "equals take turns");
-        assert_eq!(try_order(&level, 60, 1_000, 2), [0, 1, 2]);
+        assert_eq!(try_order(&level, &[0; 3], 60, 1_000, 0), [0, 1, 2]);
+        assert_eq!(try_order(&level, &[0; 3], 60, 1_000, 1), [1, 0, 2], "equals take turns");
+        assert_eq!(try_order(&level, &[0; 3], 60, 1_000, 2), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_read_model_with_reads_piling_up_gets_the_next_read_last() {
+        let ready = [(true, 100, 0), (true, 100, 0), (true, 100, 0)];
+        assert_eq!(try_order(&ready, &[30, 2, 2], 95, 1_000, 0), [1, 2, 0], "the slow one last");
+        assert_eq!(try_order(&ready, &[30, 2, 2], 95, 1_000, 2), [2, 1, 0], "turns among the others");
+        assert_eq!(try_order(&ready, &[5, 5, 5], 95, 1_000, 1), [1, 2, 0], "equals take turns");
+        // Readiness first: a busy read model at the sequence beats an idle one behind it.
+        let mixed = [(true, 100, 0), (true, 90, 0), (false, 200, 0)];
+        assert_eq!(try_order(&mixed, &[40, 0, 0], 95, 1_000, 0), [0, 1, 2]);
+        // Behind alike: the less busy one first.
+        let behind = [(true, 90, 0), (true, 90, 0)];
+        assert_eq!(try_order(&behind, &[7, 1], 95, 1_000, 0), [1, 0]);
     }
 }
