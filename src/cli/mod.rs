@@ -456,8 +456,9 @@ pub struct GatewayArgs {
     pub sequencer: Vec<SocketAddr>,
 
     /// The memory consumers' query APIs, comma-separated, to which reads are proxied:
-    /// spread round-robin over those up and already at the read's sequence
-    /// (health-checked every 100 ms; one that does not answer is skipped).
+    /// each read goes to the one with the fewest reads in flight among those up and
+    /// already at the read's sequence (health-checked every 100 ms; one that does not
+    /// answer is skipped). Spoken to over HTTP/2.
     #[arg(
         long,
         env = "LEDGERBUS_QUERY_UPSTREAM",
