@@ -8,9 +8,9 @@
 //! it has applied, its lag), and a read goes to one that is up, not lagging beyond
 //! `lag_max`, and has already applied the read's `X-Min-Sequence` (the one with the
 //! fewest reads in flight, in turns among equals); if none has, to the most advanced
-//! (which waits for it); one that does not answer is
-//! marked down and the read tried on the next. Read-your-writes holds whichever
-//! answers: each waits for the sequence before answering.
+//! (which waits for it); one that does not answer is marked down and the read tried
+//! on the next. Read-your-writes holds whichever answers: each waits for the
+//! sequence before answering.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,7 +79,7 @@ impl Replica {
 pub struct QueryLink {
     /// The memory consumers' query APIs.
     pub replicas: Arc<[Replica]>,
-    /// Round-robin position.
+    /// Whose turn it is among read models otherwise equal.
     next: Arc<AtomicUsize>,
     /// A read model further behind than this (events, by its own count) gets reads
     /// only when no other can take them.
@@ -127,12 +127,11 @@ pub fn try_order(
     debug_assert_eq!(seen.len(), in_flight.len());
     let healthy = |&(up, _, lag): &(bool, u64, u64)| up && lag <= lag_max;
     let count = seen.len();
-    let turn = |i: usize| (i + count - start % count.max(1)) % count;
-    let mut order: Vec<usize> = (0..count)
-        .map(|k| (start + k) % count.max(1))
-        .filter(|&i| healthy(&seen[i]) && seen[i].1 >= min_sequence)
-        .collect();
-    order.sort_by_key(|&i| in_flight[i]); // stable: turns among equals
+    // How many places after `start` read model `i` comes (only asked when count > 0).
+    let turn = |i: usize| (i + count - start % count) % count;
+    let mut order: Vec<usize> =
+        (0..count).filter(|&i| healthy(&seen[i]) && seen[i].1 >= min_sequence).collect();
+    order.sort_by_key(|&i| (in_flight[i], turn(i)));
     let mut behind: Vec<usize> =
         (0..count).filter(|&i| healthy(&seen[i]) && seen[i].1 < min_sequence).collect();
     behind.sort_by_key(|&i| (std::cmp::Reverse(seen[i].1), in_flight[i], turn(i)));

@@ -73,17 +73,16 @@ pub fn run(args: &BenchE2eArgs) -> anyhow::Result<()> {
         in_flight: args.in_flight,
         queries: match args.queries.as_deref() {
             None => None,
-            Some("max") => Some(ledgerbus_tools::queries::QueryOptions {
-                rate: None,
-                connections: args.query_connections,
-            }),
-            Some(rate) => Some(ledgerbus_tools::queries::QueryOptions {
-                rate: Some(
-                    rate.parse::<u64>()
-                        .ok()
-                        .filter(|r| *r > 0)
-                        .context("--queries: a positive rate or max")?,
-                ),
+            Some(queries) => Some(ledgerbus_tools::queries::QueryOptions {
+                rate: match queries {
+                    "max" => None,
+                    rate => Some(
+                        rate.parse::<u64>()
+                            .ok()
+                            .filter(|r| *r > 0)
+                            .context("--queries: a positive rate or max")?,
+                    ),
+                },
                 connections: args.query_connections,
             }),
         },

@@ -179,21 +179,7 @@ impl System {
     /// consumer if there is one) and every group member to reach the sequencer's
     /// position, and compares their state hashes with the sequencer's.
     pub fn verify_hashes(&self) -> anyhow::Result<()> {
-        let mut consumers: Vec<(String, SocketAddr)> = Vec::new();
-        let memories = self.cluster.memory_https();
-        for (index, http) in memories.iter().enumerate() {
-            let name = if memories.len() == 1 {
-                "memory consumer".to_string()
-            } else {
-                format!("memory consumer {}", index + 1)
-            };
-            consumers.push((name, *http));
-        }
-        consumers.push(("disk consumer".to_string(), self.addresses.disk_http));
-        if self.cluster.sql.is_some() {
-            consumers.push(("SQL consumer".to_string(), self.addresses.sql_http));
-        }
-        verify_hashes(&self.sequencer_statuses(), &consumers)
+        verify_hashes(&self.sequencer_statuses(), &self.cluster.consumer_statuses())
     }
 
     /// A replicated group's members (empty: one sequencer).
@@ -453,7 +439,7 @@ async fn workload(gateway: SocketAddr, key: &str, payments: u32) -> anyhow::Resu
 /// Waits for every consumer in `consumers` (name, `/status` address) and every
 /// sequencer (one, or each group member) to reach the first sequencer's position, and
 /// compares their state hashes with its.
-pub fn verify_hashes(sequencers: &[SocketAddr], consumers: &[(String, SocketAddr)]) -> anyhow::Result<()> {
+pub fn verify_hashes(sequencers: &[SocketAddr], consumers: &[(&str, SocketAddr)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = |address: SocketAddr| http_json(address, "/status", None).map(|(_, v)| v);
     loop {
@@ -475,7 +461,7 @@ pub fn verify_hashes(sequencers: &[SocketAddr], consumers: &[(String, SocketAddr
                     .iter()
                     .zip(&seen)
                     .filter(|(_, s)| &s["state_hash"] != hash)
-                    .map(|((name, _), _)| name.as_str())
+                    .map(|((name, _), _)| *name)
                     .collect();
                 if !differing.is_empty() {
                     bail!("state hashes differ from the sequencer's: {}", differing.join(", "));

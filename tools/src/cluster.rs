@@ -438,6 +438,19 @@ impl Cluster {
             .collect()
     }
 
+    /// Every consumer's name (as in [`MEMORY_NAMES`]) and `/status` address: the
+    /// memory consumers, the disk consumer, the SQL consumer if there is one.
+    pub fn consumer_statuses(&self) -> Vec<(&'static str, SocketAddr)> {
+        let a = &self.addresses;
+        let memories = self.memory_https().into_iter().enumerate();
+        let memories = memories
+            .map(|(index, http)| (MEMORY_NAMES.get(index).copied().unwrap_or("memory consumer"), http));
+        memories
+            .chain([("disk consumer", a.disk_http)])
+            .chain(self.sql.as_ref().map(|_| ("SQL consumer", a.sql_http)))
+            .collect()
+    }
+
     /// Starts memory consumer `index` (0-based: 0 is [`Addresses::memory_http`]'s,
     /// the others [`Cluster::extra_memory`]'s).
     pub fn spawn_memory(&self, index: usize) -> anyhow::Result<Service> {
@@ -554,9 +567,7 @@ impl Cluster {
             http_json(a.gateway_http, "/health", None).is_some_and(|(status, _)| status == 200)
         })?;
         wait_until("consumers", &mut services, || {
-            self.memory_https().iter().all(|http| http_json(*http, "/status", None).is_some())
-                && http_json(a.disk_http, "/status", None).is_some()
-                && (self.sql.is_none() || http_json(a.sql_http, "/status", None).is_some())
+            self.consumer_statuses().iter().all(|(_, http)| http_json(*http, "/status", None).is_some())
         })?;
         // Ready is not enough: each child must still be the one serving its address.
         for service in services.iter_mut() {
